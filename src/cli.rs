@@ -1,0 +1,94 @@
+//! Command-line interface (clap derive). Parsing and dispatch only; the work lives elsewhere.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, DatasetKind};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vitrs",
+    version,
+    about = "Train Vision Transformers on CIFAR-10/100 and friends"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (from scratch, or resume with --resume-from).
+    Train(TrainArgs),
+    /// Evaluate a checkpoint on its validation set: loss, accuracy, per-class table, confusion matrix.
+    Eval(EvalArgs),
+    /// Top-5 predictions of a checkpoint for image files.
+    Predict(PredictArgs),
+    /// Download or describe data sets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// A TOML file whose keys are the flag names; flags given here override it.
+    #[arg(long = "config")]
+    pub config_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint directory (e.g. runs/X/checkpoints/best_model).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Evaluate on another dataset / location than the run's.
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetKind>,
+    #[arg(long, alias = "data_dir")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, alias = "limit_val")]
+    pub limit_val: Option<usize>,
+    #[arg(long, alias = "batch_size")]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Image files (png, jpeg).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Download (and verify, extract) a data set into --data-dir.
+    Download(DataArgs),
+    /// Sizes, classes and class balance of a data set.
+    Info(DataArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    #[arg(long, value_enum, default_value = "cifar10")]
+    pub dataset: DatasetKind,
+    #[arg(long, alias = "data_dir")]
+    pub data_dir: Option<PathBuf>,
+}

@@ -1,0 +1,183 @@
+//! What each subcommand does, given parsed arguments.
+
+use std::sync::atomic::Ordering;
+
+use clap::ArgMatches;
+
+use crate::cli::{Cli, Command, DataArgs, DataCommand, EvalArgs, PredictArgs, TrainArgs};
+use crate::config::Config;
+use crate::data::{Split, load};
+use crate::error::{Error, Result};
+use crate::train::{self, checkpoint, trainer};
+
+pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => {
+            let sub = matches
+                .subcommand_matches("train")
+                .ok_or_else(|| Error::Config("no train arguments".into()))?;
+            cmd_train(args, sub)
+        }
+        Command::Eval(args) => cmd_eval(args),
+        Command::Predict(args) => cmd_predict(args),
+        Command::Data { command } => match command {
+            DataCommand::Download(a) => cmd_download(a),
+            DataCommand::Info(a) => cmd_info(a),
+        },
+    }
+}
+
+fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        let n = trainer::INTERRUPTS.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == 1 {
+            eprintln!(
+                "\ninterrupt: finishing the current step and writing a checkpoint (again to quit at once)"
+            );
+        } else {
+            eprintln!("\ninterrupt: quitting now");
+            std::process::exit(130);
+        }
+    });
+}
+
+/// Resolve the full configuration of a `train` invocation.
+pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Config> {
+    // Resuming continues the run's own configuration; flags (e.g. --epochs) override it.
+    let base = match &args.config.resume_from {
+        Some(dir) => checkpoint::load(dir)?.train_config.unwrap_or_default(),
+        None => Config::default(),
+    };
+    let mut cfg = Config::resolve(base, &args.config, matches, args.config_file.as_deref())?;
+    cfg.resume_from = args.config.resume_from.clone();
+    Ok(cfg)
+}
+
+fn cmd_train(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
+    let cfg = train_config(&args, matches)?;
+    crate::device::set_threads(cfg.threads);
+    install_interrupt_handler();
+    let run = train::prepare(cfg)?;
+    let summary = train::train(run)?;
+    println!(
+        "done ({}): best val acc {:.2}% at epoch {}, final val acc {:.2}%, {:.0} img/s; outputs in {}",
+        summary.stopped_reason,
+        100.0 * summary.best_val_acc,
+        summary.best_epoch,
+        100.0 * summary.final_val_acc,
+        summary.train_images_per_sec,
+        summary.run_dir.display()
+    );
+    Ok(())
+}
+
+fn cmd_eval(args: EvalArgs) -> Result<()> {
+    crate::device::set_threads(args.threads);
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let mut cfg = ck.train_config.clone().unwrap_or_default();
+    if let Some(d) = args.dataset {
+        cfg.dataset = d;
+    }
+    if args.data_dir.is_some() {
+        cfg.data_dir = args.data_dir.clone();
+    }
+    if let Some(n) = args.limit_val {
+        cfg.limit_val = n;
+    }
+    if let Some(b) = args.batch_size {
+        cfg.batch_size = b;
+    }
+    cfg.device = args.device.clone().or(cfg.device);
+    let device = crate::device::resolve(cfg.device.as_deref())?;
+    let model = crate::model::VisionTransformer::new(&ck.vit_config, 0, &device)?;
+    let model = crate::model::io::load_state_dict(model, &ck.model, &device)?;
+    let val = load::load_split(&cfg, Split::Test)?;
+    let loader = crate::train::val_loader(&cfg, &ck.vit_config, val);
+    let report = trainer::evaluate(&model, &loader, &device)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Io(e.to_string()))?
+        );
+    } else {
+        println!("{}", report.to_table());
+    }
+    Ok(())
+}
+
+fn cmd_predict(args: PredictArgs) -> Result<()> {
+    let ck = checkpoint::load(&args.checkpoint)?;
+    let cfg = ck.train_config.clone().unwrap_or_default();
+    let device = crate::device::resolve(args.device.as_deref().or(cfg.device.as_deref()))?;
+    let model = crate::model::VisionTransformer::new(&ck.vit_config, 0, &device)?;
+    let model = crate::model::io::load_state_dict(model, &ck.model, &device)?;
+    let names = ck.class_names.clone().unwrap_or_else(|| {
+        (0..ck.vit_config.num_classes)
+            .map(|i| format!("class_{i}"))
+            .collect()
+    });
+    for path in &args.images {
+        let probs = crate::train::predict_file(&model, &cfg, &ck.vit_config, path, &device)?;
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        println!("{}:", path.display());
+        for &k in order.iter().take(args.top) {
+            println!(
+                "  {:6.2}%  {}",
+                100.0 * probs[k],
+                names.get(k).map(String::as_str).unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn data_config(a: &DataArgs) -> Config {
+    Config {
+        dataset: a.dataset,
+        data_dir: a.data_dir.clone(),
+        ..Config::default()
+    }
+}
+
+fn cmd_download(a: DataArgs) -> Result<()> {
+    let cfg = data_config(&a);
+    let dir = load::data_dir(&cfg);
+    match a.dataset {
+        crate::config::DatasetKind::Cifar10 => {
+            crate::data::download::ensure_cifar(&dir, crate::data::cifar::CifarKind::Ten)
+                .map(|p| println!("CIFAR-10 ready in {}", p.display()))
+        }
+        crate::config::DatasetKind::Cifar100 => {
+            crate::data::download::ensure_cifar(&dir, crate::data::cifar::CifarKind::Hundred)
+                .map(|p| println!("CIFAR-100 ready in {}", p.display()))
+        }
+        other => Err(Error::Config(format!(
+            "{other:?} is not downloaded by vitrs: Fashion-MNIST comes with Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist), imagefolder/synthetic need no download"
+        ))),
+    }
+}
+
+fn cmd_info(a: DataArgs) -> Result<()> {
+    let cfg = data_config(&a);
+    for split in [Split::Train, Split::Test] {
+        let d = load::load_split(&cfg, split)?;
+        let mut counts = vec![0usize; d.num_classes()];
+        for &l in &d.labels {
+            counts[l as usize] += 1;
+        }
+        println!(
+            "{:?} {split:?}: {} images of {}×{}×{}, {} classes (min {} / max {} per class) from {}",
+            a.dataset,
+            d.len(),
+            d.height,
+            d.width,
+            d.channels,
+            d.num_classes(),
+            counts.iter().min().unwrap_or(&0),
+            counts.iter().max().unwrap_or(&0),
+            load::data_dir(&cfg).display()
+        );
+    }
+    Ok(())
+}

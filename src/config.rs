@@ -1,0 +1,447 @@
+//! The one configuration of a training run. Each field is a kebab-case flag (`--batch-size`),
+//! a key of the same name in `--config FILE.toml`, and a line of the run's `config.toml`.
+//! Precedence: built-in defaults < config file < command line. The seeds' snake_case
+//! spellings (`--batch_size`, `--learning_rate`, ...) are accepted as aliases.
+
+use std::path::{Path, PathBuf};
+
+use clap::{ArgMatches, Args, FromArgMatches, parser::ValueSource};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{self, Pool, VitConfig};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    Cifar10,
+    Cifar100,
+    FashionMnist,
+    Mnist,
+    Imagefolder,
+    Synthetic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelKind {
+    Fine,
+    Coarse,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Args)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct Config {
+    // ---- data ----
+    /// Dataset to train on.
+    #[arg(long, value_enum, default_value = "cifar10")]
+    pub dataset: DatasetKind,
+    /// Where datasets live (downloaded there if missing). Default: $VITRS_DATA_DIR or ~/.cache/vitrs/data;
+    /// for fashion-mnist /usr/share/datasets/fashion-mnist when present.
+    #[arg(long, alias = "data_dir")]
+    pub data_dir: Option<PathBuf>,
+    /// CIFAR-100 labels: the 100 fine classes or the 20 coarse super-classes.
+    #[arg(long, value_enum, default_value = "fine", alias = "label_type")]
+    pub label_type: LabelKind,
+    /// Use only the first N training images (0 = all).
+    #[arg(long, default_value_t = 0, alias = "limit_train")]
+    pub limit_train: usize,
+    /// Use only the first N validation images (0 = all).
+    #[arg(long, default_value_t = 0, alias = "limit_val")]
+    pub limit_val: usize,
+    /// Size of the synthetic training set (the validation set is a fifth of it).
+    #[arg(long, default_value_t = 2000, alias = "synthetic_size")]
+    pub synthetic_size: usize,
+    /// Fail on unreadable images in an imagefolder instead of skipping them.
+    #[arg(long)]
+    pub strict: bool,
+    /// Data-loading threads (0 = as many as compute threads).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+
+    // ---- model ----
+    /// Model preset (vit-cifar-small, vit-tiny-c10, vit-cifar, vit-cifar-large, vit-tiny, vit-small, vit-base; vit-hf-scratch = vit-cifar).
+    #[arg(long, default_value = "vit-cifar")]
+    pub model: String,
+    /// Input resolution (default: the preset's, or the dataset's for CIFAR-sized presets).
+    #[arg(long, alias = "img_size")]
+    pub img_size: Option<usize>,
+    #[arg(long, alias = "patch_size")]
+    pub patch_size: Option<usize>,
+    /// Token dimension.
+    #[arg(
+        long,
+        alias = "embedding_dim",
+        alias = "embed_dim",
+        alias = "hidden-size"
+    )]
+    pub embed_dim: Option<usize>,
+    /// Number of transformer blocks.
+    #[arg(long, alias = "num_layers", alias = "num-layers")]
+    pub depth: Option<usize>,
+    #[arg(long, alias = "num_heads")]
+    pub num_heads: Option<usize>,
+    /// Hidden size of each block's MLP.
+    #[arg(long, alias = "mlp_size", alias = "mlp-size", alias = "mlp_dim")]
+    pub mlp_dim: Option<usize>,
+    /// Number of classes (default: the dataset's).
+    #[arg(long, alias = "num_classes")]
+    pub num_classes: Option<usize>,
+    /// Bias on the fused qkv projection.
+    #[arg(long, alias = "qkv_bias", default_value_t = true, action = clap::ArgAction::Set)]
+    pub qkv_bias: bool,
+    /// Dropout after attention projection and in the MLP (default: the preset's).
+    #[arg(long, alias = "drop-rate", alias = "drop_rate")]
+    pub dropout: Option<f64>,
+    /// Dropout on the attention matrix (default: the preset's).
+    #[arg(
+        long,
+        alias = "attn_dropout",
+        alias = "attn-drop-rate",
+        alias = "attn_drop_rate"
+    )]
+    pub attn_dropout: Option<f64>,
+    /// Stochastic depth of the last block (linear schedule from 0).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        alias = "drop_path",
+        alias = "drop-path-rate",
+        alias = "drop_path_rate"
+    )]
+    pub drop_path: f64,
+    /// Pooling for the head: the class token or the mean of the patch tokens.
+    #[arg(long, value_enum, default_value = "cls")]
+    pub pool: Pool,
+
+    // ---- optimisation ----
+    #[arg(
+        long,
+        default_value_t = 100,
+        alias = "max_epochs",
+        alias = "max-epochs"
+    )]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128, alias = "batch_size")]
+    pub batch_size: usize,
+    /// Peak learning rate.
+    #[arg(
+        long,
+        default_value_t = 3e-4,
+        alias = "learning_rate",
+        alias = "learning-rate"
+    )]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.05, alias = "weight_decay")]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f64,
+    #[arg(long, default_value_t = 1e-8, alias = "adam-eps")]
+    pub eps: f64,
+    /// Linear warmup length in epochs (fractional allowed).
+    #[arg(long, default_value_t = 5.0, alias = "warmup_epochs")]
+    pub warmup_epochs: f64,
+    #[arg(long, default_value_t = 0.0, alias = "warmup_start_lr")]
+    pub warmup_start_lr: f64,
+    /// Floor of the cosine decay.
+    #[arg(long, default_value_t = 0.0, alias = "min_lr")]
+    pub min_lr: f64,
+    #[arg(long, default_value_t = 0.1, alias = "label_smoothing")]
+    pub label_smoothing: f64,
+    /// Global gradient-norm clipping threshold (0 = off).
+    #[arg(long, default_value_t = 1.0, alias = "grad_clip", alias = "clip-grad")]
+    pub grad_clip: f64,
+
+    // ---- schedule of the run ----
+    /// Validate every N epochs.
+    #[arg(long, default_value_t = 1, alias = "eval_every")]
+    pub eval_every: usize,
+    /// Early stopping: evaluations without a new best validation loss (0 = off).
+    #[arg(long, default_value_t = 15)]
+    pub patience: usize,
+    /// Stop cleanly (with a checkpoint) after this many hours (fractional; 0 = no limit).
+    #[arg(long, default_value_t = 0.0, alias = "max_training_hours")]
+    pub max_training_hours: f64,
+    /// Write checkpoints/checkpoint_epoch_N every N epochs (0 = never).
+    #[arg(long, default_value_t = 5, alias = "save_every")]
+    pub save_every: usize,
+    /// Log training metrics every N steps.
+    #[arg(long, default_value_t = 50, alias = "log_every")]
+    pub log_every: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    // ---- where and how ----
+    /// Run directory (default runs/<timestamp>).
+    #[arg(long, alias = "out_dir", alias = "output-dir")]
+    pub out_dir: Option<PathBuf>,
+    /// Continue from a checkpoint directory (e.g. runs/X/checkpoints/last).
+    #[arg(long, alias = "resume_from", alias = "resume")]
+    pub resume_from: Option<PathBuf>,
+    /// flex, vulkan[:N] or cuda[:N] (default: the best one compiled in).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Compute threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// No progress bar, only epoch lines and the summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let m = Config::augment_args(clap::Command::new("vitrs")).get_matches_from(["vitrs"]);
+        Config::from_arg_matches(&m).expect("built-in defaults parse")
+    }
+}
+
+/// Levenshtein distance, for "did you mean" on unknown config keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + (ca != *cb) as usize)
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+impl Config {
+    /// Every spelling a config file may use (flag names and their aliases, kebab- or
+    /// snake-case), mapped to the key it sets.
+    pub fn key_spellings() -> Vec<(String, String)> {
+        let cmd = Config::augment_args(clap::Command::new("vitrs"));
+        let mut out = Vec::new();
+        for a in cmd.get_arguments() {
+            let key = a.get_id().as_str().replace('_', "-");
+            let names = a
+                .get_long()
+                .into_iter()
+                .chain(a.get_all_aliases().unwrap_or_default());
+            for n in names {
+                out.push((n.replace('_', "-"), key.clone()));
+            }
+            out.push((key.clone(), key.clone()));
+        }
+        out
+    }
+
+    /// Parse a TOML config file. Keys may use any flag spelling; an unknown key is an error
+    /// naming the closest valid one.
+    pub fn table_from_file(path: &Path) -> Result<toml::Table> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, "reading config", e))?;
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))?;
+        let spellings = Config::key_spellings();
+        let mut out = toml::Table::new();
+        for (k, v) in table {
+            let name = k.replace('_', "-");
+            match spellings.iter().find(|(s, _)| *s == name) {
+                Some((_, key)) => {
+                    out.insert(key.clone(), v);
+                }
+                None => {
+                    let closest = spellings
+                        .iter()
+                        .min_by_key(|(s, _)| edit_distance(&name, s))
+                        .map(|(s, _)| s.clone())
+                        .unwrap_or_default();
+                    return Err(Error::Config(format!(
+                        "{}: unknown key `{k}` (did you mean `{closest}`?)",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// base (defaults, or the resumed run's config) < file < flags given on the command line.
+    pub fn resolve(
+        base: Config,
+        cli: &Config,
+        matches: &ArgMatches,
+        file: Option<&Path>,
+    ) -> Result<Config> {
+        let mut table = match toml::Value::try_from(base) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        if let Some(f) = file {
+            table.extend(Config::table_from_file(f)?);
+        }
+        let cli_table = match toml::Value::try_from(cli) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        for id in matches.ids() {
+            if matches.value_source(id.as_str()) == Some(ValueSource::CommandLine) {
+                let key = id.as_str().replace('_', "-");
+                if let Some(v) = cli_table.get(&key) {
+                    table.insert(key, v.clone());
+                }
+            }
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("config: {}", e.message())))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// The model this config describes, given the dataset's image size, channels and classes.
+    pub fn vit_config(
+        &self,
+        data_size: usize,
+        channels: usize,
+        data_classes: usize,
+    ) -> Result<VitConfig> {
+        let p = model::find_preset(&self.model).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown --model `{}` (choose one of: {})",
+                self.model,
+                model::preset_names().join(", ")
+            ))
+        })?;
+        let num_classes = self.num_classes.unwrap_or(data_classes);
+        if num_classes < data_classes {
+            return Err(Error::Config(format!(
+                "--num-classes {num_classes} is smaller than the dataset's {data_classes} classes (drop the flag to use the dataset's count)"
+            )));
+        }
+        let cfg = VitConfig {
+            img_size: self.img_size.or(p.img_size).unwrap_or(data_size),
+            patch_size: self.patch_size.unwrap_or(p.patch_size),
+            in_chans: channels,
+            num_classes,
+            embed_dim: self.embed_dim.unwrap_or(p.embed_dim),
+            depth: self.depth.unwrap_or(p.depth),
+            num_heads: self.num_heads.unwrap_or(p.num_heads),
+            mlp_dim: self.mlp_dim.unwrap_or(p.mlp_dim),
+            qkv_bias: self.qkv_bias,
+            drop_rate: self.dropout.unwrap_or(p.dropout),
+            attn_drop_rate: self.attn_dropout.unwrap_or(p.dropout),
+            drop_path_rate: self.drop_path,
+            layer_norm_eps: 1e-6,
+            pool: self.pool,
+            dist_token: false,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that need no data: contradictions and impossible values.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.batch_size == 0 {
+            return bad("--batch-size must be > 0");
+        }
+        if self.epochs == 0 {
+            return bad("--epochs must be > 0");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("--lr must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad("--label-smoothing must be in [0, 1)");
+        }
+        if self.grad_clip < 0.0
+            || self.weight_decay < 0.0
+            || self.min_lr < 0.0
+            || self.warmup_start_lr < 0.0
+        {
+            return bad("--grad-clip, --weight-decay, --min-lr and --warmup-start-lr must be ≥ 0");
+        }
+        if self.min_lr > self.lr {
+            return bad("--min-lr is larger than --lr (the cosine decay would go up)");
+        }
+        if self.warmup_epochs < 0.0 || self.warmup_epochs > self.epochs as f64 {
+            return bad("--warmup-epochs must be between 0 and --epochs");
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad("--beta1 and --beta2 must be in [0, 1)");
+        }
+        if self.eval_every == 0 {
+            return bad("--eval-every must be ≥ 1");
+        }
+        if self.max_training_hours < 0.0 {
+            return bad("--max-training-hours must be ≥ 0");
+        }
+        if self.log_every == 0 {
+            return bad("--log-every must be ≥ 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_seeds() {
+        let c = Config::default();
+        assert_eq!(c.batch_size, 128);
+        assert_eq!(c.lr, 3e-4);
+        assert_eq!(c.label_smoothing, 0.1);
+        assert_eq!(c.grad_clip, 1.0);
+        assert_eq!(c.save_every, 5);
+        assert!(c.qkv_bias);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let c = Config {
+            embed_dim: Some(64),
+            ..Config::default()
+        };
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_key_names_the_closest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "batch-sise = 3\n").unwrap();
+        let e = Config::table_from_file(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("batch-sise") && e.contains("`batch-size`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn impossible_shapes_are_rejected() {
+        let c = Config {
+            embed_dim: Some(100),
+            num_heads: Some(3),
+            ..Config::default()
+        };
+        let e = c.vit_config(32, 3, 10).unwrap_err().to_string();
+        assert!(e.contains("not divisible by num-heads"), "{e}");
+        let c = Config {
+            patch_size: Some(5),
+            ..Config::default()
+        };
+        let e = c.vit_config(32, 3, 10).unwrap_err().to_string();
+        assert!(
+            e.contains("img-size 32 is not divisible by patch-size 5"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,333 @@
+//! The reusable layers of vitrs' models, named like timm's so that a parameter's module path
+//! (`blocks.3.attn.qkv.weight`) *is* its timm state-dict key.
+//!
+//! Weights of `Linear` are stored `[in, out]` (burn's matmul layout); the safetensors I/O
+//! transposes them to PyTorch's `[out, in]`. Every forward takes an explicit [`Ctx`]: dropout
+//! and DropPath act only in a training context, so evaluation can never be stochastic by accident.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::module::{attention, conv2d, layer_norm, linear};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use std::cell::RefCell;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::rng::Rng;
+
+/// Host-side initialisers: weights are drawn from vitrs' own addressed RNG so that a seed
+/// gives the same model on every backend and every thread count.
+pub struct Init {
+    rng: Rng,
+}
+
+impl Init {
+    pub fn new(seed: u64) -> Self {
+        Init {
+            rng: Rng::at(seed, crate::rng::stream::INIT, &[]),
+        }
+    }
+
+    fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+
+    /// Truncated normal(0, std) cut at ±2 std, as timm's `trunc_normal_(std=.02)`.
+    pub fn trunc_normal<const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        std: f64,
+        device: &Device,
+    ) -> Tensor<D> {
+        let n = shape.iter().product();
+        let values = (0..n)
+            .map(|_| {
+                loop {
+                    let z = self.rng.normal();
+                    if z.abs() <= 2.0 {
+                        break (z * std) as f32;
+                    }
+                }
+            })
+            .collect();
+        Self::tensor(values, shape, device)
+    }
+
+    /// Uniform(-bound, bound).
+    pub fn uniform<const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        bound: f64,
+        device: &Device,
+    ) -> Tensor<D> {
+        let n = shape.iter().product();
+        let values = (0..n)
+            .map(|_| self.rng.uniform(-bound, bound) as f32)
+            .collect();
+        Self::tensor(values, shape, device)
+    }
+
+    /// Xavier/Glorot uniform for a weight with the given fan-in and fan-out.
+    pub fn xavier<const D: usize>(
+        &mut self,
+        shape: [usize; D],
+        fan_in: usize,
+        fan_out: usize,
+        device: &Device,
+    ) -> Tensor<D> {
+        let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+        self.uniform(shape, bound, device)
+    }
+
+    pub fn zeros<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::zeros(shape, device)
+    }
+
+    pub fn ones<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::ones(shape, device)
+    }
+}
+
+/// `y = x·W + b`, W stored `[in, out]`.
+#[derive(Module, Debug)]
+pub struct Linear {
+    pub weight: Param<Tensor<2>>,
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    /// Xavier-uniform weight, zero bias (the ViT init of timm's `init_weights`, 'jax' style
+    /// for linears, as the seeds ask).
+    pub fn new(d_in: usize, d_out: usize, bias: bool, init: &mut Init, device: &Device) -> Self {
+        Linear {
+            weight: Param::from_tensor(init.xavier([d_in, d_out], d_in, d_out, device)),
+            bias: bias.then(|| Param::from_tensor(Init::zeros([d_out], device))),
+        }
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.weight.lazy_shape().dims::<2>()[0]
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.weight.lazy_shape().dims::<2>()[1]
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f64, device: &Device) -> Self {
+        LayerNorm {
+            weight: Param::from_tensor(Init::ones([dim], device)),
+            bias: Param::from_tensor(Init::zeros([dim], device)),
+            eps,
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
+    }
+}
+
+/// How a forward pass runs: evaluation, or training with its own random stream.
+///
+/// Dropout and DropPath masks are drawn on the host from an RNG addressed by
+/// (seed, step, rank), not from the backend's global generator: the same step draws the same
+/// masks on every backend, after a resume, and when several models train in one process.
+pub struct Ctx {
+    pub train: bool,
+    rng: RefCell<Rng>,
+}
+
+impl Ctx {
+    pub fn eval() -> Self {
+        Ctx {
+            train: false,
+            rng: RefCell::new(Rng::seed(0)),
+        }
+    }
+
+    pub fn train(seed: u64, step: u64, rank: u64) -> Self {
+        Ctx {
+            train: true,
+            rng: RefCell::new(Rng::at(seed, crate::rng::stream::DROPOUT, &[step, rank])),
+        }
+    }
+
+    /// A {0, 1/keep} mask of `shape`, on `device`.
+    fn mask<const D: usize>(&self, shape: [usize; D], keep: f64, device: &Device) -> Tensor<D> {
+        let n: usize = shape.iter().product();
+        let mut rng = self.rng.borrow_mut();
+        let on = (1.0 / keep) as f32;
+        let threshold = (keep * (1u64 << 32) as f64) as u64;
+        let mut values = Vec::with_capacity(n);
+        while values.len() < n {
+            let r = rng.next_u64();
+            for half in [r & 0xFFFF_FFFF, r >> 32] {
+                if values.len() < n {
+                    values.push(if half < threshold { on } else { 0.0 });
+                }
+            }
+        }
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+}
+
+/// Inverted dropout; identity unless training.
+pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64, ctx: &Ctx) -> Tensor<D> {
+    if !ctx.train || prob == 0.0 {
+        return x;
+    }
+    let mask = ctx.mask(x.dims(), 1.0 - prob, &x.device());
+    x * mask
+}
+
+/// Stochastic depth: drop the whole residual branch per sample with probability `prob`.
+pub fn drop_path(x: Tensor<3>, prob: f64, ctx: &Ctx) -> Tensor<3> {
+    if !ctx.train || prob == 0.0 {
+        return x;
+    }
+    let [b, _, _] = x.dims();
+    let mask: Tensor<3> = ctx.mask([b, 1, 1], 1.0 - prob, &x.device());
+    x * mask
+}
+
+/// Multi-head self-attention with a fused qkv projection (timm's `Attention`).
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub num_heads: usize,
+    pub attn_drop: f64,
+    pub proj_drop: f64,
+}
+
+impl Attention {
+    pub fn forward(&self, x: Tensor<3>, ctx: &Ctx) -> Tensor<3> {
+        let [b, n, c] = x.dims();
+        let h = self.num_heads;
+        let d = c / h;
+        // [b, n, 3c] -> [3, b, h, n, d]
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, n, 3, h, d])
+            .permute([2, 0, 3, 1, 4]);
+        let q: Tensor<4> = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, d]);
+        let k: Tensor<4> = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, d]);
+        let v: Tensor<4> = qkv.narrow(0, 2, 1).reshape([b, h, n, d]);
+        let out = if ctx.train && self.attn_drop > 0.0 {
+            // Dropout on the attention matrix needs it materialised.
+            let scale = (d as f64).powf(-0.5);
+            let attn = softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
+            dropout(attn, self.attn_drop, ctx).matmul(v)
+        } else {
+            attention(q, k, v, None, None, AttentionModuleOptions::default())
+        };
+        let out = out.swap_dims(1, 2).reshape([b, n, c]);
+        dropout(self.proj.forward(out), self.proj_drop, ctx)
+    }
+}
+
+/// timm's `Mlp`: fc1 → GELU → dropout → fc2 → dropout.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub drop: f64,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: Tensor<3>, ctx: &Ctx) -> Tensor<3> {
+        let x = dropout(gelu(self.fc1.forward(x)), self.drop, ctx);
+        dropout(self.fc2.forward(x), self.drop, ctx)
+    }
+}
+
+/// Pre-norm transformer block.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+    pub drop_path: f64,
+}
+
+impl Block {
+    pub fn forward(&self, x: Tensor<3>, ctx: &Ctx) -> Tensor<3> {
+        let a = self.attn.forward(self.norm1.forward(x.clone()), ctx);
+        let x = x + drop_path(a, self.drop_path, ctx);
+        let m = self.mlp.forward(self.norm2.forward(x.clone()), ctx);
+        x + drop_path(m, self.drop_path, ctx)
+    }
+}
+
+/// A strided convolution (`kernel = stride = patch`), weight `[out, in, p, p]` as PyTorch's.
+#[derive(Module, Debug)]
+pub struct Conv2d {
+    pub weight: Param<Tensor<4>>,
+    pub bias: Option<Param<Tensor<1>>>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2d {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            options,
+        )
+    }
+}
+
+/// Image → patch tokens: `[b, c, H, W]` → `[b, (H/p)·(W/p), dim]`.
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    pub proj: Conv2d,
+}
+
+impl PatchEmbed {
+    pub fn new(
+        in_chans: usize,
+        dim: usize,
+        patch: usize,
+        init: &mut Init,
+        device: &Device,
+    ) -> Self {
+        // timm initialises the patch projection like a linear layer over the flattened patch.
+        let fan_in = in_chans * patch * patch;
+        PatchEmbed {
+            proj: Conv2d {
+                weight: Param::from_tensor(init.xavier(
+                    [dim, in_chans, patch, patch],
+                    fan_in,
+                    dim,
+                    device,
+                )),
+                bias: Some(Param::from_tensor(Init::zeros([dim], device))),
+                stride: patch,
+                padding: 0,
+            },
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
+        let y = self.proj.forward(x); // [b, dim, gh, gw]
+        let [b, d, gh, gw] = y.dims();
+        y.reshape([b, d, gh * gw]).swap_dims(1, 2)
+    }
+}

@@ -1,0 +1,153 @@
+//! Parameters by path. Every generic piece of training machinery (optimizer, gradient
+//! clipping, EMA, checkpoint I/O, data-parallel all-reduce) sees a model as a list of
+//! `(timm path, flat tensor)` pairs, so none of it depends on a model's Rust type.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::{Gradients, Tensor};
+
+/// One parameter, flattened to rank 1 (a view: no copy).
+#[derive(Clone, Debug)]
+pub struct NamedParam {
+    pub path: String,
+    pub id: ParamId,
+    pub shape: Vec<usize>,
+    pub value: Tensor<1>,
+    pub trainable: bool,
+}
+
+#[derive(Default)]
+struct PathStack(Vec<String>);
+
+impl PathStack {
+    fn enter(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+    fn exit(&mut self) {
+        self.0.pop();
+    }
+    fn path(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+fn flat<const D: usize>(t: Tensor<D>) -> Tensor<1> {
+    let n = t.shape().num_elements();
+    t.reshape([n])
+}
+
+struct Collect {
+    stack: PathStack,
+    out: Vec<NamedParam>,
+}
+
+impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        self.out.push(NamedParam {
+            path: self.stack.path(),
+            id: param.id,
+            shape: value.dims().to_vec(),
+            trainable: value.is_require_grad(),
+            value: flat(value.inner()),
+        });
+    }
+}
+
+/// All float parameters of `module` in declaration order, detached from autodiff.
+pub fn named_params<M: Module>(module: &M) -> Vec<NamedParam> {
+    let mut v = Collect {
+        stack: PathStack::default(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+struct CollectGrads<'a> {
+    stack: PathStack,
+    grads: &'a Gradients,
+    out: BTreeMap<String, Tensor<1>>,
+}
+
+impl ModuleVisitor for CollectGrads<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = param.val().grad(self.grads) {
+            self.out.insert(self.stack.path(), flat(g));
+        }
+    }
+}
+
+/// The gradient of every trainable parameter, by path, flattened. Frozen parameters have none.
+pub fn gradients<M: Module>(module: &M, grads: &Gradients) -> BTreeMap<String, Tensor<1>> {
+    let mut v = CollectGrads {
+        stack: PathStack::default(),
+        grads,
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+struct MapParams<F> {
+    stack: PathStack,
+    f: F,
+}
+
+impl<F: FnMut(&str, Tensor<1>) -> Option<Tensor<1>>> ModuleMapper for MapParams<F> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.stack.path();
+        let f = &mut self.f;
+        param.map(|t| {
+            let dims = t.dims();
+            match f(&path, flat(t.clone().inner())) {
+                None => t,
+                Some(new) => {
+                    let new: Tensor<D> = new.reshape(dims);
+                    if t.is_autodiff() {
+                        let trainable = t.is_require_grad();
+                        new.autodiff().set_require_grad(trainable)
+                    } else {
+                        new
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Replace parameter values: `f(path, current)` returns the new flat value, or `None` to keep
+/// it. Ids, trainability and the autodiff association are preserved.
+pub fn map_params<M: Module>(module: M, f: impl FnMut(&str, Tensor<1>) -> Option<Tensor<1>>) -> M {
+    module.map(&mut MapParams {
+        stack: PathStack::default(),
+        f,
+    })
+}
+
+/// Total and trainable parameter counts.
+pub fn count_params<M: Module>(module: &M) -> (usize, usize) {
+    named_params(module).iter().fold((0, 0), |(t, tr), p| {
+        let n: usize = p.shape.iter().product();
+        (t + n, tr + if p.trainable { n } else { 0 })
+    })
+}

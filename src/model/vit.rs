@@ -1,0 +1,403 @@
+//! The Vision Transformer, on one screen (timm's `VisionTransformer`, pre-norm, class token,
+//! learned position embeddings; optional DeiT distillation token).
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::layers::{Attention, Block, Ctx, Init, LayerNorm, Linear, Mlp, PatchEmbed, dropout};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pool {
+    /// The class token's final state (timm `global_pool='token'`).
+    Cls,
+    /// Mean over the patch tokens (timm `global_pool='avg'`).
+    Avg,
+}
+
+/// Everything that fixes a ViT's shape and behaviour; saved as `config.json` in checkpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VitConfig {
+    pub img_size: usize,
+    pub patch_size: usize,
+    pub in_chans: usize,
+    pub num_classes: usize,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub mlp_dim: usize,
+    pub qkv_bias: bool,
+    /// Dropout after the attention projection and inside the MLP.
+    pub drop_rate: f64,
+    pub attn_drop_rate: f64,
+    /// Stochastic depth of the last block; block i gets `drop_path_rate · i / (depth − 1)`.
+    pub drop_path_rate: f64,
+    pub layer_norm_eps: f64,
+    pub pool: Pool,
+    /// DeiT: a second learned token after the class token, with its own head.
+    #[serde(default)]
+    pub dist_token: bool,
+}
+
+impl VitConfig {
+    pub fn num_patches(&self) -> usize {
+        (self.img_size / self.patch_size).pow(2)
+    }
+
+    pub fn num_prefix_tokens(&self) -> usize {
+        1 + self.dist_token as usize
+    }
+
+    /// Rejects shapes that cannot be built, before anything is allocated.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 || self.mlp_dim == 0 {
+            return bad("embed-dim, depth, num-heads and mlp-dim must all be > 0".into());
+        }
+        if self.embed_dim % self.num_heads != 0 {
+            return bad(format!(
+                "embed-dim {} is not divisible by num-heads {} (pick heads dividing the dimension, e.g. {})",
+                self.embed_dim,
+                self.num_heads,
+                divisors_near(self.embed_dim, self.num_heads)
+            ));
+        }
+        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+            return bad(format!(
+                "img-size {} is not divisible by patch-size {} (choose a patch size that divides the image size)",
+                self.img_size, self.patch_size
+            ));
+        }
+        if self.num_classes == 0 || self.in_chans == 0 {
+            return bad("num-classes and input channels must be > 0".into());
+        }
+        for (name, p) in [
+            ("dropout", self.drop_rate),
+            ("attn-dropout", self.attn_drop_rate),
+            ("drop-path", self.drop_path_rate),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("{name} {p} must be in [0, 1)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn divisors_near(dim: usize, heads: usize) -> usize {
+    (1..=dim)
+        .filter(|h| dim % h == 0)
+        .min_by_key(|h| h.abs_diff(heads))
+        .unwrap_or(1)
+}
+
+#[derive(Module, Debug)]
+pub struct VisionTransformer {
+    pub patch_embed: PatchEmbed,
+    pub cls_token: Param<Tensor<3>>,
+    pub dist_token: Option<Param<Tensor<3>>>,
+    pub pos_embed: Param<Tensor<3>>,
+    pub blocks: Vec<Block>,
+    pub norm: LayerNorm,
+    pub head: Linear,
+    pub head_dist: Option<Linear>,
+    pub drop_rate: f64,
+    #[module(skip)]
+    pub config: VitConfig,
+}
+
+/// What one forward pass gives: the class-token logits, and the distillation-token logits
+/// when the model has one.
+pub struct VitOutput {
+    pub logits: Tensor<2>,
+    pub dist_logits: Option<Tensor<2>>,
+}
+
+impl VisionTransformer {
+    pub fn new(config: &VitConfig, seed: u64, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let c = config;
+        let mut init = Init::new(seed);
+        let dim = c.embed_dim;
+        let tokens = c.num_patches() + c.num_prefix_tokens();
+        let patch_embed = PatchEmbed::new(c.in_chans, dim, c.patch_size, &mut init, device);
+        let cls_token = Param::from_tensor(init.trunc_normal([1, 1, dim], 0.02, device));
+        let dist_token = c
+            .dist_token
+            .then(|| Param::from_tensor(init.trunc_normal([1, 1, dim], 0.02, device)));
+        let pos_embed = Param::from_tensor(init.trunc_normal([1, tokens, dim], 0.02, device));
+        let blocks = (0..c.depth)
+            .map(|i| {
+                let dpr = if c.depth > 1 {
+                    c.drop_path_rate * i as f64 / (c.depth - 1) as f64
+                } else {
+                    c.drop_path_rate
+                };
+                Block {
+                    norm1: LayerNorm::new(dim, c.layer_norm_eps, device),
+                    attn: Attention {
+                        qkv: Linear::new(dim, 3 * dim, c.qkv_bias, &mut init, device),
+                        proj: Linear::new(dim, dim, true, &mut init, device),
+                        num_heads: c.num_heads,
+                        attn_drop: c.attn_drop_rate,
+                        proj_drop: c.drop_rate,
+                    },
+                    norm2: LayerNorm::new(dim, c.layer_norm_eps, device),
+                    mlp: Mlp {
+                        fc1: Linear::new(dim, c.mlp_dim, true, &mut init, device),
+                        fc2: Linear::new(c.mlp_dim, dim, true, &mut init, device),
+                        drop: c.drop_rate,
+                    },
+                    drop_path: dpr,
+                }
+            })
+            .collect();
+        Ok(VisionTransformer {
+            patch_embed,
+            cls_token,
+            dist_token,
+            pos_embed,
+            blocks,
+            norm: LayerNorm::new(dim, c.layer_norm_eps, device),
+            head: Linear::new(dim, c.num_classes, true, &mut init, device),
+            head_dist: c
+                .dist_token
+                .then(|| Linear::new(dim, c.num_classes, true, &mut init, device)),
+            drop_rate: c.drop_rate,
+            config: config.clone(),
+        })
+    }
+
+    /// Final-norm token states `[b, tokens, dim]`.
+    pub fn forward_features(&self, x: Tensor<4>, ctx: &Ctx) -> Tensor<3> {
+        let x = self.patch_embed.forward(x);
+        let [b, _, dim] = x.dims();
+        let mut prefix = vec![self.cls_token.val().expand([b, 1, dim])];
+        if let Some(t) = &self.dist_token {
+            prefix.push(t.val().expand([b, 1, dim]));
+        }
+        prefix.push(x);
+        let mut x = dropout(
+            Tensor::cat(prefix, 1) + self.pos_embed.val(),
+            self.drop_rate,
+            ctx,
+        );
+        for block in &self.blocks {
+            x = block.forward(x, ctx);
+        }
+        self.norm.forward(x)
+    }
+
+    pub fn forward_heads(&self, x: Tensor<4>, ctx: &Ctx) -> VitOutput {
+        let feats = self.forward_features(x, ctx);
+        let [b, n, dim] = feats.dims();
+        let pooled: Tensor<2> = match self.config.pool {
+            Pool::Cls => feats.clone().narrow(1, 0, 1).reshape([b, dim]),
+            Pool::Avg => {
+                let prefix = self.config.num_prefix_tokens();
+                feats
+                    .clone()
+                    .narrow(1, prefix, n - prefix)
+                    .mean_dim(1)
+                    .reshape([b, dim])
+            }
+        };
+        let logits = self.head.forward(dropout(pooled, self.drop_rate, ctx));
+        let dist_logits = self
+            .head_dist
+            .as_ref()
+            .map(|h| h.forward(feats.narrow(1, 1, 1).reshape([b, dim])));
+        VitOutput {
+            logits,
+            dist_logits,
+        }
+    }
+
+    /// Class logits; with a distillation head, the average of both heads (timm's eval output).
+    pub fn forward(&self, x: Tensor<4>, ctx: &Ctx) -> Tensor<2> {
+        let out = self.forward_heads(x, ctx);
+        match out.dist_logits {
+            Some(d) => (out.logits + d) / 2.0,
+            None => out.logits,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::augment::mix::soft_targets;
+    use crate::model::params::{count_params, map_params, named_params};
+    use crate::train::loss::soft_cross_entropy;
+    use burn::tensor::{DType, TensorData};
+
+    fn cfg(img: usize, patch: usize, dims: [usize; 4], classes: usize) -> VitConfig {
+        VitConfig {
+            img_size: img,
+            patch_size: patch,
+            in_chans: 3,
+            num_classes: classes,
+            embed_dim: dims[0],
+            depth: dims[1],
+            num_heads: dims[2],
+            mlp_dim: dims[3],
+            qkv_bias: true,
+            drop_rate: 0.0,
+            attn_drop_rate: 0.0,
+            drop_path_rate: 0.0,
+            layer_norm_eps: 1e-6,
+            pool: Pool::Cls,
+            dist_token: false,
+        }
+    }
+
+    /// Closed-form parameter count of a timm ViT.
+    fn closed_form(c: &VitConfig) -> usize {
+        let d = c.embed_dim;
+        let patch = c.in_chans * c.patch_size * c.patch_size * d + d;
+        let tokens = (c.num_patches() + 1) * d + d;
+        let block = 2 * 2 * d
+            + (3 * d * d + 3 * d)
+            + (d * d + d)
+            + (d * c.mlp_dim + c.mlp_dim)
+            + (c.mlp_dim * d + d);
+        patch + tokens + c.depth * block + 2 * d + d * c.num_classes + c.num_classes
+    }
+
+    #[test]
+    fn vit_tiny_has_timms_parameter_count() {
+        // timm's vit_tiny_patch16_224: 5,717,416 parameters.
+        let c = cfg(224, 16, [192, 12, 3, 768], 1000);
+        assert_eq!(closed_form(&c), 5_717_416);
+        let m = VisionTransformer::new(&c, 0, &Device::flex()).unwrap();
+        assert_eq!(count_params(&m).0, 5_717_416);
+    }
+
+    #[test]
+    fn every_preset_builds_with_the_closed_form_count_and_runs() {
+        let device = Device::flex();
+        for p in crate::model::PRESETS {
+            let img = p.img_size.unwrap_or(32);
+            let c = cfg(
+                img,
+                p.patch_size,
+                [p.embed_dim, p.depth, p.num_heads, p.mlp_dim],
+                10,
+            );
+            let m = VisionTransformer::new(&c, 0, &device).unwrap();
+            assert_eq!(count_params(&m).0, closed_form(&c), "{}", p.name);
+            if img == 32 && p.depth <= 8 {
+                let y = m.forward(Tensor::zeros([2, 3, img, img], &device), &Ctx::eval());
+                assert_eq!(y.dims(), [2, 10], "{}", p.name);
+            }
+        }
+        // The benchmark model of issue 5.
+        assert_eq!(closed_form(&cfg(32, 4, [192, 6, 3, 768], 10)), 2_693_578);
+    }
+
+    #[test]
+    fn parameter_paths_are_timm_names() {
+        let m = VisionTransformer::new(&cfg(8, 4, [8, 2, 2, 16], 3), 0, &Device::flex()).unwrap();
+        let names: Vec<String> = named_params(&m).into_iter().map(|p| p.path).collect();
+        for n in [
+            "patch_embed.proj.weight",
+            "patch_embed.proj.bias",
+            "cls_token",
+            "pos_embed",
+            "blocks.0.norm1.weight",
+            "blocks.0.norm1.bias",
+            "blocks.0.attn.qkv.weight",
+            "blocks.0.attn.qkv.bias",
+            "blocks.0.attn.proj.weight",
+            "blocks.1.norm2.weight",
+            "blocks.1.mlp.fc1.weight",
+            "blocks.1.mlp.fc2.bias",
+            "norm.weight",
+            "head.weight",
+            "head.bias",
+        ] {
+            assert!(names.contains(&n.to_string()), "{n} not in {names:?}");
+        }
+        assert_eq!(names.len(), 4 + 2 * 12 + 4);
+    }
+
+    fn to_f64(m: VisionTransformer) -> VisionTransformer {
+        map_params(m, |_, v| Some(v.cast(DType::F64)))
+    }
+
+    fn loss_of(m: &VisionTransformer, x: &Tensor<4>, t: &Tensor<2>) -> Tensor<1> {
+        soft_cross_entropy(m.forward(x.clone(), &Ctx::eval()), t.clone())
+    }
+
+    /// Gradients from autodiff against central finite differences, in f64, on a tiny model.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let device = Device::flex().autodiff();
+        let c = cfg(8, 4, [8, 2, 2, 12], 3);
+        let m = to_f64(VisionTransformer::new(&c, 3, &device).unwrap());
+        let mut rng = crate::rng::Rng::seed(9);
+        let xs: Vec<f64> = (0..2 * 3 * 8 * 8).map(|_| rng.normal()).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(xs, [2, 3, 8, 8]), (&device, DType::F64));
+        let t: Vec<f64> = soft_targets(&[0, 2], 3, 0.1)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let t = Tensor::<2>::from_data(TensorData::new(t, [2, 3]), (&device, DType::F64));
+        let grads = loss_of(&m, &x, &t).backward();
+        let grads = crate::model::params::gradients(&m, &grads);
+        let plain = Device::flex();
+        let xp = x.clone().inner();
+        let tp = t.clone().inner();
+        for (path, idx) in [
+            ("blocks.0.attn.qkv.weight", 5),
+            ("blocks.1.mlp.fc1.bias", 3),
+            ("blocks.0.norm1.weight", 2),
+            ("pos_embed", 7),
+            ("cls_token", 1),
+            ("patch_embed.proj.weight", 11),
+            ("head.weight", 4),
+        ] {
+            let g: Vec<f64> = grads[path]
+                .clone()
+                .into_data()
+                .convert::<f64>()
+                .try_into_vec::<f64>()
+                .unwrap();
+            let eps = 1e-6;
+            let eval = |delta: f64| -> f64 {
+                let mp = map_params(m.valid(), |p, v| {
+                    (p == path).then(|| {
+                        let mut d: Vec<f64> = v
+                            .into_data()
+                            .convert::<f64>()
+                            .try_into_vec::<f64>()
+                            .unwrap();
+                        d[idx] += delta;
+                        let n = d.len();
+                        Tensor::<1>::from_data(TensorData::new(d, [n]), (&plain, DType::F64))
+                    })
+                });
+                loss_of(&mp, &xp, &tp).into_scalar::<f64>()
+            };
+            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            let err = (fd - g[idx]).abs() / (fd.abs().max(g[idx].abs()).max(1e-8));
+            assert!(
+                err < 1e-5,
+                "{path}[{idx}]: autodiff {} vs finite difference {fd}",
+                g[idx]
+            );
+        }
+    }
+
+    #[test]
+    fn impossible_configs_are_errors_not_panics() {
+        let e =
+            VisionTransformer::new(&cfg(32, 4, [10, 1, 3, 8], 3), 0, &Device::flex()).unwrap_err();
+        assert!(e.to_string().contains("not divisible by num-heads"));
+        let e =
+            VisionTransformer::new(&cfg(30, 4, [12, 1, 3, 8], 3), 0, &Device::flex()).unwrap_err();
+        assert!(e.to_string().contains("not divisible by patch-size"));
+    }
+}

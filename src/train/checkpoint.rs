@@ -1,0 +1,154 @@
+//! Checkpoints: one directory each, written under a temporary name, fsynced, then swapped
+//! into place, so a crash (or kill -9) never leaves a partial one and never destroys the
+//! previous good one.
+//!
+//! ```text
+//! <dir>/model.safetensors      weights, timm names, PyTorch layouts
+//! <dir>/config.json            the model config (VitConfig)
+//! <dir>/optimizer.safetensors  AdamW moments, `<param>.exp_avg(_sq)`
+//! <dir>/training_state.json    epoch, step, best metrics, early-stopping counters
+//! <dir>/train_config.toml      the full resolved run configuration
+//! <dir>/classes.json           class names, for `predict`
+//! ```
+//! Data order, augmentation and dropout are addressed by (seed, epoch, index/step), so the
+//! epoch and step *are* the RNG and data-order state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::model::VitConfig;
+use crate::model::io::{HostTensor, read_safetensors, write_safetensors};
+use crate::util::{replace_dir, write_file_synced};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingState {
+    /// Epochs fully completed.
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub global_step: u64,
+    pub best_val_acc: f64,
+    pub best_val_loss: f64,
+    pub best_epoch: usize,
+    /// Evaluations since the validation loss last improved (early stopping).
+    pub evals_since_best: usize,
+    /// Training seconds before this checkpoint (for time limits and throughput).
+    pub elapsed_secs: f64,
+    pub images_seen: u64,
+}
+
+pub struct Checkpoint {
+    pub model: BTreeMap<String, HostTensor>,
+    pub vit_config: VitConfig,
+    pub optimizer: Option<BTreeMap<String, HostTensor>>,
+    pub state: Option<TrainingState>,
+    pub train_config: Option<Config>,
+    pub class_names: Option<Vec<String>>,
+}
+
+fn json_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Checkpoint(format!("{}: {e}", path.display()))
+}
+
+/// Write a checkpoint directory at `dest` atomically.
+pub fn save(dest: &Path, ckpt: &Checkpoint) -> Result<()> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| Error::io(parent, "creating checkpoint directory", e))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| {
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "creating", e))?;
+        write_safetensors(&tmp.join("model.safetensors"), &ckpt.model, None)?;
+        let cfg = serde_json::to_vec_pretty(&ckpt.vit_config).map_err(|e| json_err(dest, e))?;
+        write_file_synced(&tmp.join("config.json"), &cfg)?;
+        if let Some(opt) = &ckpt.optimizer {
+            write_safetensors(&tmp.join("optimizer.safetensors"), opt, None)?;
+        }
+        if let Some(state) = &ckpt.state {
+            let s = serde_json::to_vec_pretty(state).map_err(|e| json_err(dest, e))?;
+            write_file_synced(&tmp.join("training_state.json"), &s)?;
+        }
+        if let Some(tc) = &ckpt.train_config {
+            write_file_synced(&tmp.join("train_config.toml"), tc.to_toml().as_bytes())?;
+        }
+        if let Some(names) = &ckpt.class_names {
+            let s = serde_json::to_vec_pretty(names).map_err(|e| json_err(dest, e))?;
+            write_file_synced(&tmp.join("classes.json"), &s)?;
+        }
+        crate::util::sync_dir(&tmp)?;
+        replace_dir(&tmp, dest)
+    })();
+    if result.is_err() {
+        // Leave the previous checkpoint untouched and clean up our partial write.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.map_err(|e| {
+        Error::Checkpoint(format!(
+            "could not save checkpoint {}: {e} (the previous checkpoint is intact)",
+            dest.display()
+        ))
+    })
+}
+
+/// Read a checkpoint directory. Weights and model config are required; the training state
+/// only for resuming.
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    if !dir.is_dir() {
+        return Err(Error::Checkpoint(format!(
+            "{} is not a checkpoint directory (expected e.g. runs/<run>/checkpoints/last)",
+            dir.display()
+        )));
+    }
+    let cfg_path = dir.join("config.json");
+    let cfg = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, "reading", e))?;
+    let vit_config: VitConfig = serde_json::from_slice(&cfg).map_err(|e| json_err(&cfg_path, e))?;
+    let model = read_safetensors(&dir.join("model.safetensors"))?;
+    let opt_path = dir.join("optimizer.safetensors");
+    let optimizer = opt_path
+        .exists()
+        .then(|| read_safetensors(&opt_path))
+        .transpose()?;
+    let state_path = dir.join("training_state.json");
+    let state = if state_path.exists() {
+        let s = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, "reading", e))?;
+        Some(serde_json::from_slice(&s).map_err(|e| json_err(&state_path, e))?)
+    } else {
+        None
+    };
+    let tc_path = dir.join("train_config.toml");
+    let train_config = if tc_path.exists() {
+        let s = std::fs::read_to_string(&tc_path).map_err(|e| Error::io(&tc_path, "reading", e))?;
+        Some(toml::from_str(&s).map_err(|e| json_err(&tc_path, e))?)
+    } else {
+        None
+    };
+    let classes_path = dir.join("classes.json");
+    let class_names = match std::fs::read(&classes_path) {
+        Ok(s) => Some(serde_json::from_slice(&s).map_err(|e| json_err(&classes_path, e))?),
+        Err(_) => None,
+    };
+    Ok(Checkpoint {
+        class_names,
+        model,
+        vit_config,
+        optimizer,
+        state,
+        train_config,
+    })
+}
+
+/// The run directory a checkpoint belongs to (`<run>/checkpoints/<name>` → `<run>`).
+pub fn run_dir_of(ckpt_dir: &Path) -> Option<PathBuf> {
+    let parent = ckpt_dir.parent()?;
+    (parent.file_name()? == "checkpoints")
+        .then(|| parent.parent().map(Path::to_path_buf))
+        .flatten()
+}

@@ -1,0 +1,171 @@
+//! Training: the step, the optimizer and schedule, checkpoints, and the loop.
+
+pub mod checkpoint;
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod step;
+pub mod trainer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::config::Config;
+use crate::data::augment::{EvalTransform, Image, TrainTransform};
+use crate::data::dataset::Dataset;
+use crate::data::loader::{Loader, LoaderConfig, SampleTransform};
+use crate::data::{Split, load};
+use crate::error::{Error, Result};
+use crate::model::layers::Ctx;
+use crate::model::{VisionTransformer, VitConfig};
+pub use trainer::{Run, Summary, train};
+
+/// `runs/<UTC timestamp>`.
+pub fn default_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    PathBuf::from("runs").join(format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}
+
+/// Everything before the first step: data, model config, loaders, run directory.
+pub fn prepare(cfg: Config) -> Result<Run> {
+    cfg.validate()?;
+    let device = crate::device::resolve(cfg.device.as_deref())?;
+    let train_data = load::load_split(&cfg, Split::Train)?;
+    let val_data = load::load_split(&cfg, Split::Test)?;
+    if train_data.height != train_data.width {
+        return Err(Error::Data(format!(
+            "images are {}×{}; vitrs trains on square images (resize the data set first)",
+            train_data.height, train_data.width
+        )));
+    }
+    let vit_config = cfg.vit_config(
+        train_data.height,
+        train_data.channels,
+        train_data.num_classes(),
+    )?;
+    let (mean, std) = load::mean_std(&cfg, train_data.channels);
+    let out_size = vit_config.img_size;
+    let loader_cfg = |shuffle: bool| LoaderConfig {
+        batch_size: cfg.batch_size,
+        shuffle,
+        seed: cfg.seed,
+        num_classes: vit_config.num_classes,
+        label_smoothing: cfg.label_smoothing,
+        mix: None,
+        out_size,
+        prefetch: 3,
+    };
+    let class_names = train_data.class_names.clone();
+    let train_tf = TrainTransform {
+        out_size: Some((out_size, out_size)),
+        ..TrainTransform::default_cifar(&mean, &std)
+    };
+    let run_dir = match (&cfg.out_dir, &cfg.resume_from) {
+        (Some(d), _) => d.clone(),
+        (None, Some(r)) => checkpoint::run_dir_of(r).unwrap_or_else(default_run_dir),
+        (None, None) => default_run_dir(),
+    };
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| Error::io(&run_dir, "creating run directory", e))?;
+    crate::util::write_file_synced(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    Ok(Run {
+        train: Loader::new(
+            Arc::new(train_data),
+            SampleTransform::Train(train_tf),
+            loader_cfg(true),
+        ),
+        val: val_loader(&cfg, &vit_config, val_data),
+        config: cfg,
+        vit_config,
+        device,
+        class_names,
+        run_dir,
+    })
+}
+
+/// Normalise, resizing to the model's input size when the data differs.
+pub fn eval_transform(mean: &[f32], std: &[f32], size: usize) -> EvalTransform {
+    EvalTransform {
+        out_size: Some((size, size)),
+        ..EvalTransform::normalize_only(mean, std)
+    }
+}
+
+/// The evaluation loader of a run: no augmentation, resized to the model's input size.
+pub fn val_loader(cfg: &Config, vit: &VitConfig, data: Dataset) -> Loader {
+    let (mean, std) = load::mean_std(cfg, data.channels);
+    let config = LoaderConfig {
+        batch_size: cfg.batch_size,
+        shuffle: false,
+        seed: cfg.seed,
+        num_classes: vit.num_classes,
+        label_smoothing: 0.0,
+        mix: None,
+        out_size: vit.img_size,
+        prefetch: 3,
+    };
+    Loader::new(
+        Arc::new(data),
+        SampleTransform::Eval(eval_transform(&mean, &std, vit.img_size)),
+        config,
+    )
+}
+
+/// Class probabilities of `model` for one image file.
+pub fn predict_file(
+    model: &VisionTransformer,
+    cfg: &Config,
+    vit: &VitConfig,
+    path: &Path,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let img = image::open(path).map_err(|e| {
+        Error::data(
+            path,
+            format!("cannot decode image: {e}"),
+            "give a png or jpeg file",
+        )
+    })?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let bytes = if vit.in_chans == 1 {
+        img.to_luma8().into_raw()
+    } else {
+        img.to_rgb8().into_raw()
+    };
+    let img = Image::from_slice(h, w, vit.in_chans, &bytes);
+    let (mean, std) = load::mean_std(cfg, vit.in_chans);
+    let mut out = vec![0f32; vit.in_chans * vit.img_size * vit.img_size];
+    eval_transform(&mean, &std, vit.img_size).apply(&img, &mut out);
+    let x = Tensor::<4>::from_data(
+        TensorData::new(out, [1, vit.in_chans, vit.img_size, vit.img_size]),
+        device,
+    );
+    let probs = softmax(model.forward(x, &Ctx::eval()), 1);
+    Ok(probs
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default())
+}

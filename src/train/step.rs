@@ -1,0 +1,86 @@
+//! One training step over one batch, as a pure function: forward, loss, backward →
+//! gradients by path. It knows nothing of epochs, logging, optimizers or ranks; the trainer,
+//! gradient accumulation and data parallelism wrap it.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::loss::soft_cross_entropy;
+use crate::model::VisionTransformer;
+use crate::model::layers::Ctx;
+use crate::model::params::gradients;
+
+/// A batch on the host: normalised NCHW images, soft targets and the hard labels.
+#[derive(Clone, Debug)]
+pub struct HostBatch {
+    pub images: Vec<f32>,
+    pub shape: [usize; 4],
+    /// `n × num_classes` soft targets (smoothed, possibly mixed).
+    pub targets: Vec<f32>,
+    pub num_classes: usize,
+    pub labels: Vec<usize>,
+}
+
+impl HostBatch {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn images_tensor(&self, device: &Device) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(self.images.clone(), self.shape), device)
+    }
+
+    pub fn targets_tensor(&self, device: &Device) -> Tensor<2> {
+        Tensor::from_data(
+            TensorData::new(self.targets.clone(), [self.len(), self.num_classes]),
+            device,
+        )
+    }
+}
+
+pub struct StepOutput {
+    /// Mean loss over the batch.
+    pub loss: f64,
+    /// Top-1 predictions equal to the hard labels.
+    pub correct: usize,
+    /// Gradients of the mean loss, by parameter path.
+    pub grads: BTreeMap<String, Tensor<1>>,
+}
+
+/// Number of rows whose argmax equals the label.
+pub fn count_correct(logits: Tensor<2>, labels: &[usize]) -> usize {
+    let pred: Tensor<2, Int> = logits.argmax(1);
+    let pred = pred
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap_or_default();
+    pred.iter()
+        .zip(labels)
+        .filter(|(p, y)| **p as usize == **y)
+        .count()
+}
+
+/// Forward + backward on `device` (an autodiff device); `ctx` carries the step's dropout RNG.
+pub fn train_step(
+    model: &VisionTransformer,
+    batch: &HostBatch,
+    device: &Device,
+    ctx: &Ctx,
+) -> StepOutput {
+    let logits = model.forward(batch.images_tensor(device), ctx);
+    let loss = soft_cross_entropy(logits.clone(), batch.targets_tensor(device));
+    let grads = loss.backward();
+    let grads = gradients(model, &grads);
+    let loss: f32 = loss.inner().into_scalar();
+    StepOutput {
+        loss: loss as f64,
+        correct: count_correct(logits.inner(), &batch.labels),
+        grads,
+    }
+}

@@ -1,0 +1,498 @@
+//! The training loop: epochs, evaluation, early stopping, time limit, checkpoints, and the
+//! sinks (progress, metrics.jsonl, TensorBoard) that watch it.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, Checkpoint, TrainingState};
+use super::optim::{AdamW, AdamWConfig, global_grad_norm};
+use super::schedule::WarmupCosine;
+use super::step::{HostBatch, count_correct, train_step};
+use crate::config::Config;
+use crate::data::loader::Loader;
+use crate::error::{Error, Result};
+use crate::model::io::{load_state_dict, state_dict};
+use crate::model::layers::Ctx;
+use crate::model::params::{count_params, named_params};
+use crate::model::{VisionTransformer, VitConfig};
+use crate::report::metrics::{EvalReport, MetricRecord, MetricsWriter};
+use crate::report::tensorboard::{EventWriter, HParam, log_record};
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub best_val_acc: f64,
+    pub best_epoch: usize,
+    pub epochs_completed: usize,
+    /// completed | early_stopping | time_limit | interrupted
+    pub stopped_reason: String,
+    pub final_val_loss: f64,
+    pub final_val_acc: f64,
+    pub params: usize,
+    pub total_params: usize,
+    pub trainable_params: usize,
+    pub train_images_per_sec: f64,
+    pub train_seconds: f64,
+    pub peak_rss_mb: Option<f64>,
+    pub run_dir: PathBuf,
+}
+
+/// Ctrl-C / SIGTERM count, set by the handler `main` installs.
+pub static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Everything a run needs, prepared before the first step.
+pub struct Run {
+    pub config: Config,
+    pub vit_config: VitConfig,
+    pub device: Device,
+    pub train: Loader,
+    pub val: Loader,
+    pub class_names: Vec<String>,
+    pub run_dir: PathBuf,
+}
+
+/// Evaluate `model` (any mode; it is switched to eval) on every batch of `loader`.
+pub fn evaluate(model: &VisionTransformer, loader: &Loader, device: &Device) -> Result<EvalReport> {
+    let model = model.valid();
+    let mut preds = Vec::with_capacity(loader.dataset().len());
+    let mut labels = Vec::with_capacity(loader.dataset().len());
+    let mut loss_sum = 0.0;
+    for batch in loader.epoch(0, 0) {
+        let logits = model.forward(batch.images_tensor(device), &Ctx::eval());
+        let n = batch.len();
+        // Plain cross-entropy on the hard labels (no smoothing) for validation.
+        let one_hot =
+            crate::data::augment::mix::soft_targets(&batch.labels, batch.num_classes, 0.0);
+        let t = Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(one_hot, [n, batch.num_classes]),
+            device,
+        );
+        let loss: f32 = super::loss::soft_cross_entropy(logits.clone(), t).into_scalar();
+        loss_sum += loss as f64 * n as f64;
+        let p: Tensor<2, burn::tensor::Int> = logits.argmax(1);
+        preds.extend(
+            p.into_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|x| x as usize),
+        );
+        labels.extend(batch.labels.iter().copied());
+    }
+    let n = labels.len().max(1);
+    EvalReport::from_predictions(
+        &preds,
+        &labels,
+        loader.dataset().class_names.clone(),
+        loss_sum / n as f64,
+    )
+}
+
+struct Sinks {
+    metrics: MetricsWriter,
+    tensorboard: Option<EventWriter>,
+    start: Instant,
+    time_offset: f64,
+}
+
+impl Sinks {
+    fn emit(&mut self, mut r: MetricRecord) -> Result<()> {
+        r.time = self.time_offset + self.start.elapsed().as_secs_f64();
+        self.metrics.write(&r)?;
+        if let Some(tb) = &mut self.tensorboard {
+            log_record(tb, &r)?;
+        }
+        Ok(())
+    }
+}
+
+fn progress_bar(quiet: bool, len: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(format!("{epoch}/{epochs}"));
+    pb
+}
+
+/// Train to the end (or until stopped). Returns the summary that was written.
+pub fn train(run: Run) -> Result<Summary> {
+    let Run {
+        config: cfg,
+        vit_config,
+        device,
+        train: train_loader,
+        val: val_loader,
+        class_names,
+        run_dir,
+    } = run;
+    let ad = device.clone().autodiff();
+    let mut model = VisionTransformer::new(&vit_config, cfg.seed, &ad)?;
+    let ckpt_root = run_dir.join("checkpoints");
+
+    let trainable: Vec<(String, usize)> = named_params(&model)
+        .into_iter()
+        .filter(|p| p.trainable)
+        .map(|p| (p.path, p.shape.len()))
+        .collect();
+    let mut optim = AdamW::new(
+        AdamWConfig {
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+            layer_decay: 1.0,
+            depth: vit_config.depth,
+        },
+        &trainable,
+    );
+    let mut state = TrainingState {
+        best_val_loss: f64::INFINITY,
+        ..Default::default()
+    };
+    if let Some(dir) = &cfg.resume_from {
+        let ck = checkpoint::load(dir)?;
+        if ck.vit_config != vit_config {
+            return Err(Error::Checkpoint(format!(
+                "{} holds a different model ({} dim, {} blocks, {} classes) than this run ({} dim, {} blocks, {} classes); resume with the same model flags",
+                dir.display(),
+                ck.vit_config.embed_dim,
+                ck.vit_config.depth,
+                ck.vit_config.num_classes,
+                vit_config.embed_dim,
+                vit_config.depth,
+                vit_config.num_classes
+            )));
+        }
+        model = load_state_dict(model, &ck.model, &ad)?;
+        let st = ck.state.ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "{} has no training_state.json: it holds weights only and cannot be resumed",
+                dir.display()
+            ))
+        })?;
+        if let Some(opt) = &ck.optimizer {
+            optim.load_state_dict(opt, st.global_step, &ad)?;
+        }
+        state = st;
+        eprintln!(
+            "resuming from {} at epoch {} (step {})",
+            dir.display(),
+            state.epoch + 1,
+            state.global_step
+        );
+    }
+
+    let (total_params, trainable_params) = count_params(&model);
+    let steps_per_epoch = train_loader.num_batches();
+    let schedule = WarmupCosine::new(
+        cfg.lr,
+        cfg.warmup_start_lr,
+        cfg.min_lr,
+        cfg.warmup_epochs,
+        cfg.epochs,
+        steps_per_epoch,
+    );
+    let mut sinks = Sinks {
+        metrics: MetricsWriter::create(&run_dir.join("metrics.jsonl"))?,
+        tensorboard: Some(EventWriter::create(&run_dir)?),
+        start: Instant::now(),
+        time_offset: state.elapsed_secs,
+    };
+    if let Some(tb) = &mut sinks.tensorboard {
+        tb.hparams("hparams", &hparams(&cfg, &vit_config))?;
+    }
+    eprintln!(
+        "training {} on {} ({} train / {} val images, {} classes) for {} epochs: {} params, {} steps/epoch, run dir {}",
+        cfg.model,
+        format!("{:?}", cfg.dataset).to_lowercase(),
+        train_loader.dataset().len(),
+        val_loader.dataset().len(),
+        vit_config.num_classes,
+        cfg.epochs,
+        total_params,
+        steps_per_epoch,
+        run_dir.display()
+    );
+
+    let save = |name: &str,
+                model: &VisionTransformer,
+                optim: &AdamW,
+                state: &TrainingState|
+     -> Result<PathBuf> {
+        let dest = ckpt_root.join(name);
+        checkpoint::save(
+            &dest,
+            &Checkpoint {
+                model: state_dict(model),
+                vit_config: vit_config.clone(),
+                optimizer: Some(optim.state_dict()),
+                state: Some(state.clone()),
+                train_config: Some(cfg.clone()),
+                class_names: Some(class_names.clone()),
+            },
+        )?;
+        Ok(dest)
+    };
+
+    let time_limit = (cfg.max_training_hours > 0.0).then(|| cfg.max_training_hours * 3600.0);
+    let mut stopped_reason = "completed".to_string();
+    let mut last_eval: Option<EvalReport> = None;
+    let run_start = Instant::now();
+    let start_elapsed = state.elapsed_secs;
+    let start_images = state.images_seen;
+
+    'epochs: for epoch in state.epoch + 1..=cfg.epochs {
+        let pb = progress_bar(cfg.quiet, steps_per_epoch, epoch, cfg.epochs);
+        let epoch_start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let (mut win_loss, mut win_correct, mut win_seen, mut win_start) =
+            (0.0, 0usize, 0usize, Instant::now());
+        let first_batch =
+            (state.global_step as usize).saturating_sub((epoch - 1) * steps_per_epoch);
+        for (i, batch) in train_loader
+            .epoch(epoch, first_batch)
+            .into_iter()
+            .enumerate()
+        {
+            let b = first_batch + i;
+            let lr = schedule.lr(state.global_step);
+            let ctx = Ctx::train(cfg.seed, state.global_step, 0);
+            let out = train_step(&model, &batch, &ad, &ctx);
+            let norm = global_grad_norm(&out.grads);
+            if !out.loss.is_finite() || !norm.is_finite() {
+                let last = ckpt_root.join("last");
+                return Err(Error::Training(format!(
+                    "loss became {} (gradient norm {norm}) at epoch {epoch}, step {}; last good checkpoint: {} — lower --lr (2–5×), clip harder (--grad-clip 0.5), and check the data",
+                    out.loss,
+                    state.global_step,
+                    if last.exists() {
+                        last.display().to_string()
+                    } else {
+                        "none".into()
+                    }
+                )));
+            }
+            let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
+                cfg.grad_clip / (norm + 1e-6)
+            } else {
+                1.0
+            };
+            model = optim.step(model, &out.grads, lr, scale);
+            state.global_step += 1;
+            state.images_seen += batch.len() as u64;
+            let n = batch.len();
+            loss_sum += out.loss * n as f64;
+            correct += out.correct;
+            seen += n;
+            win_loss += out.loss * n as f64;
+            win_correct += out.correct;
+            win_seen += n;
+            if state.global_step % cfg.log_every as u64 == 0 {
+                let img_s = win_seen as f64 / win_start.elapsed().as_secs_f64();
+                sinks.emit(MetricRecord::train(
+                    epoch,
+                    state.global_step,
+                    win_loss / win_seen as f64,
+                    win_correct as f64 / win_seen as f64,
+                    lr,
+                    img_s,
+                    0.0,
+                ))?;
+                (win_loss, win_correct, win_seen, win_start) = (0.0, 0, 0, Instant::now());
+            }
+            pb.set_position((b + 1) as u64);
+            pb.set_message(format!(
+                "loss {:.4} acc {:.2}% lr {:.2e} {:.0} img/s",
+                loss_sum / seen as f64,
+                100.0 * correct as f64 / seen as f64,
+                lr,
+                seen as f64 / epoch_start.elapsed().as_secs_f64()
+            ));
+            let elapsed = start_elapsed + run_start.elapsed().as_secs_f64();
+            let interrupted = INTERRUPTS.load(Ordering::SeqCst) > 0;
+            let out_of_time = time_limit.is_some_and(|t| elapsed >= t);
+            if interrupted || out_of_time {
+                pb.finish_and_clear();
+                state.elapsed_secs = elapsed;
+                // Mid-epoch: `epoch` is not complete; global_step says where to resume.
+                state.epoch = epoch - 1;
+                let path = if out_of_time {
+                    stopped_reason = "time_limit".into();
+                    save("checkpoint_time_limit", &model, &optim, &state)?
+                } else {
+                    stopped_reason = "interrupted".into();
+                    ckpt_root.join("last")
+                };
+                save("last", &model, &optim, &state)?;
+                eprintln!(
+                    "{}: checkpoint written to {}; continue with --resume-from {}",
+                    if out_of_time {
+                        "time limit reached"
+                    } else {
+                        "interrupted"
+                    },
+                    path.display(),
+                    ckpt_root.join("last").display()
+                );
+                break 'epochs;
+            }
+        }
+        pb.finish_and_clear();
+        state.epoch = epoch;
+        state.elapsed_secs = start_elapsed + run_start.elapsed().as_secs_f64();
+        let train_loss = loss_sum / seen.max(1) as f64;
+        let train_acc = correct as f64 / seen.max(1) as f64;
+        let img_s = seen as f64 / epoch_start.elapsed().as_secs_f64();
+        let mut line = format!(
+            "epoch {epoch}/{}: train loss {train_loss:.4} acc {:.2}% | {img_s:.0} img/s",
+            cfg.epochs,
+            100.0 * train_acc
+        );
+        let mut stop_early = false;
+        if epoch % cfg.eval_every == 0 || epoch == cfg.epochs {
+            let report = evaluate(&model, &val_loader, &device)?;
+            sinks.emit(MetricRecord::val(
+                epoch,
+                state.global_step,
+                report.loss,
+                report.acc,
+                0.0,
+            ))?;
+            line += &format!(
+                " | val loss {:.4} acc {:.2}%",
+                report.loss,
+                100.0 * report.acc
+            );
+            if report.acc > state.best_val_acc || state.best_epoch == 0 {
+                state.best_val_acc = report.acc;
+                state.best_epoch = epoch;
+                save("best_model", &model, &optim, &state)?;
+                line += " (best)";
+            }
+            if report.loss < state.best_val_loss {
+                state.best_val_loss = report.loss;
+                state.evals_since_best = 0;
+            } else {
+                state.evals_since_best += 1;
+            }
+            if cfg.patience > 0 && state.evals_since_best >= cfg.patience {
+                stop_early = true;
+            }
+            last_eval = Some(report);
+        }
+        eprintln!("{line}");
+        if cfg.save_every > 0 && epoch % cfg.save_every == 0 {
+            save(&format!("checkpoint_epoch_{epoch}"), &model, &optim, &state)?;
+        }
+        save("last", &model, &optim, &state)?;
+        if stop_early {
+            eprintln!(
+                "early stopping: validation loss has not improved for {} evaluations (best {:.4})",
+                state.evals_since_best, state.best_val_loss
+            );
+            stopped_reason = "early_stopping".into();
+            break;
+        }
+    }
+
+    // Restore the best weights (highest validation accuracy) for the final evaluation.
+    let best_dir = ckpt_root.join("best_model");
+    let final_eval = if stopped_reason == "completed" || stopped_reason == "early_stopping" {
+        if best_dir.exists() && state.best_epoch != state.epoch {
+            let best = checkpoint::load(&best_dir)?;
+            model = load_state_dict(model, &best.model, &ad)?;
+            eprintln!(
+                "restored the best weights (epoch {}, val acc {:.2}%)",
+                state.best_epoch,
+                100.0 * state.best_val_acc
+            );
+            Some(evaluate(&model, &val_loader, &device)?)
+        } else {
+            last_eval
+        }
+    } else {
+        last_eval
+    };
+    let train_seconds = state.elapsed_secs;
+    let images = state.images_seen - start_images;
+    let summary = Summary {
+        best_val_acc: state.best_val_acc,
+        best_epoch: state.best_epoch,
+        epochs_completed: state.epoch,
+        stopped_reason,
+        final_val_loss: final_eval.as_ref().map_or(f64::NAN, |e| e.loss),
+        final_val_acc: final_eval.as_ref().map_or(f64::NAN, |e| e.acc),
+        params: total_params,
+        total_params,
+        trainable_params,
+        train_images_per_sec: images as f64 / (train_seconds - start_elapsed).max(1e-9),
+        train_seconds,
+        peak_rss_mb: crate::util::peak_rss_mb(),
+        run_dir: run_dir.clone(),
+    };
+    write_json(&run_dir.join("summary.json"), &summary)?;
+    if let Some(e) = &final_eval {
+        write_json(&run_dir.join("eval.json"), e)?;
+    }
+    match crate::report::write_report(&run_dir, final_eval.as_ref()) {
+        Ok(md) => {
+            if !cfg.quiet {
+                eprintln!("{md}");
+            }
+        }
+        Err(e) => eprintln!("warning: could not write the report: {e}"),
+    }
+    Ok(summary)
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let s = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+    crate::util::write_file_synced(path, &s)
+}
+
+/// The run's hyperparameters (flags and model config) for TensorBoard's HParams and text tabs.
+fn hparams(cfg: &Config, vit: &VitConfig) -> Vec<(String, HParam)> {
+    let to_param = |v: &serde_json::Value| match v {
+        serde_json::Value::Number(n) => HParam::Number(n.as_f64().unwrap_or(f64::NAN)),
+        serde_json::Value::Bool(b) => HParam::Bool(*b),
+        serde_json::Value::String(s) => HParam::Text(s.clone()),
+        other => HParam::Text(other.to_string()),
+    };
+    let mut out = Vec::new();
+    for (prefix, value) in [
+        ("", serde_json::to_value(cfg)),
+        ("model.", serde_json::to_value(vit)),
+    ] {
+        if let Ok(serde_json::Value::Object(m)) = value {
+            out.extend(
+                m.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (format!("{prefix}{k}"), to_param(v))),
+            );
+        }
+    }
+    out
+}
+
+/// Top-1 accuracy of `model` on one host batch (used by tests and `predict`).
+pub fn batch_accuracy(model: &VisionTransformer, batch: &HostBatch, device: &Device) -> f64 {
+    let logits = model
+        .valid()
+        .forward(batch.images_tensor(device), &Ctx::eval());
+    count_correct(logits, &batch.labels) as f64 / batch.len() as f64
+}

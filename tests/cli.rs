@@ -1,0 +1,134 @@
+//! The binary's user-facing behaviour: one clear line and a non-zero exit on bad input.
+
+use std::process::Command;
+
+fn vitrs(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrs"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn assert_one_line_error(stderr: &str, needle: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn impossible_model_shapes_are_rejected_before_anything_runs() {
+    let (code, _, err) = vitrs(&[
+        "train",
+        "--dataset",
+        "synthetic",
+        "--embedding_dim",
+        "100",
+        "--num_heads",
+        "3",
+    ]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "embed-dim 100 is not divisible by num-heads 3");
+    let (code, _, err) = vitrs(&[
+        "train",
+        "--dataset",
+        "synthetic",
+        "--img-size",
+        "30",
+        "--patch-size",
+        "4",
+    ]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "img-size 30 is not divisible by patch-size 4");
+}
+
+#[test]
+fn missing_and_corrupt_data_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, _, err) = vitrs(&["train", "--dataset", "fashion-mnist", "--data-dir", d]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, d);
+    // A truncated CIFAR-10 binary batch.
+    let bin = dir.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for f in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ] {
+        std::fs::write(bin.join(f), vec![0u8; 3073 * 2 + 100]).unwrap();
+    }
+    std::fs::write(
+        bin.join("batches.meta.txt"),
+        "a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n",
+    )
+    .unwrap();
+    let (code, _, err) = vitrs(&["train", "--dataset", "cifar10", "--data-dir", d]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "data_batch_1.bin");
+}
+
+#[test]
+fn unknown_config_keys_name_the_closest_valid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, "dataset = \"synthetic\"\nlerning-rate = 0.1\n").unwrap();
+    let (code, _, err) = vitrs(&["train", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_one_line_error(
+        &err,
+        "unknown key `lerning-rate` (did you mean `learning-rate`",
+    );
+}
+
+#[test]
+fn seed_spellings_are_accepted() {
+    // Parsing only: an impossible --epochs 0 stops it right after the flags were understood.
+    let (code, _, err) = vitrs(&[
+        "train",
+        "--dataset",
+        "synthetic",
+        "--batch_size",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--max_epochs",
+        "0",
+        "--warmup_epochs",
+        "0",
+        "--weight_decay",
+        "0.01",
+        "--grad_clip",
+        "0.5",
+        "--img_size",
+        "16",
+        "--embedding_dim",
+        "32",
+        "--num_layers",
+        "2",
+        "--num_heads",
+        "2",
+        "--mlp_size",
+        "64",
+        "--max_training_hours",
+        "0.1",
+        "--patience",
+        "3",
+        "--eval_every",
+        "1",
+    ]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "--epochs must be > 0");
+}
