@@ -49,6 +49,9 @@ pub struct EvalArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Evaluate the EMA weights (runs trained with --ema-decay).
+    #[arg(long)]
+    pub ema: bool,
     /// Evaluate on another dataset / location than the run's.
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetKind>,

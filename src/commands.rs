@@ -90,7 +90,17 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     cfg.device = args.device.clone().or(cfg.device);
     let device = crate::device::resolve(cfg.device.as_deref())?;
     let model = crate::model::VisionTransformer::new(&ck.vit_config, 0, &device)?;
-    let model = crate::model::io::load_state_dict(model, &ck.model, &device)?;
+    let weights = match (args.ema, &ck.ema) {
+        (false, _) => &ck.model,
+        (true, Some(ema)) => ema,
+        (true, None) => {
+            return Err(Error::Checkpoint(format!(
+                "{} has no EMA weights (train with --ema-decay to keep them)",
+                args.checkpoint.display()
+            )));
+        }
+    };
+    let model = crate::model::io::load_state_dict(model, weights, &device)?;
     let val = load::load_split(&cfg, Split::Test)?;
     let loader = crate::train::val_loader(&cfg, &ck.vit_config, val);
     let report = trainer::evaluate(&model, &loader, &device)?;

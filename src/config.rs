@@ -24,6 +24,22 @@ pub enum DatasetKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+pub enum InterpKind {
+    Nearest,
+    Bilinear,
+    Bicubic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum EraseKind {
+    Pixel,
+    Rand,
+    Const,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum LabelKind {
     Fine,
     Coarse,
@@ -58,6 +74,73 @@ pub struct Config {
     /// Data-loading threads (0 = as many as compute threads).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+
+    // ---- augmentation (train split only) ----
+    /// RandomCrop zero padding in pixels; 0 disables the random crop (seed 001: 4).
+    #[arg(long, default_value_t = 4, alias = "crop_padding", alias = "padding")]
+    pub crop_padding: usize,
+    /// Horizontal flip probability.
+    #[arg(long, default_value_t = 0.5, alias = "hflip_prob", alias = "flip-prob")]
+    pub hflip: f64,
+    /// RandomResizedCrop (scale/ratio below) instead of the padded RandomCrop.
+    #[arg(long, alias = "random-resized-crop", alias = "random_resized_crop")]
+    pub rrc: bool,
+    /// RandomResizedCrop area range, as a fraction of the image.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.08, 1.0], alias = "rrc_scale", alias = "scale")]
+    pub rrc_scale: Vec<f64>,
+    /// RandomResizedCrop aspect-ratio range.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.75, 4.0 / 3.0], alias = "rrc_ratio", alias = "ratio")]
+    pub rrc_ratio: Vec<f64>,
+    /// Resampling filter for resizing and RandomResizedCrop.
+    #[arg(long, value_enum, default_value = "bicubic", alias = "interp")]
+    pub interpolation: InterpKind,
+    /// RandomRotation: angle drawn uniformly in [-deg, deg] (0 = off).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        alias = "rotation_degrees",
+        alias = "rotation-degrees"
+    )]
+    pub rotation: f64,
+    /// ColorJitter: one value for brightness, contrast and saturation, or four: B,C,S,HUE (off when empty).
+    #[arg(long, value_delimiter = ',', alias = "color_jitter", alias = "jitter")]
+    pub color_jitter: Vec<f64>,
+    /// RandAugment policy in timm's syntax, e.g. rand-m9-mstd0.5-inc1 (replaces color jitter).
+    #[arg(long, alias = "auto-augment", alias = "auto_augment", alias = "aa")]
+    pub randaugment: Option<String>,
+    /// Random-erasing probability (timm's reprob), applied after normalisation.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        alias = "random-erasing",
+        alias = "random_erasing"
+    )]
+    pub reprob: f64,
+    /// Random-erasing fill: pixel (per-value noise), rand (per-channel noise) or const (zeros).
+    #[arg(long, value_enum, default_value = "pixel")]
+    pub remode: EraseKind,
+    /// Mixup alpha (0 = off).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        alias = "mixup_alpha",
+        alias = "mixup-alpha"
+    )]
+    pub mixup: f64,
+    /// CutMix alpha (0 = off).
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        alias = "cutmix_alpha",
+        alias = "cutmix-alpha"
+    )]
+    pub cutmix: f64,
+    /// Probability that a batch is mixed at all.
+    #[arg(long, default_value_t = 1.0, alias = "mixup_prob")]
+    pub mixup_prob: f64,
+    /// With both on, the probability of CutMix rather than Mixup.
+    #[arg(long, default_value_t = 0.5, alias = "mixup_switch_prob")]
+    pub mixup_switch_prob: f64,
 
     // ---- model ----
     /// Model preset (vit-cifar-small, vit-tiny-c10, vit-cifar, vit-cifar-large, vit-tiny, vit-small, vit-base; vit-hf-scratch = vit-cifar).
@@ -150,6 +233,25 @@ pub struct Config {
     pub min_lr: f64,
     #[arg(long, default_value_t = 0.1, alias = "label_smoothing")]
     pub label_smoothing: f64,
+    /// Micro-batches per optimizer step: --batch-size 32 --accum-steps 4 updates like --batch-size 128.
+    #[arg(
+        long,
+        default_value_t = 1,
+        alias = "accum_steps",
+        alias = "gradient-accumulation-steps"
+    )]
+    pub accum_steps: usize,
+    /// Exponential moving average of the weights (0 = off; e.g. 0.9998). Validated and checkpointed beside the model.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        alias = "ema_decay",
+        alias = "model-ema-decay"
+    )]
+    pub ema_decay: f64,
+    /// EMA warmup: decay min(d, (1 + step)/(10 + step)), so early averages are not dominated by the init.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, alias = "ema_warmup")]
+    pub ema_warmup: bool,
     /// Global gradient-norm clipping threshold (0 = off).
     #[arg(long, default_value_t = 1.0, alias = "grad_clip", alias = "clip-grad")]
     pub grad_clip: f64,
@@ -382,6 +484,49 @@ impl Config {
         }
         if self.log_every == 0 {
             return bad("--log-every must be ≥ 1");
+        }
+        if self.accum_steps == 0 {
+            return bad("--accum-steps must be ≥ 1");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad("--ema-decay must be in [0, 1) (0 = off)");
+        }
+        let range =
+            |v: &[f64], lo: f64, hi: f64| v.len() == 2 && v[0] > lo && v[0] <= v[1] && v[1] <= hi;
+        if !range(&self.rrc_scale, 0.0, 1.0) {
+            return bad("--rrc-scale takes MIN,MAX with 0 < MIN ≤ MAX ≤ 1 (e.g. 0.08,1.0)");
+        }
+        if !range(&self.rrc_ratio, 0.0, f64::INFINITY) {
+            return bad("--rrc-ratio takes MIN,MAX with 0 < MIN ≤ MAX (e.g. 0.75,1.3333)");
+        }
+        if !matches!(self.color_jitter.len(), 0 | 1 | 4)
+            || self.color_jitter.iter().any(|&x| x < 0.0)
+        {
+            return bad(
+                "--color-jitter takes one value (brightness = contrast = saturation) or four (B,C,S,HUE), all ≥ 0",
+            );
+        }
+        if self.color_jitter.len() == 4 && self.color_jitter[3] > 0.5 {
+            return bad("--color-jitter hue must be ≤ 0.5");
+        }
+        if let Some(p) = &self.randaugment {
+            crate::data::augment::RandAugment::parse(p)
+                .map_err(|e| Error::Config(format!("--randaugment {p}: {e}")))?;
+        }
+        for (name, p) in [
+            ("--hflip", self.hflip),
+            ("--reprob", self.reprob),
+            ("--mixup-prob", self.mixup_prob),
+            ("--mixup-switch-prob", self.mixup_switch_prob),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(Error::Config(format!(
+                    "{name} {p} must be a probability in [0, 1]"
+                )));
+            }
+        }
+        if self.mixup < 0.0 || self.cutmix < 0.0 || self.rotation < 0.0 {
+            return bad("--mixup, --cutmix and --rotation must be ≥ 0");
         }
         Ok(())
     }

@@ -175,3 +175,47 @@ fn early_stopping_fires_and_restores_the_best_weights() {
     // The final evaluation ran on the restored best weights.
     assert_eq!(s.final_val_acc, s.best_val_acc);
 }
+
+#[test]
+fn four_accumulated_micro_batches_update_like_one_big_batch() {
+    let base = |dir: &Path, batch: usize, accum: usize| Config {
+        synthetic_size: 256,
+        epochs: 1,
+        batch_size: batch,
+        accum_steps: accum,
+        crop_padding: 0,
+        hflip: 0.0,
+        // Adam's g/√v turns float noise in near-zero gradients into full-size steps of either
+        // sign; a large eps keeps the update a smooth function of the gradient, so the test
+        // measures the accumulation, not that amplification.
+        eps: 1.0,
+        lr: 0.05,
+        ..tiny(dir)
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(base(a.path(), 128, 1));
+    run(base(b.path(), 32, 4));
+    let wa = read_safetensors(&a.path().join("checkpoints/last/model.safetensors")).unwrap();
+    let wb = read_safetensors(&b.path().join("checkpoints/last/model.safetensors")).unwrap();
+    let mut worst = 0f32;
+    for (k, ta) in &wa {
+        for (x, y) in ta.data.iter().zip(&wb[k].data) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    // Two optimizer steps; only the summation order of the gradients differs.
+    assert!(worst < 1e-6, "max weight difference {worst}");
+    // ... and the steps did move the weights away from the initialisation.
+    let cfg = base(a.path(), 128, 1);
+    let vit = cfg.vit_config(16, 3, 10).unwrap();
+    let fresh = vitrs::model::VisionTransformer::new(&vit, cfg.seed, &burn::tensor::Device::flex())
+        .unwrap();
+    let fresh = vitrs::model::io::state_dict(&fresh);
+    let moved = fresh["head.weight"]
+        .data
+        .iter()
+        .zip(&wa["head.weight"].data)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-3, "weights barely moved ({moved})");
+}

@@ -9,6 +9,7 @@ pub mod idx;
 pub mod imagefolder;
 pub mod load;
 pub mod loader;
+pub mod recipe;
 pub mod synthetic;
 
 pub use cifar::{CifarKind, LabelType, find_cifar, load_cifar};

@@ -157,10 +157,11 @@ impl Ctx {
         }
     }
 
-    pub fn train(seed: u64, step: u64, rank: u64) -> Self {
+    /// A training context whose masks are addressed by `coords` (step, micro-batch, rank).
+    pub fn train(seed: u64, coords: &[u64]) -> Self {
         Ctx {
             train: true,
-            rng: RefCell::new(Rng::at(seed, crate::rng::stream::DROPOUT, &[step, rank])),
+            rng: RefCell::new(Rng::at(seed, crate::rng::stream::DROPOUT, coords)),
         }
     }
 

@@ -6,6 +6,7 @@
 //! <dir>/model.safetensors      weights, timm names, PyTorch layouts
 //! <dir>/config.json            the model config (VitConfig)
 //! <dir>/optimizer.safetensors  AdamW moments, `<param>.exp_avg(_sq)`
+//! <dir>/ema.safetensors        EMA weights (with --ema-decay), same names as the model
 //! <dir>/training_state.json    epoch, step, best metrics, early-stopping counters
 //! <dir>/train_config.toml      the full resolved run configuration
 //! <dir>/classes.json           class names, for `predict`
@@ -44,6 +45,8 @@ pub struct Checkpoint {
     pub model: BTreeMap<String, HostTensor>,
     pub vit_config: VitConfig,
     pub optimizer: Option<BTreeMap<String, HostTensor>>,
+    /// EMA weights, same names and layouts as `model`.
+    pub ema: Option<BTreeMap<String, HostTensor>>,
     pub state: Option<TrainingState>,
     pub train_config: Option<Config>,
     pub class_names: Option<Vec<String>>,
@@ -71,6 +74,9 @@ pub fn save(dest: &Path, ckpt: &Checkpoint) -> Result<()> {
         write_file_synced(&tmp.join("config.json"), &cfg)?;
         if let Some(opt) = &ckpt.optimizer {
             write_safetensors(&tmp.join("optimizer.safetensors"), opt, None)?;
+        }
+        if let Some(ema) = &ckpt.ema {
+            write_safetensors(&tmp.join("ema.safetensors"), ema, None)?;
         }
         if let Some(state) = &ckpt.state {
             let s = serde_json::to_vec_pretty(state).map_err(|e| json_err(dest, e))?;
@@ -116,6 +122,11 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         .exists()
         .then(|| read_safetensors(&opt_path))
         .transpose()?;
+    let ema_path = dir.join("ema.safetensors");
+    let ema = ema_path
+        .exists()
+        .then(|| read_safetensors(&ema_path))
+        .transpose()?;
     let state_path = dir.join("training_state.json");
     let state = if state_path.exists() {
         let s = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, "reading", e))?;
@@ -140,6 +151,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         model,
         vit_config,
         optimizer,
+        ema,
         state,
         train_config,
     })

@@ -1,6 +1,7 @@
 //! Training: the step, the optimizer and schedule, checkpoints, and the loop.
 
 pub mod checkpoint;
+pub mod ema;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
@@ -14,10 +15,10 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::Config;
-use crate::data::augment::{EvalTransform, Image, TrainTransform};
+use crate::data::augment::Image;
 use crate::data::dataset::Dataset;
 use crate::data::loader::{Loader, LoaderConfig, SampleTransform};
-use crate::data::{Split, load};
+use crate::data::{Split, load, recipe};
 use crate::error::{Error, Result};
 use crate::model::layers::Ctx;
 use crate::model::{VisionTransformer, VitConfig};
@@ -73,15 +74,12 @@ pub fn prepare(cfg: Config) -> Result<Run> {
         seed: cfg.seed,
         num_classes: vit_config.num_classes,
         label_smoothing: cfg.label_smoothing,
-        mix: None,
+        mix: recipe::mix(&cfg, vit_config.num_classes),
         out_size,
         prefetch: 3,
     };
     let class_names = train_data.class_names.clone();
-    let train_tf = TrainTransform {
-        out_size: Some((out_size, out_size)),
-        ..TrainTransform::default_cifar(&mean, &std)
-    };
+    let train_tf = recipe::train_transform(&cfg, &mean, &std, out_size)?;
     let run_dir = match (&cfg.out_dir, &cfg.resume_from) {
         (Some(d), _) => d.clone(),
         (None, Some(r)) => checkpoint::run_dir_of(r).unwrap_or_else(default_run_dir),
@@ -105,14 +103,6 @@ pub fn prepare(cfg: Config) -> Result<Run> {
     })
 }
 
-/// Normalise, resizing to the model's input size when the data differs.
-pub fn eval_transform(mean: &[f32], std: &[f32], size: usize) -> EvalTransform {
-    EvalTransform {
-        out_size: Some((size, size)),
-        ..EvalTransform::normalize_only(mean, std)
-    }
-}
-
 /// The evaluation loader of a run: no augmentation, resized to the model's input size.
 pub fn val_loader(cfg: &Config, vit: &VitConfig, data: Dataset) -> Loader {
     let (mean, std) = load::mean_std(cfg, data.channels);
@@ -128,7 +118,7 @@ pub fn val_loader(cfg: &Config, vit: &VitConfig, data: Dataset) -> Loader {
     };
     Loader::new(
         Arc::new(data),
-        SampleTransform::Eval(eval_transform(&mean, &std, vit.img_size)),
+        SampleTransform::Eval(recipe::eval_transform(cfg, &mean, &std, vit.img_size)),
         config,
     )
 }
@@ -157,7 +147,7 @@ pub fn predict_file(
     let img = Image::from_slice(h, w, vit.in_chans, &bytes);
     let (mean, std) = load::mean_std(cfg, vit.in_chans);
     let mut out = vec![0f32; vit.in_chans * vit.img_size * vit.img_size];
-    eval_transform(&mean, &std, vit.img_size).apply(&img, &mut out);
+    recipe::eval_transform(cfg, &mean, &std, vit.img_size).apply(&img, &mut out);
     let x = Tensor::<4>::from_data(
         TensorData::new(out, [1, vit.in_chans, vit.img_size, vit.img_size]),
         device,

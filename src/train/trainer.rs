@@ -1,6 +1,7 @@
 //! The training loop: epochs, evaluation, early stopping, time limit, checkpoints, and the
 //! sinks (progress, metrics.jsonl, TensorBoard) that watch it.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,9 +13,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, TrainingState};
+use super::ema::Ema;
 use super::optim::{AdamW, AdamWConfig, global_grad_norm};
 use super::schedule::WarmupCosine;
-use super::step::{HostBatch, count_correct, train_step};
+use super::step::{HostBatch, StepOutput, count_correct, train_step};
 use crate::config::Config;
 use crate::data::loader::Loader;
 use crate::error::{Error, Result};
@@ -128,6 +130,65 @@ fn progress_bar(quiet: bool, len: usize, epoch: usize, epochs: usize) -> Progres
     pb
 }
 
+/// What the loop keeps between optimizer steps while gradients accumulate.
+#[derive(Default)]
+struct Accumulator {
+    /// Σ n_i · g_i over the micro-batches of this step.
+    grads: BTreeMap<String, Tensor<1>>,
+    images: usize,
+    loss_sum: f64,
+    correct: usize,
+    micro: usize,
+}
+
+impl Accumulator {
+    fn add(&mut self, out: StepOutput, n: usize) {
+        for (k, g) in out.grads {
+            let g = g * n as f64;
+            let sum = match self.grads.remove(&k) {
+                Some(acc) => acc + g,
+                None => g,
+            };
+            self.grads.insert(k, sum);
+        }
+        self.images += n;
+        self.loss_sum += out.loss * n as f64;
+        self.correct += out.correct;
+        self.micro += 1;
+    }
+
+    /// The mean gradient over every image of the step (what one big batch would give).
+    fn mean_grads(&mut self) -> BTreeMap<String, Tensor<1>> {
+        let n = self.images as f64;
+        std::mem::take(&mut self.grads)
+            .into_iter()
+            .map(|(k, g)| (k, g / n))
+            .collect()
+    }
+}
+
+/// Running means for the progress bar, the epoch line and the periodic train log.
+#[derive(Default)]
+struct Window {
+    loss_sum: f64,
+    correct: usize,
+    images: usize,
+}
+
+impl Window {
+    fn add(&mut self, acc: &Accumulator) {
+        self.loss_sum += acc.loss_sum;
+        self.correct += acc.correct;
+        self.images += acc.images;
+    }
+    fn loss(&self) -> f64 {
+        self.loss_sum / self.images.max(1) as f64
+    }
+    fn acc(&self) -> f64 {
+        self.correct as f64 / self.images.max(1) as f64
+    }
+}
+
 /// Train to the end (or until stopped). Returns the summary that was written.
 pub fn train(run: Run) -> Result<Summary> {
     let Run {
@@ -163,6 +224,7 @@ pub fn train(run: Run) -> Result<Summary> {
         best_val_loss: f64::INFINITY,
         ..Default::default()
     };
+    let mut ema = (cfg.ema_decay > 0.0).then(|| Ema::new(&model, cfg.ema_decay, cfg.ema_warmup));
     if let Some(dir) = &cfg.resume_from {
         let ck = checkpoint::load(dir)?;
         if ck.vit_config != vit_config {
@@ -187,6 +249,10 @@ pub fn train(run: Run) -> Result<Summary> {
         if let Some(opt) = &ck.optimizer {
             optim.load_state_dict(opt, st.global_step, &ad)?;
         }
+        if let (Some(e), Some(w)) = (&mut ema, &ck.ema) {
+            e.model = load_state_dict(e.model.clone(), w, &device)?;
+            e.updates = st.global_step;
+        }
         state = st;
         eprintln!(
             "resuming from {} at epoch {} (step {})",
@@ -197,7 +263,9 @@ pub fn train(run: Run) -> Result<Summary> {
     }
 
     let (total_params, trainable_params) = count_params(&model);
-    let steps_per_epoch = train_loader.num_batches();
+    let accum = cfg.accum_steps;
+    let micro_per_epoch = train_loader.num_batches();
+    let steps_per_epoch = micro_per_epoch.div_ceil(accum);
     let schedule = WarmupCosine::new(
         cfg.lr,
         cfg.warmup_start_lr,
@@ -216,21 +284,23 @@ pub fn train(run: Run) -> Result<Summary> {
         tb.hparams("hparams", &hparams(&cfg, &vit_config))?;
     }
     eprintln!(
-        "training {} on {} ({} train / {} val images, {} classes) for {} epochs: {} params, {} steps/epoch, run dir {}",
+        "training {} on {:?} ({} train / {} val images, {} classes) for {} epochs: {} params, {} steps/epoch (global batch {}), run dir {}",
         cfg.model,
-        format!("{:?}", cfg.dataset).to_lowercase(),
+        cfg.dataset,
         train_loader.dataset().len(),
         val_loader.dataset().len(),
         vit_config.num_classes,
         cfg.epochs,
         total_params,
         steps_per_epoch,
+        cfg.batch_size * accum,
         run_dir.display()
     );
 
     let save = |name: &str,
                 model: &VisionTransformer,
                 optim: &AdamW,
+                ema: &Option<Ema<VisionTransformer>>,
                 state: &TrainingState|
      -> Result<PathBuf> {
         let dest = ckpt_root.join(name);
@@ -240,6 +310,7 @@ pub fn train(run: Run) -> Result<Summary> {
                 model: state_dict(model),
                 vit_config: vit_config.clone(),
                 optimizer: Some(optim.state_dict()),
+                ema: ema.as_ref().map(|e| state_dict(&e.model)),
                 state: Some(state.clone()),
                 train_config: Some(cfg.clone()),
                 class_names: Some(class_names.clone()),
@@ -258,26 +329,33 @@ pub fn train(run: Run) -> Result<Summary> {
     'epochs: for epoch in state.epoch + 1..=cfg.epochs {
         let pb = progress_bar(cfg.quiet, steps_per_epoch, epoch, cfg.epochs);
         let epoch_start = Instant::now();
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        let (mut win_loss, mut win_correct, mut win_seen, mut win_start) =
-            (0.0, 0usize, 0usize, Instant::now());
-        let first_batch =
-            (state.global_step as usize).saturating_sub((epoch - 1) * steps_per_epoch);
+        let mut epoch_win = Window::default();
+        let (mut log_win, mut log_start) = (Window::default(), Instant::now());
+        // Resuming mid-epoch: skip the micro-batches whose optimizer steps are done.
+        let first_step = (state.global_step as usize).saturating_sub((epoch - 1) * steps_per_epoch);
+        let first_micro = first_step * accum;
+        let mut acc = Accumulator::default();
         for (i, batch) in train_loader
-            .epoch(epoch, first_batch)
+            .epoch(epoch, first_micro)
             .into_iter()
             .enumerate()
         {
-            let b = first_batch + i;
+            let micro = first_micro + i;
+            let ctx = Ctx::train(cfg.seed, &[state.global_step, acc.micro as u64, 0]);
+            let n = batch.len();
+            acc.add(train_step(&model, &batch, &ad, &ctx), n);
+            if acc.micro < accum && micro + 1 < micro_per_epoch {
+                continue;
+            }
+            // One optimizer step over everything accumulated.
             let lr = schedule.lr(state.global_step);
-            let ctx = Ctx::train(cfg.seed, state.global_step, 0);
-            let out = train_step(&model, &batch, &ad, &ctx);
-            let norm = global_grad_norm(&out.grads);
-            if !out.loss.is_finite() || !norm.is_finite() {
+            let grads = acc.mean_grads();
+            let norm = global_grad_norm(&grads);
+            let step_loss = acc.loss_sum / acc.images as f64;
+            if !step_loss.is_finite() || !norm.is_finite() {
                 let last = ckpt_root.join("last");
                 return Err(Error::Training(format!(
-                    "loss became {} (gradient norm {norm}) at epoch {epoch}, step {}; last good checkpoint: {} — lower --lr (2–5×), clip harder (--grad-clip 0.5), and check the data",
-                    out.loss,
+                    "loss became {step_loss} (gradient norm {norm}) at epoch {epoch}, step {}; last good checkpoint: {} — lower --lr (2–5×), clip harder (--grad-clip 0.5), and check the data",
                     state.global_step,
                     if last.exists() {
                         last.display().to_string()
@@ -291,36 +369,35 @@ pub fn train(run: Run) -> Result<Summary> {
             } else {
                 1.0
             };
-            model = optim.step(model, &out.grads, lr, scale);
+            model = optim.step(model, &grads, lr, scale);
+            if let Some(e) = &mut ema {
+                e.update(&model);
+            }
             state.global_step += 1;
-            state.images_seen += batch.len() as u64;
-            let n = batch.len();
-            loss_sum += out.loss * n as f64;
-            correct += out.correct;
-            seen += n;
-            win_loss += out.loss * n as f64;
-            win_correct += out.correct;
-            win_seen += n;
+            state.images_seen += acc.images as u64;
+            epoch_win.add(&acc);
+            log_win.add(&acc);
+            acc = Accumulator::default();
             if state.global_step % cfg.log_every as u64 == 0 {
-                let img_s = win_seen as f64 / win_start.elapsed().as_secs_f64();
+                let img_s = log_win.images as f64 / log_start.elapsed().as_secs_f64();
                 sinks.emit(MetricRecord::train(
                     epoch,
                     state.global_step,
-                    win_loss / win_seen as f64,
-                    win_correct as f64 / win_seen as f64,
+                    log_win.loss(),
+                    log_win.acc(),
                     lr,
                     img_s,
                     0.0,
                 ))?;
-                (win_loss, win_correct, win_seen, win_start) = (0.0, 0, 0, Instant::now());
+                (log_win, log_start) = (Window::default(), Instant::now());
             }
-            pb.set_position((b + 1) as u64);
+            pb.set_position(state.global_step - ((epoch - 1) * steps_per_epoch) as u64);
             pb.set_message(format!(
                 "loss {:.4} acc {:.2}% lr {:.2e} {:.0} img/s",
-                loss_sum / seen as f64,
-                100.0 * correct as f64 / seen as f64,
+                epoch_win.loss(),
+                100.0 * epoch_win.acc(),
                 lr,
-                seen as f64 / epoch_start.elapsed().as_secs_f64()
+                epoch_win.images as f64 / epoch_start.elapsed().as_secs_f64()
             ));
             let elapsed = start_elapsed + run_start.elapsed().as_secs_f64();
             let interrupted = INTERRUPTS.load(Ordering::SeqCst) > 0;
@@ -332,12 +409,12 @@ pub fn train(run: Run) -> Result<Summary> {
                 state.epoch = epoch - 1;
                 let path = if out_of_time {
                     stopped_reason = "time_limit".into();
-                    save("checkpoint_time_limit", &model, &optim, &state)?
+                    save("checkpoint_time_limit", &model, &optim, &ema, &state)?
                 } else {
                     stopped_reason = "interrupted".into();
                     ckpt_root.join("last")
                 };
-                save("last", &model, &optim, &state)?;
+                save("last", &model, &optim, &ema, &state)?;
                 eprintln!(
                     "{}: checkpoint written to {}; continue with --resume-from {}",
                     if out_of_time {
@@ -354,33 +431,34 @@ pub fn train(run: Run) -> Result<Summary> {
         pb.finish_and_clear();
         state.epoch = epoch;
         state.elapsed_secs = start_elapsed + run_start.elapsed().as_secs_f64();
-        let train_loss = loss_sum / seen.max(1) as f64;
-        let train_acc = correct as f64 / seen.max(1) as f64;
-        let img_s = seen as f64 / epoch_start.elapsed().as_secs_f64();
+        let img_s = epoch_win.images as f64 / epoch_start.elapsed().as_secs_f64();
         let mut line = format!(
-            "epoch {epoch}/{}: train loss {train_loss:.4} acc {:.2}% | {img_s:.0} img/s",
+            "epoch {epoch}/{}: train loss {:.4} acc {:.2}% | {img_s:.0} img/s",
             cfg.epochs,
-            100.0 * train_acc
+            epoch_win.loss(),
+            100.0 * epoch_win.acc()
         );
         let mut stop_early = false;
         if epoch % cfg.eval_every == 0 || epoch == cfg.epochs {
             let report = evaluate(&model, &val_loader, &device)?;
-            sinks.emit(MetricRecord::val(
-                epoch,
-                state.global_step,
-                report.loss,
-                report.acc,
-                0.0,
-            ))?;
+            let mut record =
+                MetricRecord::val(epoch, state.global_step, report.loss, report.acc, 0.0);
             line += &format!(
                 " | val loss {:.4} acc {:.2}%",
                 report.loss,
                 100.0 * report.acc
             );
+            if let Some(e) = &ema {
+                let er = evaluate(&e.model, &val_loader, &device)?;
+                record.extra.insert("ema_loss".into(), er.loss);
+                record.extra.insert("ema_acc".into(), er.acc);
+                line += &format!(" | ema acc {:.2}%", 100.0 * er.acc);
+            }
+            sinks.emit(record)?;
             if report.acc > state.best_val_acc || state.best_epoch == 0 {
                 state.best_val_acc = report.acc;
                 state.best_epoch = epoch;
-                save("best_model", &model, &optim, &state)?;
+                save("best_model", &model, &optim, &ema, &state)?;
                 line += " (best)";
             }
             if report.loss < state.best_val_loss {
@@ -396,9 +474,15 @@ pub fn train(run: Run) -> Result<Summary> {
         }
         eprintln!("{line}");
         if cfg.save_every > 0 && epoch % cfg.save_every == 0 {
-            save(&format!("checkpoint_epoch_{epoch}"), &model, &optim, &state)?;
+            save(
+                &format!("checkpoint_epoch_{epoch}"),
+                &model,
+                &optim,
+                &ema,
+                &state,
+            )?;
         }
-        save("last", &model, &optim, &state)?;
+        save("last", &model, &optim, &ema, &state)?;
         if stop_early {
             eprintln!(
                 "early stopping: validation loss has not improved for {} evaluations (best {:.4})",
@@ -411,19 +495,18 @@ pub fn train(run: Run) -> Result<Summary> {
 
     // Restore the best weights (highest validation accuracy) for the final evaluation.
     let best_dir = ckpt_root.join("best_model");
-    let final_eval = if stopped_reason == "completed" || stopped_reason == "early_stopping" {
-        if best_dir.exists() && state.best_epoch != state.epoch {
-            let best = checkpoint::load(&best_dir)?;
-            model = load_state_dict(model, &best.model, &ad)?;
-            eprintln!(
-                "restored the best weights (epoch {}, val acc {:.2}%)",
-                state.best_epoch,
-                100.0 * state.best_val_acc
-            );
-            Some(evaluate(&model, &val_loader, &device)?)
-        } else {
-            last_eval
-        }
+    let final_eval = if (stopped_reason == "completed" || stopped_reason == "early_stopping")
+        && best_dir.exists()
+        && state.best_epoch != state.epoch
+    {
+        let best = checkpoint::load(&best_dir)?;
+        model = load_state_dict(model, &best.model, &ad)?;
+        eprintln!(
+            "restored the best weights (epoch {}, val acc {:.2}%)",
+            state.best_epoch,
+            100.0 * state.best_val_acc
+        );
+        Some(evaluate(&model, &val_loader, &device)?)
     } else {
         last_eval
     };
