@@ -25,6 +25,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Top-5 predictions of a checkpoint for image files.
     Predict(PredictArgs),
+    /// Time the train step, inference and the data pipeline (JSON, fields as the PyTorch yardstick's).
+    Bench(crate::bench::BenchArgs),
     /// Download or describe data sets.
     Data {
         #[command(subcommand)]

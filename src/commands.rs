@@ -20,6 +20,11 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         }
         Command::Eval(args) => cmd_eval(args),
         Command::Predict(args) => cmd_predict(args),
+        Command::Bench(args) => {
+            let r = crate::bench::run(&args)?;
+            println!("{}", serde_json::to_string(&r).map_err(|e| Error::Io(e.to_string()))?);
+            Ok(())
+        }
         Command::Data { command } => match command {
             DataCommand::Download(a) => cmd_download(a),
             DataCommand::Info(a) => cmd_info(a),

@@ -590,3 +590,44 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod config_files {
+    use super::*;
+
+    /// Every recipe in configs/ parses, resolves and validates.
+    #[test]
+    fn all_shipped_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let cli = Config::default();
+            let matches = Config::augment_args(clap::Command::new("vitrs")).get_matches_from(["vitrs"]);
+            let cfg = Config::resolve(Config::default(), &cli, &matches, Some(&path))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            cfg.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            cfg.vit_config(32, 3, 10).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+        assert!(n >= 8, "only {n} configs found");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "lr = 0.01\nbatch_size = 7\nnum_layers = 3\n").unwrap();
+        let cmd = Config::augment_args(clap::Command::new("vitrs"));
+        let matches = cmd.get_matches_from(["vitrs", "--batch-size", "9"]);
+        let cli = Config::from_arg_matches(&matches).unwrap();
+        let cfg = Config::resolve(Config::default(), &cli, &matches, Some(&p)).unwrap();
+        assert_eq!(cfg.lr, 0.01); // file
+        assert_eq!(cfg.batch_size, 9); // flag beats file
+        assert_eq!(cfg.depth, Some(3)); // seed spelling in a file
+        assert_eq!(cfg.epochs, 100); // default
+    }
+}

@@ -4,6 +4,7 @@
 //! The data path is one-way: CLI → [`config::Config`] → data + model → [`train::step`] →
 //! [`train::trainer`] → sinks ([`report`]).
 
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;

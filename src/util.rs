@@ -79,3 +79,19 @@ pub fn peak_rss_mb() -> Option<f64> {
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
+
+/// Keep freed memory in the process instead of returning it to the kernel after every op.
+///
+/// A training step allocates and frees the same large activation buffers each time; with
+/// glibc's defaults each free of a big block is an munmap and each new one page-faults fresh
+/// zeroed pages: measured on vit-tiny-c10 (batch 128, 2 cores) as ten times the page faults
+/// and ~20% lower throughput. Call once at start-up, before threads exist.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}

@@ -1,0 +1,231 @@
+//! `vitrs bench`: the train step, inference and the data pipeline, timed the way
+//! `shared/bench/pytorch_vit_bench.py` times PyTorch, with the same JSON fields, so the two can
+//! be compared line by line in one run (`bench/compare.sh`).
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Tensor, TensorData};
+use serde::Serialize;
+
+use crate::data::augment::{Image, MixConfig, TrainTransform};
+use crate::data::synthetic::synthetic;
+use crate::error::Result;
+use crate::model::layers::Ctx;
+use crate::model::params::{count_params, named_params};
+use crate::model::{Pool, VisionTransformer, VitConfig};
+use crate::rng::{Rng, stream};
+use crate::train::optim::{AdamW, AdamWConfig, global_grad_norm};
+use crate::train::step::{HostBatch, train_step};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 32)]
+    pub img: usize,
+    #[arg(long, default_value_t = 4)]
+    pub patch: usize,
+    #[arg(long, default_value_t = 192)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 6)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 3)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 768)]
+    pub mlp: usize,
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub infer_batch: usize,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Compute threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long)]
+    pub device: Option<String>,
+    /// What to time: train, infer, data (comma list).
+    #[arg(long, value_delimiter = ',', default_values_t = ["train".to_string(), "infer".to_string(), "data".to_string()])]
+    pub what: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    pub framework: &'static str,
+    pub device: String,
+    pub threads: usize,
+    pub params: usize,
+    pub batch: usize,
+    pub train_img_s: Option<f64>,
+    pub infer_img_s: Option<f64>,
+    pub train_tflops: Option<f64>,
+    pub peak_rss_mb: Option<f64>,
+    /// Decode + augment + normalise, images per second per core: seed 001's CIFAR transform.
+    pub data_default_img_s_per_core: Option<f64>,
+    /// The strong recipe (RandAugment + erasing + Mixup/CutMix).
+    pub data_strong_img_s_per_core: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn timed(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    median(
+        (0..reps.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+/// Forward FLOPs per image, counted like the PyTorch yardstick.
+fn forward_flops(a: &BenchArgs) -> f64 {
+    let tokens = ((a.img / a.patch).pow(2) + 1) as f64;
+    let (d, m) = (a.dim as f64, a.mlp as f64);
+    let per_tok = a.depth as f64 * (2.0 * (4.0 * d * d + 2.0 * d * m)) + 2.0 * d * a.classes as f64 / tokens;
+    let attn = a.depth as f64 * 2.0 * 2.0 * tokens * tokens * d;
+    tokens * per_tok + attn
+}
+
+fn random_batch(n: usize, a: &BenchArgs, seed: u64) -> HostBatch {
+    let mut rng = Rng::seed(seed);
+    let images = (0..n * 3 * a.img * a.img).map(|_| rng.normal() as f32).collect();
+    let labels: Vec<usize> = (0..n).map(|_| rng.below(a.classes)).collect();
+    HostBatch {
+        images,
+        shape: [n, 3, a.img, a.img],
+        targets: crate::data::augment::soft_targets(&labels, a.classes, 0.1),
+        num_classes: a.classes,
+        labels,
+    }
+}
+
+/// Images per second per core through a transform (single thread).
+fn data_rate(t: &TrainTransform, mix: Option<&MixConfig>) -> f64 {
+    let data = synthetic(512, 10, 32, 3, 0, 0);
+    let per = 3 * 32 * 32;
+    let mut out = vec![0f32; 128 * per];
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed().as_secs_f64() < 1.0 {
+        for b in 0..4 {
+            for i in 0..128 {
+                let idx = (b * 128 + i) % data.len();
+                let img = Image::from_slice(32, 32, 3, data.image(idx));
+                let mut rng = Rng::at(0, stream::AUGMENT, &[n as u64, idx as u64]);
+                t.apply(&img, &mut rng, &mut out[i * per..(i + 1) * per]);
+            }
+            if let Some(m) = mix {
+                let labels: Vec<usize> = (0..128).map(|i| data.labels[i] as usize).collect();
+                let mut rng = Rng::at(0, stream::MIX, &[n as u64]);
+                m.apply(&mut out, 128, 3, 32, 32, &labels, &mut rng);
+            }
+            n += 128;
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+pub fn run(a: &BenchArgs) -> Result<BenchResult> {
+    crate::device::set_threads(a.threads);
+    let device = crate::device::resolve(a.device.as_deref())?;
+    let cfg = VitConfig {
+        img_size: a.img,
+        patch_size: a.patch,
+        in_chans: 3,
+        num_classes: a.classes,
+        embed_dim: a.dim,
+        depth: a.depth,
+        num_heads: a.heads,
+        mlp_dim: a.mlp,
+        qkv_bias: true,
+        drop_rate: 0.0,
+        attn_drop_rate: 0.0,
+        drop_path_rate: 0.0,
+        layer_norm_eps: 1e-6,
+        pool: Pool::Cls,
+        dist_token: false,
+    };
+    let ad = device.clone().autodiff();
+    let mut model = VisionTransformer::new(&cfg, 0, &ad)?;
+    let params = count_params(&model).0;
+    let wants = |w: &str| a.what.iter().any(|x| x == w);
+    let mut train_img_s = None;
+    let mut train_tflops = None;
+    if wants("train") {
+        let trainable: Vec<(String, usize)> = named_params(&model).into_iter().map(|p| (p.path, p.shape.len())).collect();
+        let mut optim = AdamW::new(
+            AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.05,
+                layer_decay: 1.0,
+                depth: a.depth,
+            },
+            &trainable,
+        );
+        let batch = random_batch(a.batch, a, 1);
+        let mut step = 0u64;
+        let t = timed(a.warmup, a.steps, || {
+            // forward + label-smoothed CE + backward + clip(1.0) + AdamW, as the yardstick.
+            let out = train_step(&model, &batch, &ad, &Ctx::train(0, &[step]));
+            let norm = global_grad_norm(&out.grads);
+            let scale = if norm > 1.0 { 1.0 / (norm + 1e-6) } else { 1.0 };
+            model = optim.step(model.clone(), &out.grads, 1e-3, scale);
+            step += 1;
+        });
+        train_img_s = Some(a.batch as f64 / t);
+        train_tflops = Some(3.0 * forward_flops(a) * a.batch as f64 / t / 1e12);
+    }
+    let mut infer_img_s = None;
+    if wants("infer") {
+        let eval = model.valid();
+        let x = random_batch(a.infer_batch, a, 2);
+        let xt = Tensor::<4>::from_data(TensorData::new(x.images.clone(), x.shape), &device);
+        let t = timed(2, (a.steps / 2).max(5), || {
+            let y = eval.forward(xt.clone(), &Ctx::eval());
+            let _ = y.into_data();
+        });
+        infer_img_s = Some(a.infer_batch as f64 / t);
+    }
+    let (mut data_default, mut data_strong) = (None, None);
+    if wants("data") {
+        let (mean, std) = ([0.49f32, 0.48, 0.45], [0.2f32, 0.2, 0.2]);
+        let default = TrainTransform::default_cifar(&mean, &std);
+        data_default = Some(data_rate(&default, None));
+        let cfg = crate::config::Config {
+            randaugment: Some("rand-m9-mstd0.5-inc1".into()),
+            reprob: 0.25,
+            mixup: 0.8,
+            cutmix: 1.0,
+            ..crate::config::Config::default()
+        };
+        let strong = crate::data::recipe::train_transform(&cfg, &mean, &std, 32)?;
+        data_strong = Some(data_rate(&strong, crate::data::recipe::mix(&cfg, 10).as_ref()));
+    }
+    Ok(BenchResult {
+        framework: "vitrs",
+        device: a.device.clone().unwrap_or_else(|| crate::device::compiled()[0].to_string()),
+        threads: rayon::current_num_threads(),
+        params,
+        batch: a.batch,
+        train_img_s,
+        infer_img_s,
+        train_tflops,
+        peak_rss_mb: crate::util::peak_rss_mb(),
+        data_default_img_s_per_core: data_default,
+        data_strong_img_s_per_core: data_strong,
+    })
+}
