@@ -93,14 +93,17 @@ fn timed(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
 fn forward_flops(a: &BenchArgs) -> f64 {
     let tokens = ((a.img / a.patch).pow(2) + 1) as f64;
     let (d, m) = (a.dim as f64, a.mlp as f64);
-    let per_tok = a.depth as f64 * (2.0 * (4.0 * d * d + 2.0 * d * m)) + 2.0 * d * a.classes as f64 / tokens;
+    let per_tok =
+        a.depth as f64 * (2.0 * (4.0 * d * d + 2.0 * d * m)) + 2.0 * d * a.classes as f64 / tokens;
     let attn = a.depth as f64 * 2.0 * 2.0 * tokens * tokens * d;
     tokens * per_tok + attn
 }
 
 fn random_batch(n: usize, a: &BenchArgs, seed: u64) -> HostBatch {
     let mut rng = Rng::seed(seed);
-    let images = (0..n * 3 * a.img * a.img).map(|_| rng.normal() as f32).collect();
+    let images = (0..n * 3 * a.img * a.img)
+        .map(|_| rng.normal() as f32)
+        .collect();
     let labels: Vec<usize> = (0..n).map(|_| rng.below(a.classes)).collect();
     HostBatch {
         images,
@@ -164,7 +167,10 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
     let mut train_img_s = None;
     let mut train_tflops = None;
     if wants("train") {
-        let trainable: Vec<(String, usize)> = named_params(&model).into_iter().map(|p| (p.path, p.shape.len())).collect();
+        let trainable: Vec<(String, usize)> = named_params(&model)
+            .into_iter()
+            .map(|p| (p.path, p.shape.len()))
+            .collect();
         let mut optim = AdamW::new(
             AdamWConfig {
                 beta1: 0.9,
@@ -213,11 +219,17 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
             ..crate::config::Config::default()
         };
         let strong = crate::data::recipe::train_transform(&cfg, &mean, &std, 32)?;
-        data_strong = Some(data_rate(&strong, crate::data::recipe::mix(&cfg, 10).as_ref()));
+        data_strong = Some(data_rate(
+            &strong,
+            crate::data::recipe::mix(&cfg, 10).as_ref(),
+        ));
     }
     Ok(BenchResult {
         framework: "vitrs",
-        device: a.device.clone().unwrap_or_else(|| crate::device::compiled()[0].to_string()),
+        device: a
+            .device
+            .clone()
+            .unwrap_or_else(|| crate::device::compiled()[0].to_string()),
         threads: rayon::current_num_threads(),
         params,
         batch: a.batch,

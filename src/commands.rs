@@ -22,7 +22,10 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Predict(args) => cmd_predict(args),
         Command::Bench(args) => {
             let r = crate::bench::run(&args)?;
-            println!("{}", serde_json::to_string(&r).map_err(|e| Error::Io(e.to_string()))?);
+            println!(
+                "{}",
+                serde_json::to_string(&r).map_err(|e| Error::Io(e.to_string()))?
+            );
             Ok(())
         }
         Command::Data { command } => match command {

@@ -71,9 +71,6 @@ pub struct Config {
     /// Fail on unreadable images in an imagefolder instead of skipping them.
     #[arg(long)]
     pub strict: bool,
-    /// Data-loading threads (0 = as many as compute threads).
-    #[arg(long, default_value_t = 0)]
-    pub workers: usize,
 
     // ---- augmentation (train split only) ----
     /// RandomCrop zero padding in pixels; 0 disables the random crop (seed 001: 4).
@@ -606,11 +603,14 @@ mod config_files {
                 continue;
             }
             let cli = Config::default();
-            let matches = Config::augment_args(clap::Command::new("vitrs")).get_matches_from(["vitrs"]);
+            let matches =
+                Config::augment_args(clap::Command::new("vitrs")).get_matches_from(["vitrs"]);
             let cfg = Config::resolve(Config::default(), &cli, &matches, Some(&path))
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            cfg.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            cfg.vit_config(32, 3, 10).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            cfg.validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            cfg.vit_config(32, 3, 10)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             n += 1;
         }
         assert!(n >= 8, "only {n} configs found");
@@ -629,5 +629,27 @@ mod config_files {
         assert_eq!(cfg.batch_size, 9); // flag beats file
         assert_eq!(cfg.depth, Some(3)); // seed spelling in a file
         assert_eq!(cfg.epochs, 100); // default
+    }
+}
+
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    /// The README's flag tables stay complete: every `train` flag is documented.
+    #[test]
+    fn readme_documents_every_flag() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let cmd = Config::augment_args(clap::Command::new("vitrs"));
+        for a in cmd.get_arguments() {
+            if let Some(long) = a.get_long() {
+                assert!(
+                    readme.contains(&format!("`--{long}`")),
+                    "README.md does not document --{long}"
+                );
+            }
+        }
     }
 }
