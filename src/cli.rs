@@ -25,6 +25,19 @@ pub enum Command {
     Eval(EvalArgs),
     /// Top-5 predictions of a checkpoint for image files.
     Predict(PredictArgs),
+    /// Plots and report.md (convergence analysis) for a run directory.
+    Report {
+        /// The run directory (holds metrics.jsonl).
+        run_dir: PathBuf,
+    },
+    /// Runs side by side: accuracy, loss, epochs, time, img/s, params, memory, ratios to the first.
+    Compare {
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
+        /// Where to write the overlaid validation-accuracy plot.
+        #[arg(long, default_value = "compare.png")]
+        plot: PathBuf,
+    },
     /// Time the train step, inference and the data pipeline (JSON, fields as the PyTorch yardstick's).
     Bench(crate::bench::BenchArgs),
     /// Download or describe data sets.

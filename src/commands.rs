@@ -20,6 +20,25 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         }
         Command::Eval(args) => cmd_eval(args),
         Command::Predict(args) => cmd_predict(args),
+        Command::Report { run_dir } => {
+            let eval_path = run_dir.join("eval.json");
+            let eval = if eval_path.exists() {
+                Some(crate::report::metrics::EvalReport::load(&eval_path)?)
+            } else {
+                None
+            };
+            println!("{}", crate::report::write_report(&run_dir, eval.as_ref())?);
+            eprintln!("plots in {}", run_dir.join("plots").display());
+            Ok(())
+        }
+        Command::Compare { run_dirs, plot } => {
+            println!(
+                "{}",
+                crate::report::compare::compare(&run_dirs, Some(&plot))?
+            );
+            eprintln!("validation curves: {}", plot.display());
+            Ok(())
+        }
         Command::Bench(args) => {
             let r = crate::bench::run(&args)?;
             println!(

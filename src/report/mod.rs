@@ -1,6 +1,7 @@
 //! Reporting: metrics files, TensorBoard events, plots and the convergence report of a run.
 
 pub mod analysis;
+pub mod compare;
 pub mod metrics;
 pub mod plots;
 pub mod tensorboard;
