@@ -1,6 +1,7 @@
 //! The training loop: epochs, evaluation, early stopping, time limit, checkpoints, and the
 //! sinks (progress, metrics.jsonl, TensorBoard) that watch it.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,9 +19,10 @@ use super::step::{HostBatch, count_correct, train_step};
 use crate::config::Config;
 use crate::data::loader::Loader;
 use crate::error::{Error, Result};
-use crate::model::io::{load_state_dict, state_dict};
+use crate::model::io::{HostTensor, load_state_dict, load_state_dict_keeping, state_dict};
 use crate::model::layers::Ctx;
-use crate::model::params::{count_params, named_params};
+use crate::model::params::{count_params, named_params, set_trainable};
+use crate::model::pretrained::is_head;
 use crate::model::{VisionTransformer, VitConfig};
 use crate::report::metrics::{EvalReport, MetricRecord, MetricsWriter};
 use crate::report::tensorboard::{EventWriter, HParam, log_record};
@@ -51,6 +53,9 @@ pub static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 pub struct Run {
     pub config: Config,
     pub vit_config: VitConfig,
+    /// Pretrained weights to start from (timm names, PyTorch layouts); a missing head keeps
+    /// its fresh initialisation.
+    pub init_weights: Option<BTreeMap<String, HostTensor>>,
     pub device: Device,
     pub train: Loader,
     pub val: Loader,
@@ -133,6 +138,7 @@ pub fn train(run: Run) -> Result<Summary> {
     let Run {
         config: cfg,
         vit_config,
+        init_weights,
         device,
         train: train_loader,
         val: val_loader,
@@ -141,6 +147,12 @@ pub fn train(run: Run) -> Result<Summary> {
     } = run;
     let ad = device.clone().autodiff();
     let mut model = VisionTransformer::new(&vit_config, cfg.seed, &ad)?;
+    if let Some(w) = &init_weights {
+        model = load_state_dict_keeping(model, w, &ad, is_head)?;
+    }
+    if cfg.freeze_backbone {
+        model = set_trainable(model, is_head);
+    }
     let ckpt_root = run_dir.join("checkpoints");
 
     let trainable: Vec<(String, usize)> = named_params(&model)
@@ -154,7 +166,7 @@ pub fn train(run: Run) -> Result<Summary> {
             beta2: cfg.beta2,
             eps: cfg.eps,
             weight_decay: cfg.weight_decay,
-            layer_decay: 1.0,
+            layer_decay: cfg.layer_decay,
             depth: vit_config.depth,
         },
         &trainable,
