@@ -391,6 +391,10 @@ fn fine_tuning_from_the_timm_fixture_runs_end_to_end() {
     let ck = read_safetensors(&dir.path().join("checkpoints/last/model.safetensors")).unwrap();
     assert_eq!(ck["head.weight"].shape, vec![5, 48]);
     assert_eq!(ck["pos_embed"].shape, vec![1, 145, 48]);
+    // The epoch-1 best checkpoint must be readable (its state once held an infinite loss,
+    // which JSON writes as null, and restoring the best weights after epoch 2 failed).
+    let best = train::checkpoint::load(&dir.path().join("checkpoints/best_model")).unwrap();
+    assert!(best.state.unwrap().best_val_loss.is_finite());
 }
 
 #[test]

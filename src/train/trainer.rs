@@ -389,17 +389,19 @@ pub fn train(run: Run) -> Result<Summary> {
                 report.loss,
                 100.0 * report.acc
             );
-            if report.acc > state.best_val_acc || state.best_epoch == 0 {
-                state.best_val_acc = report.acc;
-                state.best_epoch = epoch;
-                save("best_model", &model, &optim, &state)?;
-                line += " (best)";
-            }
+            // Early-stopping counters first, so that best_model's state is this epoch's
+            // (and never holds the initial infinite loss, which JSON cannot store).
             if report.loss < state.best_val_loss {
                 state.best_val_loss = report.loss;
                 state.evals_since_best = 0;
             } else {
                 state.evals_since_best += 1;
+            }
+            if report.acc > state.best_val_acc || state.best_epoch == 0 {
+                state.best_val_acc = report.acc;
+                state.best_epoch = epoch;
+                save("best_model", &model, &optim, &state)?;
+                line += " (best)";
             }
             if cfg.patience > 0 && state.evals_since_best >= cfg.patience {
                 stop_early = true;
