@@ -229,7 +229,7 @@ pub fn train(run: Run) -> Result<Summary> {
     }
     eprintln!(
         "training {} on {} ({} train / {} val images, {} classes) for {} epochs: {} params, {} steps/epoch, run dir {}",
-        cfg.model,
+        cfg.pretrained.as_deref().unwrap_or(&cfg.model),
         format!("{:?}", cfg.dataset).to_lowercase(),
         train_loader.dataset().len(),
         val_loader.dataset().len(),
