@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, DatasetKind};
+use crate::model::pretrained::ExportFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model (from scratch, or resume with --resume-from).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a checkpoint on its validation set: loss, accuracy, per-class table, confusion matrix.
     Eval(EvalArgs),
     /// Top-5 predictions of a checkpoint for image files.
@@ -40,6 +41,10 @@ pub enum Command {
     },
     /// Time the train step, inference and the data pipeline (JSON, fields as the PyTorch yardstick's).
     Bench(crate::bench::BenchArgs),
+    /// Logits of pretrained weights (HF, timm, vitrs) for `pixel_values` in a safetensors file: did the weights load right?
+    Logits(LogitsArgs),
+    /// Write a checkpoint (or any weights vitrs loads) as timm or HF transformers weights + config.json.
+    Export(ExportArgs),
     /// Download or describe data sets.
     Data {
         #[command(subcommand)]
@@ -93,6 +98,39 @@ pub struct PredictArgs {
     pub top: usize,
     #[arg(long)]
     pub device: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    /// Weights: a directory (HF config.json + model.safetensors, timm, vitrs checkpoint), a .safetensors file, or a hub id.
+    #[arg(long)]
+    pub pretrained: String,
+    /// A safetensors file holding `pixel_values` (f32, NCHW, normalised as the model expects).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write `logits` (and `logits_cls`, `logits_dist` for distillation-token models).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Input resolution; must equal the input's. Another size than the checkpoint's resamples the position embeddings as the source library does.
+    #[arg(long, alias = "img_size")]
+    pub img_size: Option<usize>,
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A vitrs checkpoint directory (e.g. runs/X/checkpoints/best_model), or any weights --pretrained takes.
+    #[arg(long)]
+    pub checkpoint: String,
+    /// timm: plain state dict + timm's config.json (timm.create_model("local-dir:OUT")); hf: ViTForImageClassification (from_pretrained(OUT)).
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Output directory (model.safetensors, config.json).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]

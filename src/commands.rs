@@ -4,10 +4,14 @@ use std::sync::atomic::Ordering;
 
 use clap::ArgMatches;
 
-use crate::cli::{Cli, Command, DataArgs, DataCommand, EvalArgs, PredictArgs, TrainArgs};
+use crate::cli::{
+    Cli, Command, DataArgs, DataCommand, EvalArgs, ExportArgs, LogitsArgs, PredictArgs, TrainArgs,
+};
 use crate::config::Config;
 use crate::data::{Split, load};
 use crate::error::{Error, Result};
+use crate::model::io::{read_safetensors, write_safetensors};
+use crate::model::pretrained;
 use crate::train::{self, checkpoint, trainer};
 
 pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
@@ -16,7 +20,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             let sub = matches
                 .subcommand_matches("train")
                 .ok_or_else(|| Error::Config("no train arguments".into()))?;
-            cmd_train(args, sub)
+            cmd_train(*args, sub)
         }
         Command::Eval(args) => cmd_eval(args),
         Command::Predict(args) => cmd_predict(args),
@@ -47,6 +51,8 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             );
             Ok(())
         }
+        Command::Logits(args) => cmd_logits(args),
+        Command::Export(args) => cmd_export(args),
         Command::Data { command } => match command {
             DataCommand::Download(a) => cmd_download(a),
             DataCommand::Info(a) => cmd_info(a),
@@ -166,6 +172,49 @@ fn cmd_predict(args: PredictArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn cmd_logits(args: LogitsArgs) -> Result<()> {
+    crate::device::set_threads(args.threads);
+    let device = crate::device::resolve(args.device.as_deref())?;
+    let p = pretrained::load(&args.pretrained)?;
+    for n in &p.notes {
+        eprintln!("note: {n}");
+    }
+    let input = read_safetensors(&args.input)?;
+    let pixels = input.get("pixel_values").ok_or_else(|| {
+        Error::Data(format!(
+            "{}: no `pixel_values` tensor (found: {})",
+            args.input.display(),
+            input.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    let out = pretrained::logits(p, pixels, args.img_size, &device)?;
+    write_safetensors(&args.output, &out, None)?;
+    let shape = &out["logits"].shape;
+    println!(
+        "wrote {} ({}) to {}",
+        out.keys().cloned().collect::<Vec<_>>().join(", "),
+        shape
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join("×"),
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn cmd_export(args: ExportArgs) -> Result<()> {
+    let p = pretrained::load(&args.checkpoint)?;
+    pretrained::export(&p, args.format, &args.out)?;
+    println!(
+        "wrote {:?} weights and config.json of {} to {}",
+        args.format,
+        p.source.display(),
+        args.out.display()
+    );
     Ok(())
 }
 

@@ -140,9 +140,24 @@ pub struct Config {
     pub mixup_switch_prob: f64,
 
     // ---- model ----
-    /// Model preset (vit-cifar-small, vit-tiny-c10, vit-cifar, vit-cifar-large, vit-tiny, vit-small, vit-base; vit-hf-scratch = vit-cifar).
+    /// Model preset (vit-cifar-small, vit-tiny-c10, vit-cifar, vit-cifar-large, vit-tiny, vit-small, vit-base; vit-hf-scratch = vit-cifar; vit-hf-pretrained = seed 000's fine-tuning recipe, needs --pretrained).
     #[arg(long, default_value = "vit-cifar")]
     pub model: String,
+    /// Start from pretrained weights: a directory (HF transformers config.json + model.safetensors, timm, or a vitrs checkpoint), a .safetensors file, or a Hugging Face hub id (google/vit-base-patch16-224-in21k). The model's shape comes from them.
+    #[arg(long)]
+    pub pretrained: Option<String>,
+    /// With --pretrained: a fresh classification head even when the class count matches.
+    #[arg(long, alias = "reset_head")]
+    pub reset_head: bool,
+    /// With --pretrained: train the head only (everything else frozen: no gradients, no optimizer state).
+    #[arg(long, alias = "freeze_backbone")]
+    pub freeze_backbone: bool,
+    /// Per-channel normalisation mean, comma-separated (default: the pretrained weights' own, ImageNet's for pretrained weights that do not say, else the dataset's).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub mean: Option<Vec<f64>>,
+    /// Per-channel normalisation standard deviation (defaults as for --mean).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub std: Option<Vec<f64>>,
     /// Input resolution (default: the preset's, or the dataset's for CIFAR-sized presets).
     #[arg(long, alias = "img_size")]
     pub img_size: Option<usize>,
@@ -220,6 +235,14 @@ pub struct Config {
     pub beta2: f64,
     #[arg(long, default_value_t = 1e-8, alias = "adam-eps")]
     pub eps: f64,
+    /// Layer-wise LR decay: block i of d trains at lr·decay^(d − i), embeddings at lr·decay^(d + 1), head at lr (1.0 = off; 0.65–0.75 is usual for fine-tuning).
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        alias = "layer_decay",
+        alias = "layer-wise-lr-decay"
+    )]
+    pub layer_decay: f64,
     /// Linear warmup length in epochs (fractional allowed).
     #[arg(long, default_value_t = 5.0, alias = "warmup_epochs")]
     pub warmup_epochs: f64,
@@ -295,6 +318,25 @@ impl Default for Config {
         let m = Config::augment_args(clap::Command::new("vitrs")).get_matches_from(["vitrs"]);
         Config::from_arg_matches(&m).expect("built-in defaults parse")
     }
+}
+
+/// The model name of seed 000's fine-tuning recipe.
+pub const HF_PRETRAINED: &str = "vit-hf-pretrained";
+
+/// Seed 000's CIFAR-10 fine-tuning command (`vit-hf-pretrained`): the defaults that model
+/// name brings, each overridden by a config file or a flag.
+pub fn hf_pretrained_recipe() -> Vec<(&'static str, toml::Value)> {
+    use toml::Value::{Float, Integer};
+    vec![
+        ("img-size", Integer(224)),
+        ("epochs", Integer(30)),
+        ("lr", Float(1e-5)),
+        ("batch-size", Integer(32)),
+        ("warmup-epochs", Float(3.0)),
+        ("patience", Integer(8)),
+        ("grad-clip", Float(1.0)),
+        ("weight-decay", Float(0.01)),
+    ]
 }
 
 /// Levenshtein distance, for "did you mean" on unknown config keys.
@@ -373,12 +415,16 @@ impl Config {
         matches: &ArgMatches,
         file: Option<&Path>,
     ) -> Result<Config> {
+        let base_model = base.model.clone();
         let mut table = match toml::Value::try_from(base) {
             Ok(toml::Value::Table(t)) => t,
             _ => toml::Table::new(),
         };
+        let mut explicit = std::collections::BTreeSet::new();
         if let Some(f) = file {
-            table.extend(Config::table_from_file(f)?);
+            let from_file = Config::table_from_file(f)?;
+            explicit.extend(from_file.keys().cloned());
+            table.extend(from_file);
         }
         let cli_table = match toml::Value::try_from(cli) {
             Ok(toml::Value::Table(t)) => t,
@@ -388,7 +434,18 @@ impl Config {
             if matches.value_source(id.as_str()) == Some(ValueSource::CommandLine) {
                 let key = id.as_str().replace('_', "-");
                 if let Some(v) = cli_table.get(&key) {
-                    table.insert(key, v.clone());
+                    table.insert(key.clone(), v.clone());
+                }
+                explicit.insert(key);
+            }
+        }
+        // `--model vit-hf-pretrained` brings seed 000's recipe as defaults (a resumed run of
+        // that model already has them, possibly changed, in its base).
+        let is = |v: Option<&toml::Value>| v.and_then(|v| v.as_str()) == Some(HF_PRETRAINED);
+        if is(table.get("model")) && base_model != HF_PRETRAINED {
+            for (k, v) in hf_pretrained_recipe() {
+                if !explicit.contains(k) {
+                    table.insert(k.to_string(), v);
                 }
             }
         }
@@ -525,6 +582,34 @@ impl Config {
         if self.mixup < 0.0 || self.cutmix < 0.0 || self.rotation < 0.0 {
             return bad("--mixup, --cutmix and --rotation must be ≥ 0");
         }
+        if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
+            return bad("--layer-decay must be in (0, 1] (1 = off)");
+        }
+        if self.model == HF_PRETRAINED && self.pretrained.is_none() {
+            return bad(
+                "--model vit-hf-pretrained fine-tunes pretrained weights: give --pretrained PATH_OR_ID (e.g. google/vit-base-patch16-224-in21k)",
+            );
+        }
+        if self.pretrained.is_none() && (self.reset_head || self.freeze_backbone) {
+            return bad("--reset-head and --freeze-backbone need --pretrained");
+        }
+        for (name, v) in [("--mean", &self.mean), ("--std", &self.std)] {
+            if v.as_ref()
+                .is_some_and(|v| v.is_empty() || v.iter().any(|x| !x.is_finite()))
+            {
+                return bad(&format!("{name} needs one finite number per channel"));
+            }
+        }
+        if self.mean.is_some() != self.std.is_some() {
+            return bad("--mean and --std go together: give both or neither");
+        }
+        if self
+            .std
+            .as_ref()
+            .is_some_and(|s| s.iter().any(|&x| x <= 0.0))
+        {
+            return bad("--std values must be > 0");
+        }
         Ok(())
     }
 }
@@ -565,6 +650,43 @@ mod tests {
             e.contains("batch-sise") && e.contains("`batch-size`"),
             "{e}"
         );
+    }
+
+    fn resolve_args(args: &[&str]) -> Config {
+        let cmd = Config::augment_args(clap::Command::new("vitrs"));
+        let m = cmd.get_matches_from(args);
+        let cli = Config::from_arg_matches(&m).unwrap();
+        Config::resolve(Config::default(), &cli, &m, None).unwrap()
+    }
+
+    #[test]
+    fn vit_hf_pretrained_brings_seed_000s_recipe_and_flags_override_it() {
+        let c = resolve_args(&[
+            "vitrs",
+            "--model",
+            "vit-hf-pretrained",
+            "--pretrained",
+            "google/vit-base-patch16-224-in21k",
+            "--lr",
+            "2e-5",
+        ]);
+        assert_eq!(c.lr, 2e-5);
+        assert_eq!(c.img_size, Some(224));
+        assert_eq!(c.batch_size, 32);
+        assert_eq!(c.epochs, 30);
+        assert_eq!(c.warmup_epochs, 3.0);
+        assert_eq!(c.patience, 8);
+        assert_eq!(c.weight_decay, 0.01);
+        c.validate().unwrap();
+        // Other models keep the ordinary defaults.
+        let c = resolve_args(&["vitrs", "--pretrained", "x", "--layer-decay", "0.75"]);
+        assert_eq!(c.batch_size, 128);
+        assert_eq!(c.layer_decay, 0.75);
+        assert_eq!(c.img_size, None);
+        let c = resolve_args(&["vitrs", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]);
+        assert_eq!(c.mean, Some(vec![0.5; 3]));
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
     }
 
     #[test]

@@ -97,8 +97,19 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<Dataset> {
     })
 }
 
-/// Per-channel normalisation for a dataset.
+/// Per-channel normalisation: `--mean`/`--std` when set (a pretrained run sets them from the
+/// weights' own statistics), else the dataset's.
 pub fn mean_std(cfg: &Config, channels: usize) -> (Vec<f32>, Vec<f32>) {
+    if let (Some(m), Some(s)) = (&cfg.mean, &cfg.std) {
+        let pick = |v: &[f64]| {
+            (0..channels)
+                .map(|c| v[c.min(v.len() - 1)] as f32)
+                .collect()
+        };
+        if !m.is_empty() && !s.is_empty() {
+            return (pick(m), pick(s));
+        }
+    }
     let (m, s): (&[f32], &[f32]) = match cfg.dataset {
         DatasetKind::Cifar10 => (&super::CIFAR10_MEAN, &super::CIFAR10_STD),
         DatasetKind::Cifar100 => (&super::CIFAR100_MEAN, &super::CIFAR100_STD),

@@ -18,7 +18,7 @@ use crate::rng::{Rng, stream};
 use crate::train::step::HostBatch;
 
 pub enum SampleTransform {
-    Train(TrainTransform),
+    Train(Box<TrainTransform>),
     Eval(EvalTransform),
 }
 

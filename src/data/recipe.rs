@@ -87,7 +87,7 @@ pub fn eval_transform(cfg: &Config, mean: &[f32], std: &[f32], out_size: usize) 
 
 /// Mixup/CutMix, when either alpha is set.
 pub fn mix(cfg: &Config, num_classes: usize) -> Option<MixConfig> {
-    (cfg.mixup > 0.0 || cfg.cutmix > 0.0).then(|| MixConfig {
+    (cfg.mixup > 0.0 || cfg.cutmix > 0.0).then_some(MixConfig {
         mixup_alpha: cfg.mixup,
         cutmix_alpha: cfg.cutmix,
         prob: cfg.mixup_prob,

@@ -154,6 +154,17 @@ pub fn load_state_dict<M: Module>(
     sd: &BTreeMap<String, HostTensor>,
     device: &Device,
 ) -> Result<M> {
+    load_state_dict_keeping(module, sd, device, |_| false)
+}
+
+/// [`load_state_dict`], except that parameters for which `keep(path)` holds may be absent
+/// from `sd`: they keep the value they have in `module` (a freshly initialised head, say).
+pub fn load_state_dict_keeping<M: Module>(
+    module: M,
+    sd: &BTreeMap<String, HostTensor>,
+    device: &Device,
+    keep: impl Fn(&str) -> bool,
+) -> Result<M> {
     let expected: BTreeMap<String, Vec<usize>> = named_params(&module)
         .into_iter()
         .map(|p| {
@@ -168,6 +179,7 @@ pub fn load_state_dict<M: Module>(
     let mut problems = Vec::new();
     for (k, shape) in &expected {
         match sd.get(k) {
+            None if keep(k) => {}
             None => problems.push(format!("missing {k} {shape:?}")),
             Some(t) if &t.shape != shape => problems.push(format!(
                 "{k}: file has {:?}, model expects {shape:?}",
@@ -193,7 +205,7 @@ pub fn load_state_dict<M: Module>(
         )));
     }
     Ok(map_params(module, |path, _| {
-        let t = &sd[path];
+        let t = sd.get(path)?;
         let t = if t.shape.len() == 2 && path.ends_with("weight") {
             t.transpose2()
         } else {

@@ -1,8 +1,11 @@
-//! Models: the ViT (one file), its layers, parameter plumbing and weight I/O.
+//! Models: the ViT (one file), its layers, parameter plumbing, weight I/O and pretrained
+//! weights (HF / timm, hub cache).
 
+pub mod hub;
 pub mod io;
 pub mod layers;
 pub mod params;
+pub mod pretrained;
 pub mod vit;
 
 pub use vit::{Pool, VisionTransformer, VitConfig};

@@ -144,6 +144,34 @@ pub fn map_params<M: Module>(module: M, f: impl FnMut(&str, Tensor<1>) -> Option
     })
 }
 
+struct SetTrainable<F> {
+    stack: PathStack,
+    f: F,
+}
+
+impl<F: FnMut(&str) -> bool> ModuleMapper for SetTrainable<F> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.enter(name);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let trainable = (self.f)(&self.stack.path());
+        param.set_require_grad(trainable)
+    }
+}
+
+/// Freeze or unfreeze parameters by path: `f(path)` says whether it is trainable. A frozen
+/// parameter gets no gradient (so [`gradients`] leaves it out and the optimizer keeps no
+/// state for it).
+pub fn set_trainable<M: Module>(module: M, f: impl FnMut(&str) -> bool) -> M {
+    module.map(&mut SetTrainable {
+        stack: PathStack::default(),
+        f,
+    })
+}
+
 /// Total and trainable parameter counts.
 pub fn count_params<M: Module>(module: &M) -> (usize, usize) {
     named_params(module).iter().fold((0, 0), |(t, tr), p| {

@@ -56,7 +56,7 @@ impl VitConfig {
         if self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 || self.mlp_dim == 0 {
             return bad("embed-dim, depth, num-heads and mlp-dim must all be > 0".into());
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "embed-dim {} is not divisible by num-heads {} (pick heads dividing the dimension, e.g. {})",
                 self.embed_dim,
@@ -64,7 +64,7 @@ impl VitConfig {
                 divisors_near(self.embed_dim, self.num_heads)
             ));
         }
-        if self.patch_size == 0 || self.img_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "img-size {} is not divisible by patch-size {} (choose a patch size that divides the image size)",
                 self.img_size, self.patch_size
@@ -88,7 +88,7 @@ impl VitConfig {
 
 fn divisors_near(dim: usize, heads: usize) -> usize {
     (1..=dim)
-        .filter(|h| dim % h == 0)
+        .filter(|h| dim.is_multiple_of(*h))
         .min_by_key(|h| h.abs_diff(heads))
         .unwrap_or(1)
 }

@@ -8,6 +8,7 @@ pub mod schedule;
 pub mod step;
 pub mod trainer;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,8 +21,9 @@ use crate::data::dataset::Dataset;
 use crate::data::loader::{Loader, LoaderConfig, SampleTransform};
 use crate::data::{Split, load, recipe};
 use crate::error::{Error, Result};
+use crate::model::io::HostTensor;
 use crate::model::layers::Ctx;
-use crate::model::{VisionTransformer, VitConfig};
+use crate::model::{VisionTransformer, VitConfig, pretrained};
 pub use trainer::{Run, Summary, train};
 
 /// `runs/<UTC timestamp>`.
@@ -49,10 +51,111 @@ pub fn default_run_dir() -> PathBuf {
     ))
 }
 
+/// The model of a `--pretrained` run: config from the checkpoint (resolution and head
+/// adapted to this run), its weights, and the normalisation it expects (set in `cfg` unless
+/// given). Notes on what was changed go to stderr, one line each.
+fn pretrained_start(
+    cfg: &mut Config,
+    spec: &str,
+    loaded: Option<pretrained::Pretrained>,
+    channels: usize,
+    data_classes: usize,
+) -> Result<(VitConfig, Option<BTreeMap<String, HostTensor>>)> {
+    let Some(mut p) = loaded else {
+        // Resuming: the checkpoint holds the weights and its config is the model.
+        let dir = cfg.resume_from.clone().unwrap_or_default();
+        let path = dir.join("config.json");
+        let s = std::fs::read(&path).map_err(|e| Error::io(&path, "reading", e))?;
+        let vit: VitConfig = serde_json::from_slice(&s)
+            .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
+        return Ok((vit, None));
+    };
+    let mut notes = std::mem::take(&mut p.notes);
+    let c = p.config.clone();
+    let ignored: Vec<String> = [
+        ("--patch-size", cfg.patch_size, c.patch_size),
+        ("--embed-dim", cfg.embed_dim, c.embed_dim),
+        ("--depth", cfg.depth, c.depth),
+        ("--num-heads", cfg.num_heads, c.num_heads),
+        ("--mlp-dim", cfg.mlp_dim, c.mlp_dim),
+    ]
+    .iter()
+    .filter(|(_, given, has)| given.is_some_and(|g| g != *has))
+    .map(|(flag, given, has)| format!("{flag} {} (it has {has})", given.unwrap_or(0)))
+    .collect();
+    if !ignored.is_empty() {
+        notes.push(format!(
+            "the model's shape comes from {spec}: ignoring {}",
+            ignored.join(", ")
+        ));
+    }
+    if channels != c.in_chans {
+        return Err(Error::Config(format!(
+            "{spec} expects {}-channel images but {:?} has {channels} (use a dataset with {} channels)",
+            c.in_chans, cfg.dataset, c.in_chans
+        )));
+    }
+    let num_classes = cfg.num_classes.unwrap_or(data_classes);
+    if num_classes < data_classes {
+        return Err(Error::Config(format!(
+            "--num-classes {num_classes} is smaller than the dataset's {data_classes} classes"
+        )));
+    }
+    if !p.has_head {
+        notes.push(format!(
+            "{spec} has no classification head: adding a fresh {num_classes}-class head"
+        ));
+        p.replace_head(num_classes);
+    } else if num_classes != c.num_classes || cfg.reset_head {
+        notes.push(format!(
+            "replacing the {}-class head of {spec} with a fresh {num_classes}-class head{}",
+            c.num_classes,
+            if num_classes == c.num_classes {
+                " (--reset-head)"
+            } else {
+                ""
+            }
+        ));
+        p.replace_head(num_classes);
+    }
+    if let Some(n) = p.set_img_size(cfg.img_size.unwrap_or(c.img_size))? {
+        notes.push(n);
+    }
+    p.config.drop_rate = cfg.dropout.unwrap_or(c.drop_rate);
+    p.config.attn_drop_rate = cfg.attn_dropout.unwrap_or(c.attn_drop_rate);
+    p.config.drop_path_rate = cfg.drop_path;
+    p.config.validate()?;
+    if cfg.mean.is_none() {
+        match (&p.mean, &p.std) {
+            (Some(m), Some(s)) => {
+                cfg.mean = Some(m.clone());
+                cfg.std = Some(s.clone());
+            }
+            _ => {
+                let (m, s) = pretrained::imagenet();
+                cfg.mean = Some(m);
+                cfg.std = Some(s);
+                notes.push(format!(
+                    "{spec} does not say how its inputs were normalised: using ImageNet's mean/std"
+                ));
+            }
+        }
+    }
+    for n in notes {
+        eprintln!("note: {n}");
+    }
+    Ok((p.config, Some(p.weights)))
+}
+
 /// Everything before the first step: data, model config, loaders, run directory.
-pub fn prepare(cfg: Config) -> Result<Run> {
+pub fn prepare(mut cfg: Config) -> Result<Run> {
     cfg.validate()?;
     let device = crate::device::resolve(cfg.device.as_deref())?;
+    // Pretrained weights first: a missing file should not wait for the data.
+    let loaded = match (&cfg.pretrained, &cfg.resume_from) {
+        (Some(spec), None) => Some(pretrained::load(spec)?),
+        _ => None,
+    };
     let train_data = load::load_split(&cfg, Split::Train)?;
     let val_data = load::load_split(&cfg, Split::Test)?;
     if train_data.height != train_data.width {
@@ -61,11 +164,23 @@ pub fn prepare(cfg: Config) -> Result<Run> {
             train_data.height, train_data.width
         )));
     }
-    let vit_config = cfg.vit_config(
-        train_data.height,
-        train_data.channels,
-        train_data.num_classes(),
-    )?;
+    let (vit_config, init_weights) = match cfg.pretrained.clone() {
+        Some(spec) => pretrained_start(
+            &mut cfg,
+            &spec,
+            loaded,
+            train_data.channels,
+            train_data.num_classes(),
+        )?,
+        None => (
+            cfg.vit_config(
+                train_data.height,
+                train_data.channels,
+                train_data.num_classes(),
+            )?,
+            None,
+        ),
+    };
     let (mean, std) = load::mean_std(&cfg, train_data.channels);
     let out_size = vit_config.img_size;
     let loader_cfg = |shuffle: bool| LoaderConfig {
@@ -91,12 +206,13 @@ pub fn prepare(cfg: Config) -> Result<Run> {
     Ok(Run {
         train: Loader::new(
             Arc::new(train_data),
-            SampleTransform::Train(train_tf),
+            SampleTransform::Train(Box::new(train_tf)),
             loader_cfg(true),
         ),
         val: val_loader(&cfg, &vit_config, val_data),
         config: cfg,
         vit_config,
+        init_weights,
         device,
         class_names,
         run_dir,

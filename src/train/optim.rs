@@ -37,10 +37,12 @@ pub fn layer_id(path: &str, depth: usize) -> usize {
     if path.starts_with("patch_embed") || matches!(path, "pos_embed" | "cls_token" | "dist_token") {
         return 0;
     }
-    if let Some(rest) = path.strip_prefix("blocks.") {
-        if let Some(i) = rest.split('.').next().and_then(|s| s.parse::<usize>().ok()) {
-            return i + 1;
-        }
+    if let Some(i) = path
+        .strip_prefix("blocks.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        return i + 1;
     }
     depth + 1
 }

@@ -20,9 +20,10 @@ use super::step::{HostBatch, StepOutput, count_correct, train_step};
 use crate::config::Config;
 use crate::data::loader::Loader;
 use crate::error::{Error, Result};
-use crate::model::io::{load_state_dict, state_dict};
+use crate::model::io::{HostTensor, load_state_dict, load_state_dict_keeping, state_dict};
 use crate::model::layers::Ctx;
-use crate::model::params::{count_params, named_params};
+use crate::model::params::{count_params, named_params, set_trainable};
+use crate::model::pretrained::is_head;
 use crate::model::{VisionTransformer, VitConfig};
 use crate::report::metrics::{EvalReport, MetricRecord, MetricsWriter};
 use crate::report::tensorboard::{EventWriter, HParam, log_record};
@@ -53,6 +54,9 @@ pub static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 pub struct Run {
     pub config: Config,
     pub vit_config: VitConfig,
+    /// Pretrained weights to start from (timm names, PyTorch layouts); a missing head keeps
+    /// its fresh initialisation.
+    pub init_weights: Option<BTreeMap<String, HostTensor>>,
     pub device: Device,
     pub train: Loader,
     pub val: Loader,
@@ -194,6 +198,7 @@ pub fn train(run: Run) -> Result<Summary> {
     let Run {
         config: cfg,
         vit_config,
+        init_weights,
         device,
         train: train_loader,
         val: val_loader,
@@ -202,6 +207,12 @@ pub fn train(run: Run) -> Result<Summary> {
     } = run;
     let ad = device.clone().autodiff();
     let mut model = VisionTransformer::new(&vit_config, cfg.seed, &ad)?;
+    if let Some(w) = &init_weights {
+        model = load_state_dict_keeping(model, w, &ad, is_head)?;
+    }
+    if cfg.freeze_backbone {
+        model = set_trainable(model, is_head);
+    }
     let ckpt_root = run_dir.join("checkpoints");
 
     let trainable: Vec<(String, usize)> = named_params(&model)
@@ -215,7 +226,7 @@ pub fn train(run: Run) -> Result<Summary> {
             beta2: cfg.beta2,
             eps: cfg.eps,
             weight_decay: cfg.weight_decay,
-            layer_decay: 1.0,
+            layer_decay: cfg.layer_decay,
             depth: vit_config.depth,
         },
         &trainable,
@@ -285,7 +296,7 @@ pub fn train(run: Run) -> Result<Summary> {
     }
     eprintln!(
         "training {} on {:?} ({} train / {} val images, {} classes) for {} epochs: {} params, {} steps/epoch (global batch {}), run dir {}",
-        cfg.model,
+        cfg.pretrained.as_deref().unwrap_or(&cfg.model),
         cfg.dataset,
         train_loader.dataset().len(),
         val_loader.dataset().len(),
@@ -319,7 +330,7 @@ pub fn train(run: Run) -> Result<Summary> {
         Ok(dest)
     };
 
-    let time_limit = (cfg.max_training_hours > 0.0).then(|| cfg.max_training_hours * 3600.0);
+    let time_limit = (cfg.max_training_hours > 0.0).then_some(cfg.max_training_hours * 3600.0);
     let mut stopped_reason = "completed".to_string();
     let mut last_eval: Option<EvalReport> = None;
     let run_start = Instant::now();
@@ -378,7 +389,7 @@ pub fn train(run: Run) -> Result<Summary> {
             epoch_win.add(&acc);
             log_win.add(&acc);
             acc = Accumulator::default();
-            if state.global_step % cfg.log_every as u64 == 0 {
+            if state.global_step.is_multiple_of(cfg.log_every as u64) {
                 let img_s = log_win.images as f64 / log_start.elapsed().as_secs_f64();
                 sinks.emit(MetricRecord::train(
                     epoch,
@@ -455,17 +466,19 @@ pub fn train(run: Run) -> Result<Summary> {
                 line += &format!(" | ema acc {:.2}%", 100.0 * er.acc);
             }
             sinks.emit(record)?;
-            if report.acc > state.best_val_acc || state.best_epoch == 0 {
-                state.best_val_acc = report.acc;
-                state.best_epoch = epoch;
-                save("best_model", &model, &optim, &ema, &state)?;
-                line += " (best)";
-            }
+            // Early-stopping counters first, so that best_model's state is this epoch's
+            // (and never holds the initial infinite loss, which JSON cannot store).
             if report.loss < state.best_val_loss {
                 state.best_val_loss = report.loss;
                 state.evals_since_best = 0;
             } else {
                 state.evals_since_best += 1;
+            }
+            if report.acc > state.best_val_acc || state.best_epoch == 0 {
+                state.best_val_acc = report.acc;
+                state.best_epoch = epoch;
+                save("best_model", &model, &optim, &ema, &state)?;
+                line += " (best)";
             }
             if cfg.patience > 0 && state.evals_since_best >= cfg.patience {
                 stop_early = true;
