@@ -731,7 +731,12 @@ mod config_files {
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             cfg.validate()
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            cfg.vit_config(32, 3, 10)
+            // The image size and channels the dataset itself has.
+            let (size, channels) = match cfg.dataset {
+                DatasetKind::FashionMnist | DatasetKind::Mnist => (28, 1),
+                _ => (32, 3),
+            };
+            cfg.vit_config(size, channels, 10)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             n += 1;
         }

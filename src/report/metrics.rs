@@ -162,6 +162,25 @@ impl MetricsWriter {
         })
     }
 
+    /// Opens `path` to continue a run resumed at optimizer step `step`: records after that step
+    /// (written by the interrupted process and about to be redone) and a line cut short by a
+    /// crash are dropped first, so the file reads as one uninterrupted run.
+    pub fn resume(path: &Path, step: u64) -> Result<Self> {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let kept: String = text
+                .split_inclusive('\n')
+                .filter(|line| line.ends_with('\n'))
+                .filter(|line| {
+                    serde_json::from_str::<MetricRecord>(line).is_ok_and(|r| r.step <= step)
+                })
+                .collect();
+            let tmp = path.with_extension("jsonl.tmp");
+            crate::util::write_file_synced(&tmp, kept.as_bytes())?;
+            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "replacing", e))?;
+        }
+        Self::create(path)
+    }
+
     pub fn write(&mut self, record: &MetricRecord) -> Result<()> {
         let mut line = serde_json::to_string(record)
             .map_err(|e| Error::Io(format!("serializing metric record: {e}")))?;
@@ -460,6 +479,33 @@ mod tests {
         let mut w = MetricsWriter::create(&path).unwrap();
         w.write(&records[1]).unwrap();
         assert_eq!(read_metrics(&path).unwrap(), records);
+    }
+
+    #[test]
+    fn resume_drops_redone_steps_and_a_torn_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut w = MetricsWriter::create(&path).unwrap();
+        for step in [50, 100, 150] {
+            w.write(&MetricRecord::train(1, step, 1.0, 0.5, 1e-3, 10.0, 1.0))
+                .unwrap();
+        }
+        drop(w);
+        // A kill in the middle of a line.
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"split\":\"train\",\"ep");
+        std::fs::write(&path, text).unwrap();
+        // Resumed at step 100: step 150 will be redone.
+        let mut w = MetricsWriter::resume(&path, 100).unwrap();
+        w.write(&MetricRecord::train(1, 150, 0.9, 0.6, 1e-3, 10.0, 2.0))
+            .unwrap();
+        let steps: Vec<u64> = read_metrics(&path)
+            .unwrap()
+            .iter()
+            .map(|r| r.step)
+            .collect();
+        assert_eq!(steps, vec![50, 100, 150]);
+        assert_eq!(read_metrics(&path).unwrap()[2].loss, 0.9);
     }
 
     #[test]

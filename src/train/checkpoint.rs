@@ -32,6 +32,8 @@ pub struct TrainingState {
     /// Optimizer steps taken.
     pub global_step: u64,
     pub best_val_acc: f64,
+    /// `null` in JSON until the first evaluation (JSON has no infinity).
+    #[serde(deserialize_with = "null_as_infinity")]
     pub best_val_loss: f64,
     pub best_epoch: usize,
     /// Evaluations since the validation loss last improved (early stopping).
@@ -39,6 +41,10 @@ pub struct TrainingState {
     /// Training seconds before this checkpoint (for time limits and throughput).
     pub elapsed_secs: f64,
     pub images_seen: u64,
+}
+
+fn null_as_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
 }
 
 pub struct Checkpoint {
@@ -163,4 +169,89 @@ pub fn run_dir_of(ckpt_dir: &Path) -> Option<PathBuf> {
     (parent.file_name()? == "checkpoints")
         .then(|| parent.parent().map(Path::to_path_buf))
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::io::state_dict;
+    use crate::model::{Pool, VisionTransformer};
+    use burn::tensor::Device;
+
+    fn tiny(seed: u64) -> Checkpoint {
+        let c = VitConfig {
+            img_size: 8,
+            patch_size: 4,
+            in_chans: 3,
+            num_classes: 3,
+            embed_dim: 8,
+            depth: 1,
+            num_heads: 2,
+            mlp_dim: 16,
+            qkv_bias: true,
+            drop_rate: 0.0,
+            attn_drop_rate: 0.0,
+            drop_path_rate: 0.0,
+            layer_norm_eps: 1e-6,
+            pool: Pool::Cls,
+            dist_token: false,
+        };
+        let m = VisionTransformer::new(&c, seed, &Device::flex()).unwrap();
+        Checkpoint {
+            model: state_dict(&m),
+            vit_config: c,
+            optimizer: None,
+            ema: None,
+            state: Some(TrainingState::default()),
+            train_config: None,
+            class_names: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_previous_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = dir.path().join("last");
+        save(&last, &tiny(1)).unwrap();
+        // Make the temporary directory impossible to create (a file is in the way), as a full
+        // or read-only disk would make the write fail.
+        std::fs::write(
+            dir.path().join(format!(".tmp-last-{}", std::process::id())),
+            b"x",
+        )
+        .unwrap();
+        let e = save(&last, &tiny(2)).unwrap_err().to_string();
+        assert!(e.contains("previous checkpoint is intact"), "{e}");
+        assert_eq!(load(&last).unwrap().model, tiny(1).model);
+    }
+
+    #[test]
+    fn a_state_before_any_evaluation_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ck = tiny(1);
+        ck.state = Some(TrainingState {
+            best_val_loss: f64::INFINITY,
+            global_step: 7,
+            ..Default::default()
+        });
+        save(&dir.path().join("last"), &ck).unwrap();
+        let back = load(&dir.path().join("last")).unwrap().state.unwrap();
+        assert_eq!(back.best_val_loss, f64::INFINITY);
+        assert_eq!(back.global_step, 7);
+    }
+
+    #[test]
+    fn replacing_a_checkpoint_swaps_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = dir.path().join("last");
+        save(&last, &tiny(1)).unwrap();
+        save(&last, &tiny(2)).unwrap();
+        assert_eq!(load(&last).unwrap().model, tiny(2).model);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
 }

@@ -214,6 +214,14 @@ pub fn train(run: Run) -> Result<Summary> {
         model = set_trainable(model, is_head);
     }
     let ckpt_root = run_dir.join("checkpoints");
+    // Half-written checkpoints of a killed process are never used; clear them away.
+    if let Ok(entries) = std::fs::read_dir(&ckpt_root) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 
     let trainable: Vec<(String, usize)> = named_params(&model)
         .into_iter()
@@ -286,7 +294,8 @@ pub fn train(run: Run) -> Result<Summary> {
         steps_per_epoch,
     );
     let mut sinks = Sinks {
-        metrics: MetricsWriter::create(&run_dir.join("metrics.jsonl"))?,
+        // A fresh run (step 0) starts the file over; a resumed one drops what it will redo.
+        metrics: MetricsWriter::resume(&run_dir.join("metrics.jsonl"), state.global_step)?,
         tensorboard: Some(EventWriter::create(&run_dir)?),
         start: Instant::now(),
         time_offset: state.elapsed_secs,

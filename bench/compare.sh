@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run the vitrs benchmark and the PyTorch yardstick alternately in one session and print the
+# ratios (median of REPEATS runs each). Usage: bench/compare.sh [REPEATS] [extra vitrs/pytorch model flags]
+# Model flags are shared: --img --patch --dim --depth --heads --mlp --classes --batch --infer-batch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPEATS=${1:-3}
+shift || true
+THREADS=${THREADS:-$(nproc)}
+YARDSTICK=${YARDSTICK:-../shared/bench/pytorch_vit_bench.py}
+cargo build --release -q
+out=$(mktemp -d)
+for i in $(seq "$REPEATS"); do
+  ./target/release/vitrs bench --what train,infer --threads "$THREADS" "$@" >>"$out/vitrs.jsonl"
+  python3 "$YARDSTICK" --threads "$THREADS" "$@" >>"$out/pytorch.jsonl"
+done
+python3 - "$out" <<'PY'
+import json, statistics, sys
+d = sys.argv[1]
+v = [json.loads(l) for l in open(f"{d}/vitrs.jsonl")]
+p = [json.loads(l) for l in open(f"{d}/pytorch.jsonl")]
+def med(rows, k): return statistics.median(r[k] for r in rows)
+print(f"runs: {len(v)} each, params vitrs {v[0]['params']} / pytorch {p[0]['params']}, threads {v[0]['threads']}")
+for k in ["train_img_s", "infer_img_s", "peak_rss_mb"]:
+    a, b = med(v, k), med(p, k)
+    print(f"{k:12s} vitrs {a:9.1f}  pytorch {b:9.1f}  ratio {a / b:5.2f}")
+ratios = [x["train_img_s"] / y["train_img_s"] for x, y in zip(v, p)]
+print("per-pair train ratios:", ", ".join(f"{r:.2f}" for r in ratios), "median", f"{statistics.median(ratios):.2f}")
+PY
