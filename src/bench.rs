@@ -13,7 +13,7 @@ use crate::data::synthetic::synthetic;
 use crate::error::Result;
 use crate::model::layers::Ctx;
 use crate::model::params::{count_params, named_params};
-use crate::model::{Pool, VisionTransformer, VitConfig};
+use crate::model::{VisionTransformer, VitConfig};
 use crate::rng::{Rng, stream};
 use crate::train::optim::{AdamW, AdamWConfig, global_grad_norm};
 use crate::train::step::{HostBatch, train_step};
@@ -143,23 +143,13 @@ fn data_rate(t: &TrainTransform, mix: Option<&MixConfig>) -> f64 {
 pub fn run(a: &BenchArgs) -> Result<BenchResult> {
     crate::device::set_threads(a.threads);
     let device = crate::device::resolve(a.device.as_deref())?;
-    let cfg = VitConfig {
-        img_size: a.img,
-        patch_size: a.patch,
-        in_chans: 3,
-        num_classes: a.classes,
-        embed_dim: a.dim,
-        depth: a.depth,
-        num_heads: a.heads,
-        mlp_dim: a.mlp,
-        qkv_bias: true,
-        drop_rate: 0.0,
-        attn_drop_rate: 0.0,
-        drop_path_rate: 0.0,
-        layer_norm_eps: 1e-6,
-        pool: Pool::Cls,
-        dist_token: false,
-    };
+    let cfg = VitConfig::with_shape(
+        a.img,
+        a.patch,
+        3,
+        a.classes,
+        [a.dim, a.depth, a.heads, a.mlp],
+    );
     let ad = device.clone().autodiff();
     let mut model = VisionTransformer::new(&cfg, 0, &ad)?;
     let params = count_params(&model).0;

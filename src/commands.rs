@@ -210,8 +210,8 @@ fn cmd_export(args: ExportArgs) -> Result<()> {
     let p = pretrained::load(&args.checkpoint)?;
     pretrained::export(&p, args.format, &args.out)?;
     println!(
-        "wrote {:?} weights and config.json of {} to {}",
-        args.format,
+        "wrote {} weights and config.json of {} to {}",
+        format!("{:?}", args.format).to_lowercase(),
         p.source.display(),
         args.out.display()
     );

@@ -478,22 +478,21 @@ impl Config {
                 "--num-classes {num_classes} is smaller than the dataset's {data_classes} classes (drop the flag to use the dataset's count)"
             )));
         }
+        let dims = [
+            self.embed_dim.unwrap_or(p.embed_dim),
+            self.depth.unwrap_or(p.depth),
+            self.num_heads.unwrap_or(p.num_heads),
+            self.mlp_dim.unwrap_or(p.mlp_dim),
+        ];
+        let img_size = self.img_size.or(p.img_size).unwrap_or(data_size);
+        let patch_size = self.patch_size.unwrap_or(p.patch_size);
         let cfg = VitConfig {
-            img_size: self.img_size.or(p.img_size).unwrap_or(data_size),
-            patch_size: self.patch_size.unwrap_or(p.patch_size),
-            in_chans: channels,
-            num_classes,
-            embed_dim: self.embed_dim.unwrap_or(p.embed_dim),
-            depth: self.depth.unwrap_or(p.depth),
-            num_heads: self.num_heads.unwrap_or(p.num_heads),
-            mlp_dim: self.mlp_dim.unwrap_or(p.mlp_dim),
             qkv_bias: self.qkv_bias,
             drop_rate: self.dropout.unwrap_or(p.dropout),
             attn_drop_rate: self.attn_dropout.unwrap_or(p.dropout),
             drop_path_rate: self.drop_path,
-            layer_norm_eps: 1e-6,
             pool: self.pool,
-            dist_token: false,
+            ..VitConfig::with_shape(img_size, patch_size, channels, num_classes, dims)
         };
         cfg.validate()?;
         Ok(cfg)

@@ -220,26 +220,10 @@ pub fn load_state_dict_keeping<M: Module>(
 mod tests {
     use super::*;
     use crate::model::layers::Ctx;
-    use crate::model::{Pool, VisionTransformer, VitConfig};
+    use crate::model::{VisionTransformer, VitConfig};
 
     fn tiny() -> VitConfig {
-        VitConfig {
-            img_size: 8,
-            patch_size: 4,
-            in_chans: 3,
-            num_classes: 3,
-            embed_dim: 8,
-            depth: 1,
-            num_heads: 2,
-            mlp_dim: 16,
-            qkv_bias: true,
-            drop_rate: 0.0,
-            attn_drop_rate: 0.0,
-            drop_path_rate: 0.0,
-            layer_norm_eps: 1e-6,
-            pool: Pool::Cls,
-            dist_token: false,
-        }
+        VitConfig::with_shape(8, 4, 3, 3, [8, 1, 2, 16])
     }
 
     #[test]

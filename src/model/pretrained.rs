@@ -1254,21 +1254,8 @@ mod tests {
 
     fn tiny(dist: bool) -> VitConfig {
         VitConfig {
-            img_size: 8,
-            patch_size: 4,
-            in_chans: 3,
-            num_classes: 3,
-            embed_dim: 8,
-            depth: 2,
-            num_heads: 2,
-            mlp_dim: 12,
-            qkv_bias: true,
-            drop_rate: 0.0,
-            attn_drop_rate: 0.0,
-            drop_path_rate: 0.0,
-            layer_norm_eps: 1e-6,
-            pool: Pool::Cls,
             dist_token: dist,
+            ..VitConfig::with_shape(8, 4, 3, 3, [8, 2, 2, 12])
         }
     }
 

@@ -42,6 +42,35 @@ pub struct VitConfig {
 }
 
 impl VitConfig {
+    /// A ViT of the given shape with timm's defaults: qkv bias, no dropout, LayerNorm eps
+    /// 1e-6, class-token pooling, no distillation token. `dims` = [embed_dim, depth,
+    /// num_heads, mlp_dim].
+    pub fn with_shape(
+        img_size: usize,
+        patch_size: usize,
+        in_chans: usize,
+        num_classes: usize,
+        dims: [usize; 4],
+    ) -> Self {
+        VitConfig {
+            img_size,
+            patch_size,
+            in_chans,
+            num_classes,
+            embed_dim: dims[0],
+            depth: dims[1],
+            num_heads: dims[2],
+            mlp_dim: dims[3],
+            qkv_bias: true,
+            drop_rate: 0.0,
+            attn_drop_rate: 0.0,
+            drop_path_rate: 0.0,
+            layer_norm_eps: 1e-6,
+            pool: Pool::Cls,
+            dist_token: false,
+        }
+    }
+
     pub fn num_patches(&self) -> usize {
         (self.img_size / self.patch_size).pow(2)
     }
@@ -234,23 +263,7 @@ mod tests {
     use burn::tensor::{DType, TensorData};
 
     fn cfg(img: usize, patch: usize, dims: [usize; 4], classes: usize) -> VitConfig {
-        VitConfig {
-            img_size: img,
-            patch_size: patch,
-            in_chans: 3,
-            num_classes: classes,
-            embed_dim: dims[0],
-            depth: dims[1],
-            num_heads: dims[2],
-            mlp_dim: dims[3],
-            qkv_bias: true,
-            drop_rate: 0.0,
-            attn_drop_rate: 0.0,
-            drop_path_rate: 0.0,
-            layer_norm_eps: 1e-6,
-            pool: Pool::Cls,
-            dist_token: false,
-        }
+        VitConfig::with_shape(img, patch, 3, classes, dims)
     }
 
     /// Closed-form parameter count of a timm ViT.

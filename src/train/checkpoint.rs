@@ -174,28 +174,12 @@ pub fn run_dir_of(ckpt_dir: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::VisionTransformer;
     use crate::model::io::state_dict;
-    use crate::model::{Pool, VisionTransformer};
     use burn::tensor::Device;
 
     fn tiny(seed: u64) -> Checkpoint {
-        let c = VitConfig {
-            img_size: 8,
-            patch_size: 4,
-            in_chans: 3,
-            num_classes: 3,
-            embed_dim: 8,
-            depth: 1,
-            num_heads: 2,
-            mlp_dim: 16,
-            qkv_bias: true,
-            drop_rate: 0.0,
-            attn_drop_rate: 0.0,
-            drop_path_rate: 0.0,
-            layer_norm_eps: 1e-6,
-            pool: Pool::Cls,
-            dist_token: false,
-        };
+        let c = VitConfig::with_shape(8, 4, 3, 3, [8, 1, 2, 16]);
         let m = VisionTransformer::new(&c, seed, &Device::flex()).unwrap();
         Checkpoint {
             model: state_dict(&m),

@@ -54,29 +54,13 @@ impl<M: Module> Ema<M> {
 mod tests {
     use super::*;
     use crate::model::io::state_dict;
-    use crate::model::{Pool, VisionTransformer, VitConfig};
+    use crate::model::{VisionTransformer, VitConfig};
     use burn::tensor::Device;
 
     #[test]
     fn ema_follows_the_closed_form() {
         let device = Device::flex();
-        let c = VitConfig {
-            img_size: 8,
-            patch_size: 4,
-            in_chans: 1,
-            num_classes: 2,
-            embed_dim: 4,
-            depth: 1,
-            num_heads: 1,
-            mlp_dim: 8,
-            qkv_bias: true,
-            drop_rate: 0.0,
-            attn_drop_rate: 0.0,
-            drop_path_rate: 0.0,
-            layer_norm_eps: 1e-6,
-            pool: Pool::Cls,
-            dist_token: false,
-        };
+        let c = VitConfig::with_shape(8, 4, 1, 2, [4, 1, 1, 8]);
         let a = VisionTransformer::new(&c, 1, &device).unwrap();
         let b = VisionTransformer::new(&c, 2, &device).unwrap();
         let mut ema = Ema::new(&a, 0.9, false);
