@@ -166,28 +166,26 @@ fn hf_exported_as_timm_and_back_is_identical() {
 
 // ---- position-embedding resampling, against references written out here ----
 
-/// Keys' cubic kernel with a = −0.5 (PyTorch's antialiased bicubic, PIL's BICUBIC).
-fn cubic_half(x: f64) -> f64 {
+/// Keys' cubic convolution kernel with parameter `a`.
+fn keys_cubic(x: f64, a: f64) -> f64 {
     let x = x.abs();
     if x < 1.0 {
-        1.5 * x * x * x - 2.5 * x * x + 1.0
+        (a + 2.0) * x * x * x - (a + 3.0) * x * x + 1.0
     } else if x < 2.0 {
-        -0.5 * x * x * x + 2.5 * x * x - 4.0 * x + 2.0
+        a * x * x * x - 5.0 * a * x * x + 8.0 * a * x - 4.0 * a
     } else {
         0.0
     }
 }
 
-/// Keys' cubic kernel with a = −0.75 (PyTorch's plain bicubic).
+/// a = −0.5: PyTorch's antialiased bicubic, PIL's BICUBIC.
+fn cubic_half(x: f64) -> f64 {
+    keys_cubic(x, -0.5)
+}
+
+/// a = −0.75: PyTorch's plain bicubic.
 fn cubic_three_quarters(x: f64) -> f64 {
-    let x = x.abs();
-    if x < 1.0 {
-        1.25 * x * x * x - 2.25 * x * x + 1.0
-    } else if x < 2.0 {
-        -0.75 * x * x * x + 3.75 * x * x - 6.0 * x + 3.0
-    } else {
-        0.0
-    }
+    keys_cubic(x, -0.75)
 }
 
 /// 1-D weights of output `i` over all `n_in` inputs, as a dense row.

@@ -58,6 +58,16 @@ fn spawn(args: &[String]) -> Child {
         .unwrap()
 }
 
+/// Run to the end and insist it succeeded.
+fn run_to_end(args: &[String]) {
+    let out = spawn(args).wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn with_resume(mut args: Vec<String>, out: &Path) -> Vec<String> {
     let last = out.join("checkpoints/last");
     if last.exists() {
@@ -70,14 +80,7 @@ fn with_resume(mut args: Vec<String>, out: &Path) -> Vec<String> {
 #[test]
 fn kill_9_at_random_moments_then_resume_ends_with_the_straight_runs_weights() {
     let straight = tempfile::tempdir().unwrap();
-    let out = spawn(&train_args(straight.path(), 3))
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_to_end(&train_args(straight.path(), 3));
     let want =
         read_safetensors(&straight.path().join("checkpoints/last/model.safetensors")).unwrap();
 
@@ -107,14 +110,7 @@ fn kill_9_at_random_moments_then_resume_ends_with_the_straight_runs_weights() {
         kills >= 2,
         "the run finished before it could be killed; make it longer"
     );
-    let out = spawn(&with_resume(train_args(dir.path(), 3), dir.path()))
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_to_end(&with_resume(train_args(dir.path(), 3), dir.path()));
     let got = read_safetensors(&dir.path().join("checkpoints/last/model.safetensors")).unwrap();
     assert_eq!(
         got, want,
