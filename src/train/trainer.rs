@@ -16,7 +16,7 @@ use super::checkpoint::{self, Checkpoint, TrainingState};
 use super::ema::Ema;
 use super::optim::{AdamW, AdamWConfig, global_grad_norm};
 use super::schedule::WarmupCosine;
-use super::step::{HostBatch, StepOutput, count_correct, train_step};
+use super::step::{StepOutput, train_step};
 use crate::config::Config;
 use crate::data::loader::Loader;
 use crate::error::{Error, Result};
@@ -592,12 +592,4 @@ fn hparams(cfg: &Config, vit: &VitConfig) -> Vec<(String, HParam)> {
         }
     }
     out
-}
-
-/// Top-1 accuracy of `model` on one host batch (used by tests and `predict`).
-pub fn batch_accuracy(model: &VisionTransformer, batch: &HostBatch, device: &Device) -> f64 {
-    let logits = model
-        .valid()
-        .forward(batch.images_tensor(device), &Ctx::eval());
-    count_correct(logits, &batch.labels) as f64 / batch.len() as f64
 }
