@@ -1790,6 +1790,17 @@ mod tests {
         assert_eq!(data.data.as_slice(), &[1, 2, 3, 250, 251, 252]);
     }
 
+    #[test]
+    fn mutated_pickles_are_errors_not_panics() {
+        let valid = batch_pickle(&[("labels", vec![1, 2, 3])], &[0, 1, 2]);
+        crate::util::assert_no_panic_on_mutants("cifar pickle", &valid, 4000, |b| {
+            let _ = pickle::load(b);
+        });
+        crate::util::assert_no_panic_on_mutants("python 2 pickle", PY2_FIXTURE, 4000, |b| {
+            let _ = pickle::load(b);
+        });
+    }
+
     /// Written by Python 2.7's cPickle at protocol 2 (as the official files were), from a
     /// stand-in numpy module whose `__reduce__` matches numpy's.
     #[test]

@@ -235,6 +235,35 @@ mod tests {
     }
 
     #[test]
+    fn mutated_idx_files_are_errors_not_panics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let images = idx(IMAGES_MAGIC, &[3, 28, 28], &pixels(3));
+        let labels = idx(LABELS_MAGIC, &[3], &[1, 2, 3]);
+        for (which, valid, gzip) in [
+            ("images", &images, false),
+            ("labels", &labels, false),
+            ("images", &images, true),
+        ] {
+            let valid = if gzip { gz(valid) } else { valid.clone() };
+            crate::util::assert_no_panic_on_mutants("idx", &valid, 300, |b| {
+                write_split(tmp.path(), "t10k", &[1, 2, 3], false);
+                let name = format!(
+                    "t10k-{which}-idx{}-ubyte",
+                    if which == "images" { 3 } else { 1 }
+                );
+                if gzip {
+                    let _ = fs::remove_file(tmp.path().join(&name));
+                    fs::write(tmp.path().join(format!("{name}.gz")), b).unwrap();
+                } else {
+                    let _ = fs::remove_file(tmp.path().join(format!("{name}.gz")));
+                    fs::write(tmp.path().join(&name), b).unwrap();
+                }
+                let _ = load_idx(tmp.path(), Split::Test, &MNIST_CLASSES);
+            });
+        }
+    }
+
+    #[test]
     fn reads_raw_and_gzipped_files() {
         let tmp = tempfile::tempdir().unwrap();
         write_split(tmp.path(), "train", &[3, 1, 4], false);

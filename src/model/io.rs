@@ -268,6 +268,23 @@ mod tests {
     }
 
     #[test]
+    fn mutated_safetensors_are_errors_not_panics() {
+        let device = Device::flex();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let sd = state_dict(&VisionTransformer::new(&tiny(), 1, &device).unwrap());
+        write_safetensors(&path, &sd, None).unwrap();
+        let valid = std::fs::read(&path).unwrap();
+        crate::util::assert_no_panic_on_mutants("safetensors", &valid, 3000, |b| {
+            if let Ok(parsed) = parse_safetensors(b) {
+                // What parses must also load or be refused by name, never panic.
+                let m = VisionTransformer::new(&tiny(), 1, &device).unwrap();
+                let _ = load_state_dict(m, &parsed, &device);
+            }
+        });
+    }
+
+    #[test]
     fn truncated_file_is_a_clear_error() {
         let device = Device::flex();
         let dir = tempfile::tempdir().unwrap();
