@@ -132,3 +132,96 @@ fn seed_spellings_are_accepted() {
     assert_eq!(code, 1);
     assert_one_line_error(&err, "--epochs must be > 0");
 }
+
+#[test]
+fn train_then_eval_predict_report_and_compare_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let (code, out, err) = vitrs(&[
+        "train",
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "320",
+        "--img-size",
+        "16",
+        "--patch-size",
+        "4",
+        "--embed-dim",
+        "32",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--warmup-epochs",
+        "0",
+        "--quiet",
+        "--out-dir",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("done (completed)"), "{out}");
+    let ckpt = run.join("checkpoints/best_model");
+
+    // eval --json: accuracies are fractions, one per class, and a full confusion matrix.
+    let (code, out, err) = vitrs(&["eval", "--checkpoint", ckpt.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let acc = v["acc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert_eq!(v["per_class_acc"].as_array().unwrap().len(), 10);
+    let confusion = v["confusion"].as_array().unwrap();
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, v["num_samples"].as_u64().unwrap());
+    // ... and the table form names the classes.
+    let (code, out, _) = vitrs(&["eval", "--checkpoint", ckpt.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("class_0") && out.contains("confusion"),
+        "{out}"
+    );
+
+    // predict: top-5 with class names for a PNG of another size (resized to the model's).
+    let png = dir.path().join("x.png");
+    image::RgbImage::from_fn(20, 20, |x, y| {
+        image::Rgb([(x * 12) as u8, (y * 12) as u8, 128])
+    })
+    .save(&png)
+    .unwrap();
+    let (code, out, err) = vitrs(&[
+        "predict",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        png.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let ranked: Vec<&str> = out.lines().filter(|l| l.contains('%')).collect();
+    assert_eq!(ranked.len(), 5, "{out}");
+    assert!(ranked.iter().all(|l| l.contains("class_")), "{out}");
+
+    // report and compare read the run back.
+    let (code, out, err) = vitrs(&["report", run.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("# Training report"), "{out}");
+    assert!(run.join("plots/confusion.png").exists() && run.join("report.md").exists());
+    let plot = dir.path().join("cmp.png");
+    let (code, out, err) = vitrs(&[
+        "compare",
+        run.to_str().unwrap(),
+        run.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(1.00×)") && plot.exists(), "{out}");
+}
