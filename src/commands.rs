@@ -122,7 +122,6 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     }
     cfg.device = args.device.clone().or(cfg.device);
     let device = crate::device::resolve(cfg.device.as_deref())?;
-    let model = crate::model::VisionTransformer::new(&ck.vit_config, 0, &device)?;
     let weights = match (args.ema, &ck.ema) {
         (false, _) => &ck.model,
         (true, Some(ema)) => ema,
@@ -133,7 +132,7 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
             )));
         }
     };
-    let model = crate::model::io::load_state_dict(model, weights, &device)?;
+    let model = model_with(&ck, weights, &device)?;
     let val = load::load_split(&cfg, Split::Test)?;
     let loader = crate::train::val_loader(&cfg, &ck.vit_config, val);
     let report = trainer::evaluate(&model, &loader, &device)?;
@@ -148,12 +147,21 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// The checkpoint's model carrying `weights` (its own, or its EMA weights).
+fn model_with(
+    ck: &checkpoint::Checkpoint,
+    weights: &std::collections::BTreeMap<String, crate::model::io::HostTensor>,
+    device: &burn::tensor::Device,
+) -> Result<crate::model::VisionTransformer> {
+    let model = crate::model::VisionTransformer::new(&ck.vit_config, 0, device)?;
+    crate::model::io::load_state_dict(model, weights, device)
+}
+
 fn cmd_predict(args: PredictArgs) -> Result<()> {
     let ck = checkpoint::load(&args.checkpoint)?;
     let cfg = ck.train_config.clone().unwrap_or_default();
     let device = crate::device::resolve(args.device.as_deref().or(cfg.device.as_deref()))?;
-    let model = crate::model::VisionTransformer::new(&ck.vit_config, 0, &device)?;
-    let model = crate::model::io::load_state_dict(model, &ck.model, &device)?;
+    let model = model_with(&ck, &ck.model, &device)?;
     let names = ck.class_names.clone().unwrap_or_else(|| {
         (0..ck.vit_config.num_classes)
             .map(|i| format!("class_{i}"))

@@ -100,25 +100,28 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<Dataset> {
 /// Per-channel normalisation: `--mean`/`--std` when set (a pretrained run sets them from the
 /// weights' own statistics), else the dataset's.
 pub fn mean_std(cfg: &Config, channels: usize) -> (Vec<f32>, Vec<f32>) {
-    if let (Some(m), Some(s)) = (&cfg.mean, &cfg.std) {
-        let pick = |v: &[f64]| {
-            (0..channels)
-                .map(|c| v[c.min(v.len() - 1)] as f32)
-                .collect()
-        };
-        if !m.is_empty() && !s.is_empty() {
-            return (pick(m), pick(s));
+    let given = |v: &Option<Vec<f64>>| -> Option<Vec<f32>> {
+        v.as_ref()
+            .filter(|v| !v.is_empty())
+            .map(|v| v.iter().map(|&x| x as f32).collect())
+    };
+    let (m, s): (Vec<f32>, Vec<f32>) = match (given(&cfg.mean), given(&cfg.std)) {
+        (Some(m), Some(s)) => (m, s),
+        _ => {
+            let (m, s): (&[f32], &[f32]) = match cfg.dataset {
+                DatasetKind::Cifar10 => (&super::CIFAR10_MEAN, &super::CIFAR10_STD),
+                DatasetKind::Cifar100 => (&super::CIFAR100_MEAN, &super::CIFAR100_STD),
+                DatasetKind::FashionMnist => {
+                    (&super::FASHION_MNIST_MEAN, &super::FASHION_MNIST_STD)
+                }
+                DatasetKind::Mnist => (&super::MNIST_MEAN, &super::MNIST_STD),
+                DatasetKind::Imagefolder => (&super::IMAGENET_MEAN, &super::IMAGENET_STD),
+                DatasetKind::Synthetic => (&[0.5, 0.5, 0.5], &[0.25, 0.25, 0.25]),
+            };
+            (m.to_vec(), s.to_vec())
         }
-    }
-    let (m, s): (&[f32], &[f32]) = match cfg.dataset {
-        DatasetKind::Cifar10 => (&super::CIFAR10_MEAN, &super::CIFAR10_STD),
-        DatasetKind::Cifar100 => (&super::CIFAR100_MEAN, &super::CIFAR100_STD),
-        DatasetKind::FashionMnist => (&super::FASHION_MNIST_MEAN, &super::FASHION_MNIST_STD),
-        DatasetKind::Mnist => (&super::MNIST_MEAN, &super::MNIST_STD),
-        DatasetKind::Imagefolder => (&super::IMAGENET_MEAN, &super::IMAGENET_STD),
-        DatasetKind::Synthetic => (&[0.5, 0.5, 0.5], &[0.25, 0.25, 0.25]),
     };
     // A grayscale set gets its one statistic; an RGB model on gray data repeats it.
     let pick = |v: &[f32]| (0..channels).map(|c| v[c.min(v.len() - 1)]).collect();
-    (pick(m), pick(s))
+    (pick(&m), pick(&s))
 }

@@ -206,7 +206,7 @@ pub fn load_state_dict_keeping<M: Module>(
     }
     Ok(map_params(module, |path, _| {
         let t = sd.get(path)?;
-        let t = if t.shape.len() == 2 && path.ends_with("weight") {
+        let t = if is_linear_weight(path, t.shape.len()) {
             t.transpose2()
         } else {
             t.clone()
