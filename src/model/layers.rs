@@ -7,13 +7,15 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::module::{attention, conv2d, layer_norm, linear};
+use burn::tensor::module::{attention, conv2d, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use std::cell::RefCell;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::rng::Rng;
+
+pub use super::linear::{Factor, Linear};
 
 /// Host-side initialisers: weights are drawn from vitrs' own addressed RNG so that a seed
 /// gives the same model on every backend and every thread count.
@@ -85,36 +87,6 @@ impl Init {
 
     pub fn ones<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
         Tensor::ones(shape, device)
-    }
-}
-
-/// `y = x·W + b`, W stored `[in, out]`.
-#[derive(Module, Debug)]
-pub struct Linear {
-    pub weight: Param<Tensor<2>>,
-    pub bias: Option<Param<Tensor<1>>>,
-}
-
-impl Linear {
-    /// Xavier-uniform weight, zero bias (the ViT init of timm's `init_weights`, 'jax' style
-    /// for linears, as the seeds ask).
-    pub fn new(d_in: usize, d_out: usize, bias: bool, init: &mut Init, device: &Device) -> Self {
-        Linear {
-            weight: Param::from_tensor(init.xavier([d_in, d_out], d_in, d_out, device)),
-            bias: bias.then(|| Param::from_tensor(Init::zeros([d_out], device))),
-        }
-    }
-
-    pub fn d_in(&self) -> usize {
-        self.weight.lazy_shape().dims::<2>()[0]
-    }
-
-    pub fn d_out(&self) -> usize {
-        self.weight.lazy_shape().dims::<2>()[1]
-    }
-
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
     }
 }
 
@@ -221,7 +193,7 @@ impl Attention {
         // [b, n, 3c] -> [3, b, h, n, d]
         let qkv = self
             .qkv
-            .forward(x)
+            .forward_ctx(x, ctx)
             .reshape([b, n, 3, h, d])
             .permute([2, 0, 3, 1, 4]);
         let q: Tensor<4> = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, d]);
@@ -236,7 +208,7 @@ impl Attention {
             attention(q, k, v, None, None, AttentionModuleOptions::default())
         };
         let out = out.swap_dims(1, 2).reshape([b, n, c]);
-        dropout(self.proj.forward(out), self.proj_drop, ctx)
+        dropout(self.proj.forward_ctx(out, ctx), self.proj_drop, ctx)
     }
 }
 
@@ -250,8 +222,8 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>, ctx: &Ctx) -> Tensor<3> {
-        let x = dropout(gelu(self.fc1.forward(x)), self.drop, ctx);
-        dropout(self.fc2.forward(x), self.drop, ctx)
+        let x = dropout(gelu(self.fc1.forward_ctx(x, ctx)), self.drop, ctx);
+        dropout(self.fc2.forward_ctx(x, ctx), self.drop, ctx)
     }
 }
 

@@ -4,6 +4,8 @@
 pub mod hub;
 pub mod io;
 pub mod layers;
+pub mod linear;
+pub mod lora;
 pub mod params;
 pub mod pretrained;
 pub mod vit;
