@@ -108,6 +108,9 @@ pub struct LogitsArgs {
     /// A safetensors file holding `pixel_values` (f32, NCHW, normalised as the model expects).
     #[arg(long)]
     pub input: PathBuf,
+    /// A PEFT LoRA adapter directory to apply to the weights first.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Where to write `logits` (and `logits_cls`, `logits_dist` for distillation-token models).
     #[arg(long)]
     pub output: PathBuf,
@@ -123,8 +126,14 @@ pub struct LogitsArgs {
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// A vitrs checkpoint directory (e.g. runs/X/checkpoints/best_model), or any weights --pretrained takes.
-    #[arg(long)]
+    #[arg(long, alias = "pretrained")]
     pub checkpoint: String,
+    /// A PEFT LoRA adapter directory to merge into the weights (needs --merge).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Merge LoRA adapters into plain weights (what PEFT's merge_and_unload() gives); an adapter checkpoint of a vitrs run is merged too.
+    #[arg(long)]
+    pub merge: bool,
     /// timm: plain state dict + timm's config.json (timm.create_model("local-dir:OUT")); hf: ViTForImageClassification (from_pretrained(OUT)).
     #[arg(long, value_enum)]
     pub format: ExportFormat,

@@ -132,7 +132,7 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
             )));
         }
     };
-    let model = model_with(&ck, weights, &device)?;
+    let model = model_with(&ck, &args.checkpoint, weights, &device)?;
     let val = load::load_split(&cfg, Split::Test)?;
     let loader = crate::train::val_loader(&cfg, &ck.vit_config, val);
     let report = trainer::evaluate(&model, &loader, &device)?;
@@ -147,21 +147,23 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The checkpoint's model carrying `weights` (its own, or its EMA weights).
+/// The checkpoint's model carrying `weights` (its own, or its EMA weights); an adapter
+/// checkpoint's adapter is merged into its base.
 fn model_with(
     ck: &checkpoint::Checkpoint,
+    dir: &std::path::Path,
     weights: &std::collections::BTreeMap<String, crate::model::io::HostTensor>,
     device: &burn::tensor::Device,
 ) -> Result<crate::model::VisionTransformer> {
     let model = crate::model::VisionTransformer::new(&ck.vit_config, 0, device)?;
-    crate::model::io::load_state_dict(model, weights, device)
+    crate::model::io::load_state_dict(model, &ck.full_weights(dir, weights)?, device)
 }
 
 fn cmd_predict(args: PredictArgs) -> Result<()> {
     let ck = checkpoint::load(&args.checkpoint)?;
     let cfg = ck.train_config.clone().unwrap_or_default();
     let device = crate::device::resolve(args.device.as_deref().or(cfg.device.as_deref()))?;
-    let model = model_with(&ck, &ck.model, &device)?;
+    let model = model_with(&ck, &args.checkpoint, &ck.model, &device)?;
     let names = ck.class_names.clone().unwrap_or_else(|| {
         (0..ck.vit_config.num_classes)
             .map(|i| format!("class_{i}"))
@@ -186,7 +188,10 @@ fn cmd_predict(args: PredictArgs) -> Result<()> {
 fn cmd_logits(args: LogitsArgs) -> Result<()> {
     crate::device::set_threads(args.threads);
     let device = crate::device::resolve(args.device.as_deref())?;
-    let p = pretrained::load(&args.pretrained)?;
+    let mut p = pretrained::load(&args.pretrained)?;
+    if let Some(dir) = &args.adapter {
+        p.merge_adapter(&crate::model::lora::read_peft(dir)?)?;
+    }
     for n in &p.notes {
         eprintln!("note: {n}");
     }
@@ -215,7 +220,17 @@ fn cmd_logits(args: LogitsArgs) -> Result<()> {
 }
 
 fn cmd_export(args: ExportArgs) -> Result<()> {
-    let p = pretrained::load(&args.checkpoint)?;
+    let is_adapter_ckpt =
+        crate::model::lora::is_adapter_dir(std::path::Path::new(&args.checkpoint));
+    if (args.adapter.is_some() || is_adapter_ckpt) && !args.merge {
+        return Err(Error::Config(
+            "exporting LoRA weights as a plain model needs --merge (the unmerged adapter already is in PEFT's format: adapter_model.safetensors + adapter_config.json)".into(),
+        ));
+    }
+    let mut p = pretrained::load(&args.checkpoint)?;
+    if let Some(dir) = &args.adapter {
+        p.merge_adapter(&crate::model::lora::read_peft(dir)?)?;
+    }
     pretrained::export(&p, args.format, &args.out)?;
     println!(
         "wrote {} weights and config.json of {} to {}",

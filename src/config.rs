@@ -40,6 +40,17 @@ pub enum EraseKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+pub enum AdapterKind {
+    /// Train every parameter (no adapter).
+    None,
+    /// LoRA adapters on the target linears; the base frozen.
+    Lora,
+    /// LoRA plus contextual sparsity on the frozen base (SparseLoRA, Khaki et al. 2025).
+    Sparselora,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum LabelKind {
     Fine,
     Coarse,
@@ -139,6 +150,10 @@ pub struct Config {
     #[arg(long, default_value_t = 0.5, alias = "mixup_switch_prob")]
     pub mixup_switch_prob: f64,
 
+    /// Train and evaluate on a subset of the dataset's classes, remapped to 0..k−1: ranges and lists, e.g. 0-4 or 5,6,7,8,9.
+    #[arg(long)]
+    pub classes: Option<String>,
+
     // ---- model ----
     /// Model preset (vit-cifar-small, vit-tiny-c10, vit-cifar, vit-cifar-large, vit-tiny, vit-small, vit-base; vit-hf-scratch = vit-cifar; vit-hf-pretrained = seed 000's fine-tuning recipe, needs --pretrained).
     #[arg(long, default_value = "vit-cifar")]
@@ -152,6 +167,59 @@ pub struct Config {
     /// With --pretrained: train the head only (everything else frozen: no gradients, no optimizer state).
     #[arg(long, alias = "freeze_backbone")]
     pub freeze_backbone: bool,
+    /// Parameter-efficient fine-tuning: none (all parameters train), lora, or sparselora.
+    #[arg(long, value_enum, default_value = "none")]
+    pub adapter: AdapterKind,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8, alias = "lora_rank", alias = "lora-r")]
+    pub lora_rank: usize,
+    /// LoRA alpha: the adapter's output is scaled by alpha / r.
+    #[arg(long, default_value_t = 16.0, alias = "lora_alpha")]
+    pub lora_alpha: f64,
+    /// Dropout on the adapter's input.
+    #[arg(long, default_value_t = 0.0, alias = "lora_dropout")]
+    pub lora_dropout: f64,
+    /// Linears that get adapters, comma-separated timm module names: qkv, attn.proj, fc1, fc2.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "qkv",
+        alias = "lora_targets",
+        alias = "target-modules"
+    )]
+    pub lora_targets: Vec<String>,
+    /// Modules trained in full beside the adapters (PEFT's modules_to_save), comma-separated: head, norm, blocks.11, ...
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "head",
+        alias = "train_modules",
+        alias = "modules-to-save"
+    )]
+    pub train_modules: Vec<String>,
+    /// Start the adapters (and saved modules) from a PEFT adapter directory (adapter_config.json + adapter_model.safetensors); implies --adapter lora unless sparselora is given.
+    #[arg(long, alias = "adapter_from")]
+    pub adapter_from: Option<PathBuf>,
+    /// SparseLoRA: rank of the truncated SVD of each frozen weight used to predict which channels matter.
+    #[arg(long, default_value_t = 8, alias = "sparse_rank")]
+    pub sparse_rank: usize,
+    /// SparseLoRA: fraction of each MLP's hidden channels skipped per batch.
+    #[arg(long, default_value_t = 0.5)]
+    pub sparsity: f64,
+    /// SparseLoRA: fraction of each attention's q/k and v channels skipped per batch (default: --sparsity).
+    #[arg(long, alias = "sparsity_attn")]
+    pub sparsity_attn: Option<f64>,
+    /// SparseLoRA: blocks kept dense, as "first,last" counts: 2,1 keeps the first 2 blocks and the last one dense.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2,1",
+        alias = "sparse_layers"
+    )]
+    pub sparse_layers: Vec<usize>,
+    /// SparseLoRA: the first fraction of steps (< 1) or number of steps (≥ 1) run dense.
+    #[arg(long, default_value_t = 0.05, alias = "sparse_dense_steps")]
+    pub sparse_dense_steps: f64,
     /// Per-channel normalisation mean, comma-separated (default: the pretrained weights' own, ImageNet's for pretrained weights that do not say, else the dataset's).
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub mean: Option<Vec<f64>>,

@@ -62,4 +62,63 @@ impl Dataset {
             class_names: self.class_names.clone(),
         }
     }
+
+    /// The images of `classes` only, relabelled `classes[k]` → `k` (class names follow).
+    pub fn select_classes(&self, classes: &[usize]) -> Self {
+        let mut new_label = vec![u16::MAX; self.num_classes()];
+        for (k, &c) in classes.iter().enumerate() {
+            new_label[c] = k as u16;
+        }
+        let keep: Vec<usize> = (0..self.len())
+            .filter(|&i| new_label[self.labels[i] as usize] != u16::MAX)
+            .collect();
+        let mut d = self.subset(&keep);
+        for l in &mut d.labels {
+            *l = new_label[*l as usize];
+        }
+        d.class_names = classes
+            .iter()
+            .map(|&c| self.class_names[c].clone())
+            .collect();
+        d
+    }
+}
+
+/// Parse a class list such as `0-4` or `5,6,7,8,9` (ranges inclusive) against a dataset of
+/// `num_classes` classes.
+pub fn parse_classes(spec: &str, num_classes: usize) -> crate::error::Result<Vec<usize>> {
+    let bad = |m: String| crate::error::Error::Config(format!("--classes {spec:?}: {m}"));
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |s: &str| -> crate::error::Result<usize> {
+            s.trim().parse::<usize>().map_err(|_| {
+                bad(format!(
+                    "{s:?} is not a class index (write e.g. 0-4 or 5,6,7)"
+                ))
+            })
+        };
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(part)?, num(part)?),
+        };
+        if lo > hi {
+            return Err(bad(format!("range {part} is backwards")));
+        }
+        for c in lo..=hi {
+            if c >= num_classes {
+                return Err(bad(format!(
+                    "class {c} does not exist (the dataset has classes 0–{})",
+                    num_classes - 1
+                )));
+            }
+            if out.contains(&c) {
+                return Err(bad(format!("class {c} is listed twice")));
+            }
+            out.push(c);
+        }
+    }
+    if out.len() < 2 {
+        return Err(bad("give at least two classes".into()));
+    }
+    Ok(out)
 }

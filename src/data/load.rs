@@ -80,6 +80,13 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<Dataset> {
             synthetic::synthetic(n, classes, size, 3, cfg.seed, split as u64)
         }
     };
+    let data = match &cfg.classes {
+        Some(spec) => {
+            let classes = super::dataset::parse_classes(spec, data.num_classes())?;
+            data.select_classes(&classes)
+        }
+        None => data,
+    };
     let limit = match split {
         Split::Train => cfg.limit_train,
         Split::Test => cfg.limit_val,

@@ -138,6 +138,9 @@ pub fn load_hub(repo: &hub::Repo) -> Result<Pretrained> {
 }
 
 pub fn load_path(path: &Path) -> Result<Pretrained> {
+    if path.is_dir() && is_vitrs_checkpoint(&path.join("config.json")) {
+        return from_vitrs_checkpoint(path);
+    }
     if path.is_dir() {
         let weights = path.join("model.safetensors");
         let weights = if weights.is_file() {
@@ -173,9 +176,6 @@ pub fn load_path(path: &Path) -> Result<Pretrained> {
         };
         let config = path.join("config.json");
         let pre = path.join("preprocessor_config.json");
-        if is_vitrs_checkpoint(&config) {
-            return from_vitrs_checkpoint(path);
-        }
         return from_files(
             &weights,
             config.is_file().then_some(config.as_path()),
@@ -206,8 +206,10 @@ fn from_vitrs_checkpoint(dir: &Path) -> Result<Pretrained> {
     let cfg_path = dir.join("config.json");
     let config: VitConfig = serde_json::from_value(read_json(&cfg_path)?)
         .map_err(|e| err(format!("{}: {e}", cfg_path.display())))?;
-    let source = dir.join("model.safetensors");
-    let weights = read_safetensors(&source)?;
+    // An adapter checkpoint (LoRA run) becomes its base with the adapter merged in.
+    let ck = crate::train::checkpoint::load(dir)?;
+    let weights = ck.full_weights(dir, &ck.model)?;
+    let source = dir.to_path_buf();
     let class_names = std::fs::read(dir.join("classes.json"))
         .ok()
         .and_then(|s| serde_json::from_slice(&s).ok());
@@ -837,6 +839,29 @@ impl Pretrained {
         }
         let model = VisionTransformer::new(&self.config, seed, device)?;
         load_state_dict_keeping(model, &self.weights, device, is_head)
+    }
+}
+
+impl Pretrained {
+    /// Merge a PEFT LoRA adapter into these weights (PEFT's `merge_and_unload()`): the
+    /// adapter's saved modules (the head) replace the base's.
+    pub fn merge_adapter(&mut self, adapter: &super::lora::Adapter) -> Result<()> {
+        if let Some(h) = adapter.state.get("head.weight") {
+            if h.shape.len() == 2 && h.shape[0] != self.config.num_classes {
+                self.replace_head(h.shape[0]);
+            }
+        } else if !self.has_head {
+            return Err(err(format!(
+                "{} has no classification head and the adapter brings none",
+                self.source.display()
+            )));
+        }
+        let device = Device::flex();
+        let model = self.build(0, &device)?;
+        let model = super::lora::apply_adapter(model, adapter, &device)?;
+        self.weights = super::io::state_dict(&super::lora::merge(model));
+        self.has_head = true;
+        Ok(())
     }
 }
 

@@ -11,6 +11,10 @@
 //! <dir>/train_config.toml      the full resolved run configuration
 //! <dir>/classes.json           class names, for `predict`
 //! ```
+//! A LoRA run's checkpoints hold only what was trained, in PEFT's format, instead of
+//! `model.safetensors`: `adapter_model.safetensors` + `adapter_config.json` (PEFT's
+//! `save_pretrained`), and `base.json` pointing at the frozen base weights (path + sha256;
+//! the run writes them once to `<run>/base_model/`).
 //! Data order, augmentation and dropout are addressed by (seed, epoch, index/step), so the
 //! epoch and step *are* the RNG and data-order state.
 
@@ -22,7 +26,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::VitConfig;
-use crate::model::io::{HostTensor, read_safetensors, write_safetensors};
+use crate::model::io::{
+    HostTensor, load_state_dict, read_safetensors, state_dict, write_safetensors,
+};
+use crate::model::lora::{self, LoraConfig};
 use crate::util::{replace_dir, write_file_synced};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -56,6 +63,93 @@ pub struct Checkpoint {
     pub state: Option<TrainingState>,
     pub train_config: Option<Config>,
     pub class_names: Option<Vec<String>>,
+    /// Set for adapter runs: `model` (and `ema`) then hold the trained parameters only.
+    pub adapter: Option<AdapterMeta>,
+}
+
+/// Where an adapter checkpoint's frozen base weights are, and their digest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaseRef {
+    /// The base's `model.safetensors` (absolute when written by a run).
+    pub path: PathBuf,
+    pub sha256: String,
+    /// What the base was made from (`--pretrained` spec, or "scratch").
+    pub source: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterMeta {
+    pub config: LoraConfig,
+    pub base: BaseRef,
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| Error::io(path, "reading", e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl BaseRef {
+    /// The base file: `path`, or `<run>/base_model/model.safetensors` beside the checkpoint
+    /// when the run directory was moved; its digest must match.
+    pub fn resolve(&self, ckpt_dir: &Path) -> Result<PathBuf> {
+        let beside = run_dir_of(ckpt_dir).map(|r| r.join("base_model").join("model.safetensors"));
+        let path = if self.path.is_file() {
+            self.path.clone()
+        } else if let Some(p) = beside.filter(|p| p.is_file()) {
+            p
+        } else {
+            return Err(Error::Checkpoint(format!(
+                "{}: the adapter's base weights {} are missing (restore them, or copy the run's base_model/ beside its checkpoints/)",
+                ckpt_dir.display(),
+                self.path.display()
+            )));
+        };
+        let found = sha256_file(&path)?;
+        if found != self.sha256 {
+            return Err(Error::Checkpoint(format!(
+                "{} is not the base this adapter was trained on (sha256 {found}, expected {}); give the original base weights",
+                path.display(),
+                self.sha256
+            )));
+        }
+        Ok(path)
+    }
+}
+
+impl Checkpoint {
+    /// Every weight of the model as one plain state dict: the checkpoint's own, or for an
+    /// adapter checkpoint the base with the adapter merged in (`weights` replaces the
+    /// trained parameters, e.g. by their EMA).
+    pub fn full_weights(
+        &self,
+        dir: &Path,
+        weights: &BTreeMap<String, HostTensor>,
+    ) -> Result<BTreeMap<String, HostTensor>> {
+        let Some(meta) = &self.adapter else {
+            return Ok(weights.clone());
+        };
+        let device = burn::tensor::Device::flex();
+        let base = read_safetensors(&meta.base.resolve(dir)?)?;
+        let model = crate::model::VisionTransformer::new(&self.vit_config, 0, &device)?;
+        let model = load_state_dict(model, &base, &device)?;
+        let adapter = lora::Adapter {
+            config: meta.config.clone(),
+            state: weights.clone(),
+            base_model_name_or_path: Some(meta.base.source.clone()),
+        };
+        let model = lora::apply_adapter(model, &adapter, &device)?;
+        Ok(state_dict(&lora::merge(model)))
+    }
 }
 
 fn json_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -75,7 +169,14 @@ pub fn save(dest: &Path, ckpt: &Checkpoint) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| {
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "creating", e))?;
-        write_safetensors(&tmp.join("model.safetensors"), &ckpt.model, None)?;
+        match &ckpt.adapter {
+            Some(meta) => {
+                lora::write_peft(&tmp, &ckpt.model, &meta.config, Some(&meta.base.source))?;
+                let s = serde_json::to_vec_pretty(&meta.base).map_err(|e| json_err(dest, e))?;
+                write_file_synced(&tmp.join("base.json"), &s)?;
+            }
+            None => write_safetensors(&tmp.join("model.safetensors"), &ckpt.model, None)?,
+        }
         let cfg = serde_json::to_vec_pretty(&ckpt.vit_config).map_err(|e| json_err(dest, e))?;
         write_file_synced(&tmp.join("config.json"), &cfg)?;
         if let Some(opt) = &ckpt.optimizer {
@@ -122,7 +223,27 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let cfg_path = dir.join("config.json");
     let cfg = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, "reading", e))?;
     let vit_config: VitConfig = serde_json::from_slice(&cfg).map_err(|e| json_err(&cfg_path, e))?;
-    let model = read_safetensors(&dir.join("model.safetensors"))?;
+    let (model, adapter) = if lora::is_adapter_dir(dir) {
+        let a = lora::read_peft(dir)?;
+        let base_path = dir.join("base.json");
+        let b = std::fs::read(&base_path).map_err(|e| {
+            Error::io(
+                &base_path,
+                "reading (an adapter directory written by PEFT has no base pointer: use --pretrained BASE --adapter-from DIR)",
+                e,
+            )
+        })?;
+        let base: BaseRef = serde_json::from_slice(&b).map_err(|e| json_err(&base_path, e))?;
+        (
+            a.state,
+            Some(AdapterMeta {
+                config: a.config,
+                base,
+            }),
+        )
+    } else {
+        (read_safetensors(&dir.join("model.safetensors"))?, None)
+    };
     let opt_path = dir.join("optimizer.safetensors");
     let optimizer = opt_path
         .exists()
@@ -154,6 +275,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     };
     Ok(Checkpoint {
         class_names,
+        adapter,
         model,
         vit_config,
         optimizer,
@@ -189,6 +311,7 @@ mod tests {
             state: Some(TrainingState::default()),
             train_config: None,
             class_names: None,
+            adapter: None,
         }
     }
 

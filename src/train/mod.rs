@@ -1,5 +1,6 @@
 //! Training: the step, the optimizer and schedule, checkpoints, and the loop.
 
+pub mod adapters;
 pub mod checkpoint;
 pub mod ema;
 pub mod loss;

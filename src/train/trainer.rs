@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use super::adapters;
 use super::checkpoint::{self, Checkpoint, TrainingState};
 use super::ema::Ema;
 use super::optim::{AdamW, AdamWConfig, global_grad_norm};
@@ -20,8 +21,11 @@ use super::step::{StepOutput, train_step};
 use crate::config::Config;
 use crate::data::loader::Loader;
 use crate::error::{Error, Result};
-use crate::model::io::{HostTensor, load_state_dict, load_state_dict_keeping, state_dict};
+use crate::model::io::{
+    HostTensor, load_state_dict, load_state_dict_keeping, read_safetensors, state_dict,
+};
 use crate::model::layers::Ctx;
+use crate::model::lora;
 use crate::model::params::{count_params, named_params, set_trainable};
 use crate::model::pretrained::is_head;
 use crate::model::{VisionTransformer, VitConfig};
@@ -206,13 +210,45 @@ pub fn train(run: Run) -> Result<Summary> {
         run_dir,
     } = run;
     let ad = device.clone().autodiff();
+    let resume_ck = cfg
+        .resume_from
+        .as_deref()
+        .map(checkpoint::load)
+        .transpose()?;
     let mut model = VisionTransformer::new(&vit_config, cfg.seed, &ad)?;
     if let Some(w) = &init_weights {
         model = load_state_dict_keeping(model, w, &ad, is_head)?;
     }
-    if cfg.freeze_backbone {
+    let adapter = match &resume_ck {
+        // A resumed adapter run: the frozen base comes from the checkpoint's pointer.
+        Some(ck) => match (&ck.adapter, &cfg.resume_from) {
+            (Some(meta), Some(dir)) => {
+                let base = read_safetensors(&meta.base.resolve(dir)?)?;
+                model = load_state_dict(model, &base, &ad)?;
+                model = lora::add_adapters(model, &meta.config, cfg.seed, &ad)?;
+                Some(meta.clone())
+            }
+            _ => None,
+        },
+        None => {
+            let (m, meta) = adapters::setup(model, &cfg, &run_dir, &ad)?;
+            model = m;
+            meta
+        }
+    };
+    if cfg.freeze_backbone && adapter.is_none() {
         model = set_trainable(model, is_head);
     }
+    // What a checkpoint keeps: everything, or for an adapter run the trained parameters.
+    let trained = |sd: BTreeMap<String, HostTensor>| match &adapter {
+        Some(meta) => lora::adapter_state(&sd, &meta.config),
+        None => sd,
+    };
+    let is_frozen_base = |p: &str| {
+        adapter.as_ref().is_some_and(|m| {
+            !lora::is_adapter(p) && !lora::in_modules(p, &m.config.modules_to_save)
+        })
+    };
     let ckpt_root = run_dir.join("checkpoints");
     // Half-written checkpoints of a killed process are never used; clear them away.
     if let Ok(entries) = std::fs::read_dir(&ckpt_root) {
@@ -244,8 +280,7 @@ pub fn train(run: Run) -> Result<Summary> {
         ..Default::default()
     };
     let mut ema = (cfg.ema_decay > 0.0).then(|| Ema::new(&model, cfg.ema_decay, cfg.ema_warmup));
-    if let Some(dir) = &cfg.resume_from {
-        let ck = checkpoint::load(dir)?;
+    if let (Some(dir), Some(ck)) = (&cfg.resume_from, resume_ck) {
         if ck.vit_config != vit_config {
             return Err(Error::Checkpoint(format!(
                 "{} holds a different model ({} dim, {} blocks, {} classes) than this run ({} dim, {} blocks, {} classes); resume with the same model flags",
@@ -258,7 +293,7 @@ pub fn train(run: Run) -> Result<Summary> {
                 vit_config.num_classes
             )));
         }
-        model = load_state_dict(model, &ck.model, &ad)?;
+        model = load_state_dict_keeping(model, &ck.model, &ad, is_frozen_base)?;
         let st = ck.state.ok_or_else(|| {
             Error::Checkpoint(format!(
                 "{} has no training_state.json: it holds weights only and cannot be resumed",
@@ -269,7 +304,7 @@ pub fn train(run: Run) -> Result<Summary> {
             optim.load_state_dict(opt, st.global_step, &ad)?;
         }
         if let (Some(e), Some(w)) = (&mut ema, &ck.ema) {
-            e.model = load_state_dict(e.model.clone(), w, &device)?;
+            e.model = load_state_dict_keeping(e.model.clone(), w, &device, is_frozen_base)?;
             e.updates = st.global_step;
         }
         state = st;
@@ -327,13 +362,14 @@ pub fn train(run: Run) -> Result<Summary> {
         checkpoint::save(
             &dest,
             &Checkpoint {
-                model: state_dict(model),
+                model: trained(state_dict(model)),
                 vit_config: vit_config.clone(),
                 optimizer: Some(optim.state_dict()),
-                ema: ema.as_ref().map(|e| state_dict(&e.model)),
+                ema: ema.as_ref().map(|e| trained(state_dict(&e.model))),
                 state: Some(state.clone()),
                 train_config: Some(cfg.clone()),
                 class_names: Some(class_names.clone()),
+                adapter: adapter.clone(),
             },
         )?;
         Ok(dest)
@@ -522,7 +558,7 @@ pub fn train(run: Run) -> Result<Summary> {
         && state.best_epoch != state.epoch
     {
         let best = checkpoint::load(&best_dir)?;
-        model = load_state_dict(model, &best.model, &ad)?;
+        model = load_state_dict_keeping(model, &best.model, &ad, is_frozen_base)?;
         eprintln!(
             "restored the best weights (epoch {}, val acc {:.2}%)",
             state.best_epoch,
