@@ -39,6 +39,8 @@ pub enum Command {
         #[arg(long, default_value = "compare.png")]
         plot: PathBuf,
     },
+    /// Fine-tune the same model as full, LoRA, SparseLoRA and head-only, each in its own process, and compare memory, speed and parameters (compare.json, compare.md, plots).
+    CompareFinetune(Box<CompareFinetuneArgs>),
     /// Time the train step, inference and the data pipeline (JSON, fields as the PyTorch yardstick's).
     Bench(crate::bench::BenchArgs),
     /// Logits of pretrained weights (HF, timm, vitrs) for `pixel_values` in a safetensors file: did the weights load right?
@@ -59,6 +61,15 @@ pub struct TrainArgs {
     pub config_file: Option<PathBuf>,
     #[command(flatten)]
     pub config: Config,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareFinetuneArgs {
+    /// Methods, comma-separated: full, lora, sparselora, head-only.
+    #[arg(long, value_delimiter = ',', default_value = "full,lora,sparselora")]
+    pub methods: Vec<String>,
+    #[command(flatten)]
+    pub train: TrainArgs,
 }
 
 #[derive(Args, Debug)]

@@ -22,6 +22,20 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 .ok_or_else(|| Error::Config("no train arguments".into()))?;
             cmd_train(*args, sub)
         }
+        Command::CompareFinetune(args) => {
+            let sub = matches
+                .subcommand_matches("compare-finetune")
+                .ok_or_else(|| Error::Config("no compare-finetune arguments".into()))?;
+            let cfg = train_config(&args.train, sub)?;
+            let out = cfg
+                .out_dir
+                .clone()
+                .unwrap_or_else(|| train::default_run_dir().with_extension("finetune"));
+            let md = crate::compare_finetune::run(&cfg, &args.methods, &out)?;
+            println!("{md}");
+            eprintln!("compare.json, compare.md and plots in {}", out.display());
+            Ok(())
+        }
         Command::Eval(args) => cmd_eval(args),
         Command::Predict(args) => cmd_predict(args),
         Command::Report { run_dir } => {

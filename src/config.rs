@@ -354,6 +354,9 @@ pub struct Config {
     /// Stop cleanly (with a checkpoint) after this many hours (fractional; 0 = no limit).
     #[arg(long, default_value_t = 0.0, alias = "max_training_hours")]
     pub max_training_hours: f64,
+    /// Stop cleanly (with a checkpoint, without a final evaluation) after this many optimizer steps (0 = no limit): for timing runs such as compare-finetune.
+    #[arg(long, default_value_t = 0, alias = "max_steps", alias = "steps")]
+    pub max_steps: u64,
     /// Write checkpoints/checkpoint_epoch_N every N epochs (0 = never).
     #[arg(long, default_value_t = 5, alias = "save_every")]
     pub save_every: usize,

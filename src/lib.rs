@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod cli;
 pub mod commands;
+pub mod compare_finetune;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -351,3 +351,202 @@ pub fn apply_adapter(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::io::state_dict;
+    use crate::model::layers::Ctx;
+    use crate::model::params::{count_params, gradients, map_params};
+    use crate::train::loss::soft_cross_entropy;
+    use burn::tensor::TensorData;
+
+    fn cfg(targets: &[&str]) -> LoraConfig {
+        LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            modules_to_save: vec!["head".into()],
+            use_rslora: false,
+        }
+    }
+
+    fn vit(device: &Device) -> VisionTransformer {
+        let c = VitConfig::with_shape(8, 4, 3, 5, [16, 2, 2, 24]);
+        VisionTransformer::new(&c, 1, device).unwrap()
+    }
+
+    fn input(device: &Device) -> Tensor<4> {
+        let mut rng = Rng::seed(3);
+        let x: Vec<f32> = (0..2 * 3 * 64).map(|_| rng.normal() as f32).collect();
+        Tensor::from_data(TensorData::new(x, [2, 3, 8, 8]), device)
+    }
+
+    fn host(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    use crate::model::VitConfig;
+
+    #[test]
+    fn a_fresh_adapter_leaves_the_base_output_exactly() {
+        let device = Device::flex();
+        let base = vit(&device);
+        let y0 = host(base.forward(input(&device), &Ctx::eval()));
+        let all = cfg(&["qkv", "attn.proj", "fc1", "fc2"]);
+        let m = add_adapters(base, &all, 7, &device).unwrap();
+        assert_eq!(host(m.forward(input(&device), &Ctx::eval())), y0);
+        // A is Kaiming-uniform (a = √5): |A| ≤ 1/√in, not all zero; B is zero.
+        let a = m.blocks[0].mlp.fc2.lora_A.as_ref().unwrap().weight.val();
+        let a: Vec<f32> = a.into_data().convert::<f32>().to_vec().unwrap();
+        let bound = 1.0 / (24f32).sqrt();
+        assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| v.abs() > bound / 2.0));
+    }
+
+    #[test]
+    fn trainable_counts_follow_the_closed_form() {
+        // Trainability is visible on an autodiff device (a plain one never requires grad).
+        let device = Device::flex().autodiff();
+        let (d, mlp, r, classes, depth) = (16, 24, 4, 5, 2);
+        let head = d * classes + classes;
+        for (targets, per_block) in [
+            (vec!["qkv"], r * (d + 3 * d)),
+            (
+                vec!["qkv", "attn.proj", "fc1", "fc2"],
+                r * (d + 3 * d) + r * (d + d) + r * (d + mlp) + r * (mlp + d),
+            ),
+        ] {
+            let m = add_adapters(vit(&device), &cfg(&targets), 0, &device).unwrap();
+            let (total, trainable) = count_params(&m);
+            assert_eq!(trainable, depth * per_block + head, "{targets:?}");
+            assert_eq!(adapter_param_count(&m), depth * per_block);
+            assert_eq!(total, count_params(&vit(&device)).0 + depth * per_block);
+        }
+    }
+
+    /// Perturb every B so the adapter does something.
+    fn perturbed(m: VisionTransformer) -> VisionTransformer {
+        let mut rng = Rng::seed(11);
+        map_params(m, |p, v| {
+            p.ends_with("lora_B.weight").then(|| {
+                let n = v.dims()[0];
+                let d: Vec<f32> = (0..n).map(|_| 0.1 * rng.normal() as f32).collect();
+                Tensor::from_data(TensorData::new(d, [n]), &v.device())
+            })
+        })
+    }
+
+    #[test]
+    fn merged_equals_unmerged() {
+        let device = Device::flex();
+        let all = cfg(&["qkv", "attn.proj", "fc1", "fc2"]);
+        let m = perturbed(add_adapters(vit(&device), &all, 2, &device).unwrap());
+        let y = host(m.forward(input(&device), &Ctx::eval()));
+        assert_ne!(y, host(vit(&device).forward(input(&device), &Ctx::eval())));
+        let merged = merge(m);
+        assert!(!state_dict(&merged).keys().any(|k| is_adapter(k)));
+        let ym = host(merged.forward(input(&device), &Ctx::eval()));
+        let d = y
+            .iter()
+            .zip(&ym)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(d <= 1e-5, "merged differs by {d}");
+    }
+
+    #[test]
+    fn only_adapters_and_head_get_gradients() {
+        let device = Device::flex().autodiff();
+        let m = perturbed(add_adapters(vit(&device), &cfg(&["qkv", "fc1"]), 2, &device).unwrap());
+        let t = Tensor::<2>::from_data(
+            TensorData::new(vec![1f32, 0., 0., 0., 0., 0., 0., 1., 0., 0.], [2, 5]),
+            &device,
+        );
+        let loss = soft_cross_entropy(m.forward(input(&device), &Ctx::eval()), t);
+        let grads = gradients(&m, &loss.backward());
+        let mut names: Vec<&str> = grads.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "blocks.0.attn.qkv.lora_A.weight",
+                "blocks.0.attn.qkv.lora_B.weight",
+                "blocks.0.mlp.fc1.lora_A.weight",
+                "blocks.0.mlp.fc1.lora_B.weight",
+                "blocks.1.attn.qkv.lora_A.weight",
+                "blocks.1.attn.qkv.lora_B.weight",
+                "blocks.1.mlp.fc1.lora_A.weight",
+                "blocks.1.mlp.fc1.lora_B.weight",
+                "head.bias",
+                "head.weight",
+            ]
+        );
+        // One optimizer step changes those and nothing else.
+        let before = state_dict(&m);
+        let trainable: Vec<(String, usize)> = named_params(&m)
+            .into_iter()
+            .filter(|p| p.trainable)
+            .map(|p| (p.path, p.shape.len()))
+            .collect();
+        let mut opt = crate::train::optim::AdamW::new(
+            crate::train::optim::AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.05,
+                layer_decay: 1.0,
+                depth: 2,
+            },
+            &trainable,
+        );
+        let after = state_dict(&opt.step(m, &grads, 1e-2, 1.0));
+        for (k, v) in &before {
+            assert_eq!(
+                after[k] != *v,
+                grads.contains_key(k),
+                "{k} changed iff it is trainable"
+            );
+        }
+        assert_eq!(
+            opt.state_dict().len(),
+            2 * grads.len(),
+            "optimizer state for trainable parameters only"
+        );
+    }
+
+    #[test]
+    fn a_written_adapter_reads_back_and_gives_the_same_model() {
+        let device = Device::flex();
+        let c = cfg(&["qkv", "fc2"]);
+        let m = perturbed(add_adapters(vit(&device), &c, 2, &device).unwrap());
+        let y = host(m.forward(input(&device), &Ctx::eval()));
+        let dir = tempfile::tempdir().unwrap();
+        write_peft(dir.path(), &adapter_state(&state_dict(&m), &c), &c, None).unwrap();
+        let raw = read_safetensors(&dir.path().join("adapter_model.safetensors")).unwrap();
+        assert!(raw.contains_key("base_model.model.blocks.1.mlp.fc2.lora_B.weight"));
+        assert_eq!(
+            raw["base_model.model.blocks.0.attn.qkv.lora_A.weight"].shape,
+            [4, 16]
+        );
+        assert!(raw.contains_key("base_model.model.head.weight"));
+        assert!(!raw.keys().any(|k| k.contains("fc1") || k.contains("norm")));
+        let a = read_peft(dir.path()).unwrap();
+        assert_eq!(a.config, c);
+        let back = apply_adapter(vit(&device), &a, &device).unwrap();
+        assert_eq!(host(back.forward(input(&device), &Ctx::eval())), y);
+    }
+
+    #[test]
+    fn bad_configs_are_clear_errors() {
+        let device = Device::flex();
+        let mut c = cfg(&["qkv"]);
+        c.rank = 0;
+        let e = add_adapters(vit(&device), &c, 0, &device).err().unwrap();
+        assert!(e.to_string().contains("--lora-rank must be ≥ 1"), "{e}");
+        let e = add_adapters(vit(&device), &cfg(&["qkv", "fc3"]), 0, &device)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("unknown LoRA target \"fc3\""), "{e}");
+    }
+}

@@ -451,6 +451,40 @@ pub fn plot_overlay(out: &Path, runs: &[(String, Vec<MetricRecord>)]) -> Result<
     Ok(())
 }
 
+/// Several named curves on one plot (loss of each fine-tuning method, sparsity per layer).
+pub fn plot_curves(
+    out: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    curves: &[(String, Vec<(f64, f64)>)],
+) -> Result<bool> {
+    let series: Vec<Series> = curves
+        .iter()
+        .enumerate()
+        .map(|(i, (name, points))| {
+            Series::new(
+                name.clone(),
+                points.clone(),
+                PALETTE[i % PALETTE.len()],
+                Look::Line,
+            )
+        })
+        .collect();
+    let spec = LineChart {
+        title,
+        x_desc,
+        y_desc,
+        y_fmt: plain_label,
+        legend: SeriesLabelPosition::UpperRight,
+        y_include: &[],
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating", e))?;
+    }
+    line_chart(out, &spec, &series)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Evaluation plots.
 

@@ -48,6 +48,17 @@ pub struct Summary {
     pub train_images_per_sec: f64,
     pub train_seconds: f64,
     pub peak_rss_mb: Option<f64>,
+    /// Median wall time of an optimizer step (forward, backward, all micro-batches, update),
+    /// the first two steps of this process excluded.
+    pub step_ms_median: f64,
+    /// AdamW moments held at the end (trained parameters only).
+    pub optimizer_state_mb: f64,
+    /// Base parameters a step multiplies with, averaged over steps (below total_params only
+    /// when SparseLoRA skips channels).
+    pub active_params: f64,
+    /// none | lora | sparselora (and freeze_backbone for head-only runs).
+    pub adapter: String,
+    pub freeze_backbone: bool,
     pub run_dir: PathBuf,
 }
 
@@ -379,6 +390,8 @@ pub fn train(run: Run) -> Result<Summary> {
     let mut stopped_reason = "completed".to_string();
     let mut last_eval: Option<EvalReport> = None;
     let run_start = Instant::now();
+    let mut step_ms: Vec<f64> = Vec::new();
+    let mut step_start = Instant::now();
     let start_elapsed = state.elapsed_secs;
     let start_images = state.images_seen;
 
@@ -397,6 +410,9 @@ pub fn train(run: Run) -> Result<Summary> {
             .enumerate()
         {
             let micro = first_micro + i;
+            if acc.micro == 0 {
+                step_start = Instant::now();
+            }
             let ctx = Ctx::train(cfg.seed, &[state.global_step, acc.micro as u64, 0]);
             let n = batch.len();
             acc.add(train_step(&model, &batch, &ad, &ctx), n);
@@ -430,6 +446,7 @@ pub fn train(run: Run) -> Result<Summary> {
                 e.update(&model);
             }
             state.global_step += 1;
+            step_ms.push(step_start.elapsed().as_secs_f64() * 1e3);
             state.images_seen += acc.images as u64;
             epoch_win.add(&acc);
             log_win.add(&acc);
@@ -458,6 +475,15 @@ pub fn train(run: Run) -> Result<Summary> {
             let elapsed = start_elapsed + run_start.elapsed().as_secs_f64();
             let interrupted = INTERRUPTS.load(Ordering::SeqCst) > 0;
             let out_of_time = time_limit.is_some_and(|t| elapsed >= t);
+            let out_of_steps = cfg.max_steps > 0 && state.global_step >= cfg.max_steps;
+            if out_of_steps && !interrupted && !out_of_time {
+                pb.finish_and_clear();
+                state.elapsed_secs = elapsed;
+                state.epoch = epoch - 1;
+                stopped_reason = "max_steps".into();
+                save("last", &model, &optim, &ema, &state)?;
+                break 'epochs;
+            }
             if interrupted || out_of_time {
                 pb.finish_and_clear();
                 state.elapsed_secs = elapsed;
@@ -583,6 +609,21 @@ pub fn train(run: Run) -> Result<Summary> {
         train_images_per_sec: images as f64 / (train_seconds - start_elapsed).max(1e-9),
         train_seconds,
         peak_rss_mb: crate::util::peak_rss_mb(),
+        step_ms_median: median(
+            step_ms
+                .get(2..)
+                .filter(|t| !t.is_empty())
+                .unwrap_or(&step_ms),
+        ),
+        optimizer_state_mb: optim.state_bytes() as f64 / (1u64 << 20) as f64,
+        active_params: total_params as f64,
+        adapter: match (&adapter, cfg.adapter) {
+            (None, _) => "none",
+            (Some(_), crate::config::AdapterKind::Sparselora) => "sparselora",
+            (Some(_), _) => "lora",
+        }
+        .into(),
+        freeze_backbone: cfg.freeze_backbone,
         run_dir: run_dir.clone(),
     };
     write_json(&run_dir.join("summary.json"), &summary)?;
@@ -598,6 +639,20 @@ pub fn train(run: Run) -> Result<Summary> {
         Err(e) => eprintln!("warning: could not write the report: {e}"),
     }
     Ok(summary)
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {

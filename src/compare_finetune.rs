@@ -1,0 +1,285 @@
+//! `vitrs compare-finetune`: the same fine-tuning run as full fine-tuning, LoRA, SparseLoRA
+//! and head-only, each in a fresh process (so memory peaks don't mix), side by side:
+//! parameters, optimizer state, peak memory, step time, throughput, accuracy, and every ratio
+//! against `full`. All numbers are read from what each run measured (`summary.json`,
+//! `metrics.jsonl`), none estimated.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::config::{AdapterKind, Config};
+use crate::error::{Error, Result};
+use crate::report::metrics::read_metrics;
+
+pub const METHODS: [&str; 4] = ["full", "lora", "sparselora", "head-only"];
+
+/// The run configuration of one method.
+pub fn method_config(base: &Config, method: &str, out: &Path) -> Result<Config> {
+    let mut c = base.clone();
+    c.out_dir = Some(out.join(method));
+    c.resume_from = None;
+    c.adapter = AdapterKind::None;
+    c.freeze_backbone = false;
+    match method {
+        "full" => {}
+        "lora" => c.adapter = AdapterKind::Lora,
+        "sparselora" => c.adapter = AdapterKind::Sparselora,
+        "head-only" => c.freeze_backbone = true,
+        other => {
+            return Err(Error::Config(format!(
+                "unknown method {other:?} in --methods (choose from {})",
+                METHODS.join(", ")
+            )));
+        }
+    }
+    Ok(c)
+}
+
+/// What `compare.json` says each column is.
+fn column_notes() -> Value {
+    json!({
+        "total_params": "every parameter of the model, frozen ones included (measured: counted on the built model)",
+        "trainable_params": "parameters that receive gradients and optimizer state",
+        "active_params": "base parameters a training step multiplies with, mean over steps (SparseLoRA skips channels; otherwise = total)",
+        "optimizer_state_mb": "AdamW moments held after the last step (MiB)",
+        "peak_memory_mb": "peak resident set size of the training process (MiB, CPU); on a GPU backend the host RSS still, device memory not included",
+        "step_ms": "median wall time of an optimizer step, first two steps excluded",
+        "img_s": "global batch / step_ms",
+        "epoch_seconds": "measured wall time per epoch (training and evaluation), only when trained by epochs",
+        "final_acc": "validation accuracy of the restored best weights, only when trained by epochs",
+        "ratio_to_full": "value / the same value of method full"
+    })
+}
+
+fn summary_of(dir: &Path) -> Result<Value> {
+    let p = dir.join("summary.json");
+    let s = std::fs::read(&p).map_err(|e| Error::io(&p, "reading", e))?;
+    serde_json::from_slice(&s).map_err(|e| Error::Data(format!("{}: {e}", p.display())))
+}
+
+/// One row of compare.json from a finished run.
+fn row(method: &str, dir: &Path, cfg: &Config) -> Result<Value> {
+    let s = summary_of(dir)?;
+    let f = |k: &str| s.get(k).and_then(Value::as_f64);
+    let total = f("total_params").unwrap_or(f64::NAN);
+    let trainable = f("trainable_params").unwrap_or(f64::NAN);
+    let step_ms = f("step_ms_median").unwrap_or(f64::NAN);
+    let by_epochs = cfg.max_steps == 0;
+    let epochs = f("epochs_completed").unwrap_or(0.0);
+    Ok(json!({
+        "method": method,
+        "run_dir": dir,
+        "total_params": total,
+        "trainable_params": trainable,
+        "trainable_pct": 100.0 * trainable / total,
+        "active_params": f("active_params"),
+        "optimizer_state_mb": f("optimizer_state_mb"),
+        "peak_memory_mb": f("peak_rss_mb"),
+        "step_ms": step_ms,
+        "img_s": (cfg.batch_size * cfg.accum_steps) as f64 * 1e3 / step_ms,
+        "epoch_seconds": (by_epochs && epochs > 0.0).then(|| f("train_seconds").unwrap_or(f64::NAN) / epochs),
+        "final_acc": if by_epochs { f("final_val_acc") } else { None },
+    }))
+}
+
+const RATIO_KEYS: [&str; 8] = [
+    "total_params",
+    "trainable_params",
+    "active_params",
+    "optimizer_state_mb",
+    "peak_memory_mb",
+    "step_ms",
+    "img_s",
+    "epoch_seconds",
+];
+
+fn add_ratios(rows: &mut [Value]) {
+    let Some(full) = rows.iter().find(|r| r["method"] == "full").cloned() else {
+        return;
+    };
+    for r in rows.iter_mut() {
+        let mut ratios = serde_json::Map::new();
+        for k in RATIO_KEYS.iter().chain(["final_acc"].iter()) {
+            if let (Some(v), Some(b)) = (r[*k].as_f64(), full[*k].as_f64())
+                && b != 0.0
+            {
+                ratios.insert(k.to_string(), json!(v / b));
+            }
+        }
+        r["ratio_to_full"] = Value::Object(ratios);
+    }
+}
+
+fn cell(v: &Value, fmt: impl Fn(f64) -> String) -> String {
+    v.as_f64().map(fmt).unwrap_or_else(|| "—".into())
+}
+
+/// compare.md: the table, each value with its ratio to full.
+pub fn markdown(rows: &[Value]) -> String {
+    let cols: [(&str, &str, fn(f64) -> String); 10] = [
+        ("total_params", "total params", |v| format!("{v:.0}")),
+        ("trainable_params", "trainable", |v| format!("{v:.0}")),
+        ("active_params", "active/step", |v| format!("{v:.0}")),
+        ("optimizer_state_mb", "optimizer MiB", |v| format!("{v:.2}")),
+        ("peak_memory_mb", "peak MiB", |v| format!("{v:.0}")),
+        ("step_ms", "step ms", |v| format!("{v:.1}")),
+        ("img_s", "img/s", |v| format!("{v:.1}")),
+        ("epoch_seconds", "epoch s", |v| format!("{v:.1}")),
+        ("final_acc", "final acc", |v| format!("{:.2}%", 100.0 * v)),
+        ("trainable_pct", "trainable %", |v| format!("{v:.3}%")),
+    ];
+    let mut s = String::from("| method |");
+    for (_, h, _) in &cols {
+        s += &format!(" {h} |");
+    }
+    s += &format!("\n|---|{}\n", "---|".repeat(cols.len()));
+    for r in rows {
+        s += &format!("| {} |", r["method"].as_str().unwrap_or("?"));
+        for (k, _, f) in &cols {
+            let mut c = cell(&r[*k], f);
+            if r["method"] != "full"
+                && let Some(x) = r["ratio_to_full"][*k].as_f64()
+            {
+                c += &format!(" ({x:.2}×)");
+            }
+            s += &format!(" {c} |");
+        }
+        s += "\n";
+    }
+    s
+}
+
+/// Train loss against step for every method, and SparseLoRA's sparsity per layer over steps.
+fn plots(rows: &[Value], out: &Path) -> Result<()> {
+    let mut loss = Vec::new();
+    let mut sparsity = Vec::new();
+    for r in rows {
+        let dir = PathBuf::from(r["run_dir"].as_str().unwrap_or_default());
+        let records = read_metrics(&dir.join("metrics.jsonl"))?;
+        let name = r["method"].as_str().unwrap_or("?").to_string();
+        loss.push((
+            name.clone(),
+            records
+                .iter()
+                .filter(|m| m.is_train())
+                .map(|m| (m.step as f64, m.loss))
+                .collect(),
+        ));
+        let mut keys: Vec<String> = records
+            .iter()
+            .flat_map(|m| m.extra.keys().cloned())
+            .filter(|k| k.starts_with("sparsity"))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            sparsity.push((
+                format!("{name} {k}"),
+                records
+                    .iter()
+                    .filter_map(|m| m.extra.get(&k).map(|v| (m.step as f64, *v)))
+                    .collect(),
+            ));
+        }
+    }
+    crate::report::plots::plot_curves(
+        &out.join("loss.png"),
+        "Training loss by fine-tuning method",
+        "optimizer step",
+        "train loss",
+        &loss,
+    )?;
+    if !sparsity.is_empty() {
+        crate::report::plots::plot_curves(
+            &out.join("sparsity.png"),
+            "SparseLoRA: sparsity applied over training",
+            "optimizer step",
+            "fraction of channels skipped",
+            &sparsity,
+        )?;
+    }
+    Ok(())
+}
+
+/// Run every method in a fresh `vitrs train` process, then write compare.json, compare.md
+/// and the plots into the output directory. Returns the markdown table.
+pub fn run(base: &Config, methods: &[String], out: &Path) -> Result<String> {
+    if methods.is_empty() {
+        return Err(Error::Config("--methods is empty".into()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "creating", e))?;
+    let exe = std::env::current_exe().map_err(|e| Error::Io(e.to_string()))?;
+    let configs: Vec<Config> = methods
+        .iter()
+        .map(|m| method_config(base, m, out))
+        .collect::<Result<_>>()?;
+    let mut rows = Vec::new();
+    for (method, cfg) in methods.iter().zip(&configs) {
+        let toml_path = out.join(format!("{method}.toml"));
+        crate::util::write_file_synced(&toml_path, cfg.to_toml().as_bytes())?;
+        eprintln!("== {method}: vitrs train --config {}", toml_path.display());
+        let status = Command::new(&exe)
+            .arg("train")
+            .arg("--config")
+            .arg(&toml_path)
+            .status()
+            .map_err(|e| Error::Io(format!("starting {}: {e}", exe.display())))?;
+        if !status.success() {
+            return Err(Error::Training(format!(
+                "the {method} run failed ({status}); its output is in {}",
+                out.join(method).display()
+            )));
+        }
+        rows.push(row(method, &out.join(method), cfg)?);
+    }
+    add_ratios(&mut rows);
+    let doc = json!({"methods": rows, "columns": column_notes()});
+    let text = serde_json::to_vec_pretty(&doc).map_err(|e| Error::Io(e.to_string()))?;
+    crate::util::write_file_synced(&out.join("compare.json"), &text)?;
+    let md = markdown(&rows);
+    crate::util::write_file_synced(&out.join("compare.md"), md.as_bytes())?;
+    plots(&rows, out)?;
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_are_against_full_and_the_table_shows_them() {
+        let mut rows = vec![
+            json!({"method": "full", "total_params": 100.0, "trainable_params": 100.0, "step_ms": 10.0, "optimizer_state_mb": 8.0, "final_acc": 0.8}),
+            json!({"method": "lora", "total_params": 104.0, "trainable_params": 4.0, "step_ms": 5.0, "optimizer_state_mb": 0.5, "final_acc": 0.78}),
+        ];
+        add_ratios(&mut rows);
+        assert_eq!(rows[1]["ratio_to_full"]["step_ms"], 0.5);
+        assert_eq!(rows[1]["ratio_to_full"]["trainable_params"], 0.04);
+        assert_eq!(rows[0]["ratio_to_full"]["step_ms"], 1.0);
+        let md = markdown(&rows);
+        let lora = md.lines().find(|l| l.starts_with("| lora |")).unwrap();
+        assert!(
+            lora.contains("5.0 (0.50×)") && lora.contains("78.00%"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn methods_set_the_adapter_flags() {
+        let base = Config::default();
+        let out = Path::new("/tmp/x");
+        assert_eq!(
+            method_config(&base, "lora", out).unwrap().adapter,
+            AdapterKind::Lora
+        );
+        assert!(
+            method_config(&base, "head-only", out)
+                .unwrap()
+                .freeze_backbone
+        );
+        let e = method_config(&base, "qlora", out).unwrap_err().to_string();
+        assert!(e.contains("unknown method \"qlora\""), "{e}");
+    }
+}
