@@ -83,6 +83,9 @@ pub struct EvalArgs {
     /// Evaluate the EMA weights (runs trained with --ema-decay).
     #[arg(long)]
     pub ema: bool,
+    /// Apply a PEFT LoRA adapter directory to the checkpoint's model first.
+    #[arg(long, alias = "adapter_from", alias = "adapter")]
+    pub adapter_from: Option<PathBuf>,
     /// Evaluate on another dataset / location than the run's.
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetKind>,

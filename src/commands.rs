@@ -106,6 +106,15 @@ fn cmd_train(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     install_interrupt_handler();
     let run = train::prepare(cfg)?;
     let summary = train::train(run)?;
+    if summary.stopped_reason == "max_steps" {
+        println!(
+            "done (max_steps): {:.1} ms/step (median), {:.0} img/s; not evaluated; outputs in {}",
+            summary.step_ms_median,
+            summary.train_images_per_sec,
+            summary.run_dir.display()
+        );
+        return Ok(());
+    }
     println!(
         "done ({}): best val acc {:.2}% at epoch {}, final val acc {:.2}%, {:.0} img/s; outputs in {}",
         summary.stopped_reason,
@@ -146,7 +155,14 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
             )));
         }
     };
-    let model = model_with(&ck, &args.checkpoint, weights, &device)?;
+    let mut model = model_with(&ck, &args.checkpoint, weights, &device)?;
+    if let Some(dir) = &args.adapter_from {
+        model = crate::model::lora::apply_adapter(
+            model,
+            &crate::model::lora::read_peft(dir)?,
+            &device,
+        )?;
+    }
     let val = load::load_split(&cfg, Split::Test)?;
     let loader = crate::train::val_loader(&cfg, &ck.vit_config, val);
     let report = trainer::evaluate(&model, &loader, &device)?;

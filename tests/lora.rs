@@ -281,6 +281,26 @@ fn a_lora_run_writes_peft_checkpoints_that_eval_and_resume_use() {
     );
     assert!((0.0..=1.0).contains(&ev["acc"].as_f64().unwrap()));
 
+    // eval applies a PEFT adapter to a checkpoint: this run's on its own base works, the PEFT
+    // fixture's (made for a 48-wide model) is refused by name.
+    let (code, _, err) = vitrs(&[
+        "eval",
+        "--checkpoint",
+        base_spec,
+        "--adapter-from",
+        last.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = vitrs(&[
+        "eval",
+        "--checkpoint",
+        base_spec,
+        "--adapter-from",
+        fixture("peft-lora-timm").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not fit this base model"), "{err}");
+
     // Resuming the finished run with more epochs continues from the adapter checkpoint.
     let mut resume = train_args(run.to_str().unwrap(), &["--epochs", "3"]);
     resume.extend_from_slice(&["--resume-from", last.to_str().unwrap()]);
