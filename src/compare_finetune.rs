@@ -118,7 +118,8 @@ fn cell(v: &Value, fmt: impl Fn(f64) -> String) -> String {
 
 /// compare.md: the table, each value with its ratio to full.
 pub fn markdown(rows: &[Value]) -> String {
-    let cols: [(&str, &str, fn(f64) -> String); 10] = [
+    type Col = (&'static str, &'static str, fn(f64) -> String);
+    let cols: [Col; 10] = [
         ("total_params", "total params", |v| format!("{v:.0}")),
         ("trainable_params", "trainable", |v| format!("{v:.0}")),
         ("active_params", "active/step", |v| format!("{v:.0}")),
