@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use clap::{ArgMatches, Args, FromArgMatches};
 
 use crate::cli::{
-    Cli, Command, ContinualArgs, DataArgs, DataCommand, EvalArgs, ExportArgs, LogitsArgs, PredictArgs, TrainArgs,
+    Cli, Command, ContinualArgs, DataArgs, DataCommand, EvalArgs, ExportArgs, LogitsArgs,
+    PredictArgs, TrainArgs,
 };
 use crate::config::Config;
 use crate::data::{Split, load};
@@ -184,7 +185,10 @@ fn cmd_continual(args: ContinualArgs, matches: &ArgMatches) -> Result<()> {
         r.run_dir.display()
     );
     if let Some(dir) = out.stopped_at {
-        println!("continue with: vitrs continual --resume-from {}", dir.display());
+        println!(
+            "continue with: vitrs continual --resume-from {}",
+            dir.display()
+        );
     }
     Ok(())
 }

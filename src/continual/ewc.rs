@@ -61,7 +61,8 @@ impl Ewc {
     /// i.e. frozen ones, are left alone).
     pub fn add_grads(&self, grads: &mut ParamMap, params: &ParamMap) {
         for (k, f) in &self.fisher {
-            if let (Some(g), Some(p), Some(t)) = (grads.get_mut(k), params.get(k), self.theta.get(k))
+            if let (Some(g), Some(p), Some(t)) =
+                (grads.get_mut(k), params.get(k), self.theta.get(k))
             {
                 *g = g.clone() + (p.clone() - t.clone()) * f.clone() * self.lambda;
             }
@@ -90,7 +91,10 @@ impl Ewc {
         for (prefix, m) in [("fisher", &self.fisher), ("theta", &self.theta)] {
             for (k, t) in m {
                 let n = t.dims()[0];
-                out.insert(format!("{prefix}.{k}"), HostTensor::from_tensor(t.clone(), &[n]));
+                out.insert(
+                    format!("{prefix}.{k}"),
+                    HostTensor::from_tensor(t.clone(), &[n]),
+                );
             }
         }
         out
@@ -145,7 +149,11 @@ mod tests {
         Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Device::flex())
     }
     fn host(x: &Tensor<1>) -> Vec<f32> {
-        x.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+        x.clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
     }
     fn map(pairs: &[(&str, &[f32])]) -> ParamMap {
         pairs.iter().map(|(k, v)| (k.to_string(), t(v))).collect()

@@ -32,7 +32,9 @@ pub fn metrics(r: &[Vec<f64>]) -> ContinualMetrics {
     let (avg_forgetting, bwt) = if k >= 2 {
         let last = &r[k - 1];
         let forgetting = mean((0..k - 1).map(|j| {
-            let best = (j..k - 1).map(|i| r[i][j]).fold(f64::NEG_INFINITY, f64::max);
+            let best = (j..k - 1)
+                .map(|i| r[i][j])
+                .fold(f64::NEG_INFINITY, f64::max);
             best - last[j]
         }));
         let bwt = mean((0..k - 1).map(|j| last[j] - r[j][j]));

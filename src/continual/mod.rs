@@ -193,7 +193,10 @@ pub fn class_order(spec: &str, class_names: &[String], seed: u64) -> Result<Vec<
 }
 
 /// Every class exactly once, as indices or names.
-pub fn parse_class_order(text: &str, class_names: &[String]) -> std::result::Result<Vec<usize>, String> {
+pub fn parse_class_order(
+    text: &str,
+    class_names: &[String],
+) -> std::result::Result<Vec<usize>, String> {
     let n = class_names.len();
     let mut order = Vec::new();
     for tok in text
@@ -202,7 +205,11 @@ pub fn parse_class_order(text: &str, class_names: &[String]) -> std::result::Res
     {
         let i = match tok.parse::<usize>() {
             Ok(i) if i < n => i,
-            Ok(i) => return Err(format!("class index {i} is out of range (the dataset has {n} classes)")),
+            Ok(i) => {
+                return Err(format!(
+                    "class index {i} is out of range (the dataset has {n} classes)"
+                ));
+            }
             Err(_) => class_names
                 .iter()
                 .position(|c| c == tok)
@@ -261,7 +268,13 @@ pub fn task_masks(task_per_row: &[usize], tasks: &[Vec<usize>], num_classes: usi
 
 /// Task-IL targets: label smoothing spread over the row's task classes only (the others
 /// are masked out of the softmax).
-pub fn task_targets(labels: &[usize], task_of: &[usize], tasks: &[Vec<usize>], num_classes: usize, smoothing: f64) -> Vec<f32> {
+pub fn task_targets(
+    labels: &[usize],
+    task_of: &[usize],
+    tasks: &[Vec<usize>],
+    num_classes: usize,
+    smoothing: f64,
+) -> Vec<f32> {
     let mut out = vec![0f32; labels.len() * num_classes];
     for (r, &y) in labels.iter().enumerate() {
         let classes = &tasks[task_of[y]];
@@ -326,12 +339,19 @@ mod tests {
     #[test]
     fn class_orders_and_splits() {
         let n = names(10);
-        assert_eq!(class_order("natural", &n, 1).unwrap(), (0..10).collect::<Vec<_>>());
+        assert_eq!(
+            class_order("natural", &n, 1).unwrap(),
+            (0..10).collect::<Vec<_>>()
+        );
         let a = class_order("seeded", &n, 1).unwrap();
         let mut sorted = a.clone();
         sorted.sort();
         assert_eq!(sorted, (0..10).collect::<Vec<_>>());
-        assert_eq!(a, class_order("seeded", &n, 1).unwrap(), "same seed, same order");
+        assert_eq!(
+            a,
+            class_order("seeded", &n, 1).unwrap(),
+            "same seed, same order"
+        );
         assert_ne!(a, class_order("seeded", &n, 2).unwrap());
         assert_ne!(a, (0..10).collect::<Vec<_>>());
         let t = split_tasks(&a, 5).unwrap();
@@ -341,22 +361,46 @@ mod tests {
         let of = task_of_class(&t, 10);
         assert_eq!(of[a[3]], 1);
         let e = split_tasks(&a, 3).unwrap_err().to_string();
-        assert!(e.contains("--tasks 3 does not divide the dataset's 10 classes"), "{e}");
+        assert!(
+            e.contains("--tasks 3 does not divide the dataset's 10 classes"),
+            "{e}"
+        );
     }
 
     #[test]
     fn class_order_files() {
         let n = names(4);
         assert_eq!(parse_class_order("3, 1\nc0 2", &n).unwrap(), [3, 1, 0, 2]);
-        assert!(parse_class_order("0 1 2", &n).unwrap_err().contains("lists 3 classes"));
-        assert!(parse_class_order("0 1 2 2", &n).unwrap_err().contains("twice"));
-        assert!(parse_class_order("0 1 2 9", &n).unwrap_err().contains("out of range"));
-        assert!(parse_class_order("0 1 2 cat", &n).unwrap_err().contains("`cat`"));
+        assert!(
+            parse_class_order("0 1 2", &n)
+                .unwrap_err()
+                .contains("lists 3 classes")
+        );
+        assert!(
+            parse_class_order("0 1 2 2", &n)
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            parse_class_order("0 1 2 9", &n)
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(
+            parse_class_order("0 1 2 cat", &n)
+                .unwrap_err()
+                .contains("`cat`")
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("order.txt");
         std::fs::write(&f, "c3 c2 c1 c0").unwrap();
-        assert_eq!(class_order(f.to_str().unwrap(), &n, 0).unwrap(), [3, 2, 1, 0]);
-        let e = class_order("/nonexistent/order", &n, 0).unwrap_err().to_string();
+        assert_eq!(
+            class_order(f.to_str().unwrap(), &n, 0).unwrap(),
+            [3, 2, 1, 0]
+        );
+        let e = class_order("/nonexistent/order", &n, 0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not natural or seeded"), "{e}");
     }
 
@@ -408,24 +452,34 @@ mod tests {
             lora_per_task: false,
         };
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("needs a replay buffer: give --replay-size > 0"), "{e}");
+        assert!(
+            e.contains("needs a replay buffer: give --replay-size > 0"),
+            "{e}"
+        );
         c.replay_size = 10;
         c.validate().unwrap();
         c.replay_ratio = 1.0;
-        assert!(c.validate().unwrap_err().to_string().contains("--replay-ratio"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--replay-ratio")
+        );
     }
 
     /// Every continual flag is documented in the README.
     #[test]
     fn readme_documents_every_continual_flag() {
-        let readme = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
-        )
-        .unwrap();
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
         let cmd = ContinualConfig::augment_args(clap::Command::new("vitrs"));
         for a in cmd.get_arguments() {
             if let Some(long) = a.get_long() {
-                assert!(readme.contains(&format!("`--{long}`")), "README.md does not document --{long}");
+                assert!(
+                    readme.contains(&format!("`--{long}`")),
+                    "README.md does not document --{long}"
+                );
             }
         }
     }

@@ -96,7 +96,12 @@ impl ReplayBuffer {
         }
         self.register(indices.iter().map(|&i| data.labels[i]), rng);
         let n = self.classes.len();
-        let ranks: BTreeMap<u16, usize> = self.classes.keys().enumerate().map(|(r, k)| (*k, r)).collect();
+        let ranks: BTreeMap<u16, usize> = self
+            .classes
+            .keys()
+            .enumerate()
+            .map(|(r, k)| (*k, r))
+            .collect();
         for &i in indices {
             let label = data.labels[i];
             let q = self.quota(ranks[&label], n);
@@ -149,7 +154,11 @@ impl ReplayBuffer {
         };
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Io(e.to_string()))?;
         crate::util::write_file_synced(&dir.join("replay.json"), &json)?;
-        let bytes: Vec<u8> = self.classes.values().flat_map(|c| c.images.concat()).collect();
+        let bytes: Vec<u8> = self
+            .classes
+            .values()
+            .flat_map(|c| c.images.concat())
+            .collect();
         crate::util::write_file_synced(&dir.join("replay.u8"), &bytes)
     }
 
@@ -228,7 +237,10 @@ mod tests {
         // 10 over 8: the first two labels get 2, the rest 1.
         let c = buf.counts();
         assert_eq!(buf.len(), 10);
-        assert_eq!(c.values().copied().collect::<Vec<_>>(), [2, 2, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(
+            c.values().copied().collect::<Vec<_>>(),
+            [2, 2, 1, 1, 1, 1, 1, 1]
+        );
         // Every kept image is one of its class's.
         let ds = buf.to_dataset(&t0.class_names);
         for i in 0..ds.len() {
@@ -258,14 +270,21 @@ mod tests {
         }
         // Expected 4000 · 5/20 = 1000 each; binomial sd ≈ 27.
         for (i, k) in kept.iter().enumerate() {
-            assert!((880..=1120).contains(k), "image {i} kept {k} times: {kept:?}");
+            assert!(
+                (880..=1120).contains(k),
+                "image {i} kept {k} times: {kept:?}"
+            );
         }
     }
 
     #[test]
     fn save_load_round_trip() {
         let mut buf = ReplayBuffer::new(7, 1, 1, 1);
-        buf.add(&data(&[3, 1], 9), &(0..18).collect::<Vec<_>>(), &mut Rng::seed(3));
+        buf.add(
+            &data(&[3, 1], 9),
+            &(0..18).collect::<Vec<_>>(),
+            &mut Rng::seed(3),
+        );
         let dir = tempfile::tempdir().unwrap();
         buf.save(dir.path()).unwrap();
         assert_eq!(ReplayBuffer::load(dir.path()).unwrap(), buf);

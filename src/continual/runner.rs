@@ -16,20 +16,23 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::ewc::{Ewc, FisherSum, trainable_params};
+use super::ewc::{Ewc, FisherSum, ParamMap, trainable_params};
 use super::metrics::{ContinualMetrics, joint_metrics, metrics};
 use super::replay::{ReplayBuffer, sample_indices};
 use super::{
     ContinualConfig, Scenario, Strategy, class_order, concat_batches, masked_step, split_tasks,
     task_masks, task_of_class, task_targets,
 };
-use crate::config::Config;
+use crate::config::{AdapterKind, Config};
 use crate::data::dataset::Dataset;
 use crate::data::loader::Loader;
 use crate::error::{Error, Result};
-use crate::model::io::{load_state_dict, load_state_dict_keeping, read_safetensors, state_dict};
+use crate::model::io::{
+    HostTensor, load_state_dict, load_state_dict_keeping, read_safetensors, state_dict,
+};
 use crate::model::layers::Ctx;
-use crate::model::params::{count_params, named_params, set_trainable};
+use crate::model::lora::{self, LoraConfig, is_adapter};
+use crate::model::params::{count_params, map_params, named_params, set_trainable};
 use crate::model::pretrained::is_head;
 use crate::model::{VisionTransformer, VitConfig};
 use crate::report::tensorboard::{EventWriter, now_secs};
@@ -114,14 +117,19 @@ fn check_train_flags(cfg: &Config, cl: &ContinualConfig) -> Result<()> {
     }
     if cl.strategy.uses_replay() && cfg.batch_size < 2 {
         return Err(Error::Config(
-            "replay mixes new and stored examples in every batch: --batch-size must be at least 2".into(),
+            "replay mixes new and stored examples in every batch: --batch-size must be at least 2"
+                .into(),
         ));
     }
-    if cl.strategy.uses_lora() {
-        return Err(Error::Config(format!(
-            "--strategy {} is not available yet: LoRA has not landed in this build (use naive, ewc, replay, ewc+replay or joint)",
-            cl.strategy.name()
-        )));
+    if cfg.adapter != AdapterKind::None || cfg.adapter_from.is_some() {
+        return Err(Error::Config(
+            "vitrs continual sets up its adapters itself: use --strategy lora or lora+replay (with --lora-rank, --lora-alpha, --lora-targets) instead of --adapter/--adapter-from".into(),
+        ));
+    }
+    if cl.strategy.uses_lora() && cfg.freeze_backbone {
+        return Err(Error::Config(
+            "--strategy lora already freezes the backbone: drop --freeze-backbone".into(),
+        ));
     }
     Ok(())
 }
@@ -147,7 +155,10 @@ fn accuracy(
             let tasks = [classes.to_vec()];
             let m = task_masks(&vec![0; batch.len()], &tasks, batch.num_classes);
             logits = logits
-                + Tensor::<2>::from_data(TensorData::new(m, [batch.len(), batch.num_classes]), device);
+                + Tensor::<2>::from_data(
+                    TensorData::new(m, [batch.len(), batch.num_classes]),
+                    device,
+                );
         }
         correct += crate::train::step::count_correct(logits, &batch.labels);
         n += batch.len();
@@ -215,25 +226,52 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     if cfg.freeze_backbone {
         model = set_trainable(model, is_head);
     }
-    let trainable: Vec<(String, usize)> = named_params(&model)
-        .into_iter()
-        .filter(|p| p.trainable)
-        .map(|p| (p.path, p.shape.len()))
-        .collect();
-    let mut optim = AdamW::new(
-        AdamWConfig {
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            eps: cfg.eps,
-            weight_decay: cfg.weight_decay,
-            layer_decay: cfg.layer_decay,
-            depth: vit.depth,
-        },
-        &trainable,
-    );
+    // LoRA strategies: the backbone frozen, adapters and the head (and --train-modules) train.
+    let lora_cfg = cl.strategy.uses_lora().then(|| {
+        let mut modules = cfg.train_modules.clone();
+        if !modules.iter().any(|m| m == "head") {
+            modules.push("head".into());
+        }
+        LoraConfig {
+            rank: cfg.lora_rank,
+            alpha: cfg.lora_alpha,
+            dropout: cfg.lora_dropout,
+            targets: cfg.lora_targets.clone(),
+            modules_to_save: modules,
+            use_rslora: false,
+        }
+    });
+    if let Some(l) = &lora_cfg {
+        model = lora::add_adapters(model, l, cfg.seed, &ad)?;
+    }
+    let new_optim = |model: &VisionTransformer| {
+        let trainable: Vec<(String, usize)> = named_params(model)
+            .into_iter()
+            .filter(|p| p.trainable)
+            .map(|p| (p.path, p.shape.len()))
+            .collect();
+        AdamW::new(
+            AdamWConfig {
+                beta1: cfg.beta1,
+                beta2: cfg.beta2,
+                eps: cfg.eps,
+                weight_decay: cfg.weight_decay,
+                layer_decay: cfg.layer_decay,
+                depth: vit.depth,
+            },
+            &trainable,
+        )
+    };
+    let mut optim = new_optim(&model);
+    // --lora-per-task: the adapter each finished task trained (grows by one per task).
+    let mut task_adapters: Vec<ParamMap> = Vec::new();
     let mut ewc = Ewc::new(cl.ewc_lambda, cl.ewc_gamma);
     let mut buffer = ReplayBuffer::new(
-        if cl.strategy.uses_replay() { cl.replay_size } else { 0 },
+        if cl.strategy.uses_replay() {
+            cl.replay_size
+        } else {
+            0
+        },
         train_data.height,
         train_data.width,
         train_data.channels,
@@ -266,6 +304,10 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         if dir.join("replay.json").exists() {
             buffer = ReplayBuffer::load(dir)?;
         }
+        let ad_path = dir.join("task_adapters.safetensors");
+        if ad_path.exists() {
+            task_adapters = load_task_adapters(&read_safetensors(&ad_path)?, &device);
+        }
         eprintln!(
             "resuming from {} after task {} of {}",
             dir.display(),
@@ -292,6 +334,11 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
 
     for t in state.tasks_done..phases {
         let task_start = Instant::now();
+        if let (Some(l), true, true) = (&lora_cfg, cl.lora_per_task, t > 0) {
+            // A fresh adapter (B = 0: the frozen base) and fresh optimizer state for it.
+            model = lora::add_adapters(model, l, cfg.seed.wrapping_add(t as u64), &ad)?;
+            optim = new_optim(&model);
+        }
         let classes: Vec<usize> = if joint {
             order.clone()
         } else {
@@ -307,8 +354,10 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         };
         let task_loader = run.train.with_data(task_ds.clone(), bs - replay_n);
         let replay_loader = (replay_n > 0).then(|| {
-            run.train
-                .with_data(Arc::new(buffer.to_dataset(&train_data.class_names)), replay_n)
+            run.train.with_data(
+                Arc::new(buffer.to_dataset(&train_data.class_names)),
+                replay_n,
+            )
         });
         let steps_per_epoch = task_loader.num_batches();
         let schedule = WarmupCosine::new(
@@ -326,7 +375,10 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             classes,
             train_idx.len(),
             if replay_n > 0 {
-                format!(" + {replay_n} replayed per batch from {} stored", buffer.len())
+                format!(
+                    " + {replay_n} replayed per batch from {} stored",
+                    buffer.len()
+                )
             } else {
                 String::new()
             },
@@ -340,7 +392,8 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             for (b, batch) in task_loader.epoch(epoch_id, 0).into_iter().enumerate() {
                 let mut batch = batch;
                 if let Some(rl) = &replay_loader {
-                    let mut rng = Rng::at(cfg.seed, stream::REPLAY, &[t as u64, e as u64, b as u64]);
+                    let mut rng =
+                        Rng::at(cfg.seed, stream::REPLAY, &[t as u64, e as u64, b as u64]);
                     let idx = sample_indices(rl.dataset().len(), replay_n, &mut rng);
                     batch = concat_batches(batch, rl.make_batch(epoch_id, b, &idx));
                 }
@@ -428,17 +481,35 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             }
             ewc.consolidate(sum.mean(), trainable_params(&model));
         }
+        if cl.lora_per_task {
+            task_adapters.push(adapter_params(&model));
+        }
         let task_secs = task_start.elapsed().as_secs_f64();
 
-        // Every task's test split, seen or not.
+        // Every task's test split, seen or not. Under task-IL with one adapter per task, a
+        // trained task is tested with its own adapter (the task id is given).
         let eval_model = model.valid();
         let row: Vec<f64> = test_loaders
             .iter()
             .enumerate()
-            .map(|(j, l)| accuracy(&eval_model, l, task_il.then_some(&tasks[j][..]), &device))
+            .map(|(j, l)| {
+                let mask = task_il.then_some(&tasks[j][..]);
+                match task_adapters.get(j).filter(|_| task_il) {
+                    Some(a) => {
+                        let m = map_params(eval_model.clone(), |p, _| a.get(p).cloned());
+                        accuracy(&m, l, mask, &device)
+                    }
+                    None => accuracy(&eval_model, l, mask, &device),
+                }
+            })
             .collect();
         for (j, a) in row.iter().enumerate() {
-            tb.scalar(&format!("task_{}/acc", j + 1), (t + 1) as i64, *a as f32, now_secs())?;
+            tb.scalar(
+                &format!("task_{}/acc", j + 1),
+                (t + 1) as i64,
+                *a as f32,
+                now_secs(),
+            )?;
         }
         state.acc_matrix.push(row.clone());
         state.task_seconds.push(task_secs);
@@ -478,6 +549,8 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             }),
             train_config: Some(cfg.clone()),
             class_names: Some(run.class_names.clone()),
+            // The continual checkpoint keeps the whole model (adapters included).
+            adapter: None,
         };
         checkpoint::save_with(&dest, &ck, |dir| {
             let s = serde_json::to_vec_pretty(&state).map_err(|e| Error::Io(e.to_string()))?;
@@ -491,6 +564,13 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             }
             if buffer.capacity > 0 {
                 buffer.save(dir)?;
+            }
+            if !task_adapters.is_empty() {
+                crate::model::io::write_safetensors(
+                    &dir.join("task_adapters.safetensors"),
+                    &task_adapters_state(&task_adapters),
+                    None,
+                )?;
             }
             Ok(())
         })?;
@@ -532,6 +612,52 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         serde_json::from_slice(&s).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?
     };
     Ok(Outcome { report, stopped_at })
+}
+
+/// The adapter parameters of `model` by path.
+fn adapter_params(model: &VisionTransformer) -> ParamMap {
+    named_params(model)
+        .into_iter()
+        .filter(|p| is_adapter(&p.path))
+        .map(|p| (p.path, p.value))
+        .collect()
+}
+
+/// Per-task adapters as `task<k>.<path>` host tensors.
+fn task_adapters_state(adapters: &[ParamMap]) -> std::collections::BTreeMap<String, HostTensor> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, a) in adapters.iter().enumerate() {
+        for (p, t) in a {
+            let n = t.dims()[0];
+            out.insert(
+                format!("task{k}.{p}"),
+                HostTensor::from_tensor(t.clone(), &[n]),
+            );
+        }
+    }
+    out
+}
+
+fn load_task_adapters(
+    sd: &std::collections::BTreeMap<String, HostTensor>,
+    device: &Device,
+) -> Vec<ParamMap> {
+    let mut out: Vec<ParamMap> = Vec::new();
+    for (k, h) in sd {
+        let Some((task, path)) = k
+            .strip_prefix("task")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(t, p)| Some((t.parse::<usize>().ok()?, p)))
+        else {
+            continue;
+        };
+        if out.len() <= task {
+            out.resize_with(task + 1, ParamMap::new);
+        }
+        let t = Tensor::<1>::from_data(TensorData::new(h.data.clone(), [h.data.len()]), device);
+        out[task].insert(path.to_string(), t);
+    }
+    out
 }
 
 /// `continual.json`, `report.md` and the plots.
@@ -576,7 +702,14 @@ pub fn report_markdown(r: &ContinualReport) -> String {
     s += &"---|".repeat(r.tasks);
     s += "\n";
     for (i, row) in r.acc_matrix.iter().enumerate() {
-        s += &format!("| {} |", if r.strategy == "joint" { "joint".into() } else { (i + 1).to_string() });
+        s += &format!(
+            "| {} |",
+            if r.strategy == "joint" {
+                "joint".into()
+            } else {
+                (i + 1).to_string()
+            }
+        );
         for a in row {
             s += &format!(" {:.1} |", 100.0 * a);
         }
@@ -599,7 +732,9 @@ pub fn report_markdown(r: &ContinualReport) -> String {
                 100.0 * b
             )
         }
-        _ => s += "No forgetting to measure: all tasks were trained at once (joint) or only one task is done.\n",
+        _ => {
+            s += "No forgetting to measure: all tasks were trained at once (joint) or only one task is done.\n"
+        }
     }
     s
 }
@@ -619,9 +754,10 @@ pub fn compare(dirs: &[PathBuf], plot: Option<&Path>) -> Result<String> {
             })?;
             let r: ContinualReport = serde_json::from_slice(&s)
                 .map_err(|e| Error::Data(format!("{}: {e}", p.display())))?;
-            let name = d
-                .file_name()
-                .map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().to_string());
+            let name = d.file_name().map_or_else(
+                || d.display().to_string(),
+                |n| n.to_string_lossy().to_string(),
+            );
             Ok((name, r))
         })
         .collect::<Result<_>>()?;

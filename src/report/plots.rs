@@ -750,7 +750,10 @@ pub fn plot_acc_matrix(path: &Path, r: &[Vec<f64>], title: &str) -> Result<()> {
         (cell * cols as u32).max(400) + 200,
         (cell * rows as u32).max(300) + 180,
     );
-    let row_labels: Vec<String> = (0..rows).rev().map(|i| format!("after {}", i + 1)).collect();
+    let row_labels: Vec<String> = (0..rows)
+        .rev()
+        .map(|i| format!("after {}", i + 1))
+        .collect();
     let col_labels: Vec<String> = (0..cols).map(|j| format!("{}", j + 1)).collect();
     render(path, size, |root| {
         let mut chart = ChartBuilder::on(root)
