@@ -232,7 +232,7 @@ pub fn parse_class_order(
 /// `order` cut into `tasks` equal consecutive groups.
 pub fn split_tasks(order: &[usize], tasks: usize) -> Result<Vec<Vec<usize>>> {
     let n = order.len();
-    if tasks == 0 || n % tasks != 0 {
+    if tasks == 0 || !n.is_multiple_of(tasks) {
         return Err(Error::Config(format!(
             "--tasks {tasks} does not divide the dataset's {n} classes into equal tasks (choose a divisor of {n})"
         )));

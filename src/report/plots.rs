@@ -180,7 +180,14 @@ fn line_chart(path: &Path, spec: &LineChart, series: &[Series]) -> Result<bool> 
             .y_desc(spec.y_desc)
             .axis_desc_style(font(AXIS_DESC_PT))
             .label_style(font(LABEL_PT))
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            // Only whole-number ticks are labelled: a tick at 1.5 printed as "2" would repeat.
+            .x_label_formatter(&|x| {
+                if (x - x.round()).abs() < 1e-6 {
+                    format!("{x:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .y_label_formatter(&|y| (spec.y_fmt)(*y, y1 - y0))
             .light_line_style(WHITE.mix(0.0))
             .bold_line_style(BLACK.mix(0.08))
@@ -853,7 +860,7 @@ pub fn plot_continual_overlay(out: &Path, runs: &[(String, Vec<f64>)]) -> Result
         x_desc: "tasks trained",
         y_desc: "average accuracy (%)",
         y_fmt: pct_label,
-        legend: SeriesLabelPosition::UpperRight,
+        legend: SeriesLabelPosition::MiddleRight,
         y_include: &[0.0, 100.0],
     };
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
