@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Train a model (from scratch, or resume with --resume-from).
     Train(Box<TrainArgs>),
+    /// Learn the dataset's classes as a sequence of tasks (Split CIFAR-100, Split Fashion-MNIST...), measuring forgetting; takes every train flag.
+    Continual(Box<ContinualArgs>),
     /// Evaluate a checkpoint on its validation set: loss, accuracy, per-class table, confusion matrix.
     Eval(EvalArgs),
     /// Top-5 predictions of a checkpoint for image files.
@@ -70,6 +72,17 @@ pub struct CompareFinetuneArgs {
     pub methods: Vec<String>,
     #[command(flatten)]
     pub train: TrainArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ContinualArgs {
+    /// A TOML file of train flags (the continual flags are given on the command line).
+    #[arg(long = "config")]
+    pub config_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: Config,
+    #[command(flatten)]
+    pub continual: crate::continual::ContinualConfig,
 }
 
 #[derive(Args, Debug)]

@@ -2,10 +2,11 @@
 
 use std::sync::atomic::Ordering;
 
-use clap::ArgMatches;
+use clap::{ArgMatches, Args, FromArgMatches};
 
 use crate::cli::{
-    Cli, Command, DataArgs, DataCommand, EvalArgs, ExportArgs, LogitsArgs, PredictArgs, TrainArgs,
+    Cli, Command, ContinualArgs, DataArgs, DataCommand, EvalArgs, ExportArgs, LogitsArgs,
+    PredictArgs, TrainArgs,
 };
 use crate::config::Config;
 use crate::data::{Split, load};
@@ -35,6 +36,12 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             println!("{md}");
             eprintln!("compare.json, compare.md and plots in {}", out.display());
             Ok(())
+        }
+        Command::Continual(args) => {
+            let sub = matches
+                .subcommand_matches("continual")
+                .ok_or_else(|| Error::Config("no continual arguments".into()))?;
+            cmd_continual(*args, sub)
         }
         Command::Eval(args) => cmd_eval(args),
         Command::Predict(args) => cmd_predict(args),
@@ -124,6 +131,65 @@ fn cmd_train(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
         summary.train_images_per_sec,
         summary.run_dir.display()
     );
+    Ok(())
+}
+
+fn cmd_continual(args: ContinualArgs, matches: &ArgMatches) -> Result<()> {
+    let train_args = TrainArgs {
+        config_file: args.config_file.clone(),
+        config: args.config.clone(),
+    };
+    let cfg = train_config(&train_args, matches)?;
+    // Resuming continues the run's own continual settings; only --stop-after-task may change.
+    let cl = match &cfg.resume_from {
+        Some(dir) => {
+            let mut saved = crate::continual::runner::ContinualState::load(dir)?.continual;
+            let given = &args.continual;
+            let mut same = given.clone();
+            same.stop_after_task = saved.stop_after_task;
+            let defaults = crate::continual::ContinualConfig::from_arg_matches(
+                &crate::continual::ContinualConfig::augment_args(clap::Command::new("x"))
+                    .get_matches_from(["x"]),
+            )
+            .map_err(|e| Error::Config(e.to_string()))?;
+            let mut untouched = defaults;
+            untouched.stop_after_task = saved.stop_after_task;
+            if same != saved && same != untouched {
+                return Err(Error::Config(format!(
+                    "{} continues a run with its own continual settings ({} / {} / {} tasks); give only --resume-from and, optionally, --stop-after-task",
+                    dir.display(),
+                    saved.strategy.name(),
+                    saved.scenario.name(),
+                    saved.tasks
+                )));
+            }
+            saved.stop_after_task = given.stop_after_task;
+            saved
+        }
+        None => args.continual.clone(),
+    };
+    crate::device::set_threads(cfg.threads);
+    install_interrupt_handler();
+    let out = crate::continual::runner::run(cfg, cl)?;
+    let r = &out.report;
+    let pct = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{:.2}%", 100.0 * v));
+    println!(
+        "{} ({}): {} of {} tasks, average accuracy {}, average forgetting {}, BWT {}; outputs in {}",
+        r.strategy,
+        r.scenario,
+        r.tasks_completed,
+        r.tasks,
+        pct(Some(r.metrics.avg_acc)),
+        pct(r.metrics.avg_forgetting),
+        pct(r.metrics.bwt),
+        r.run_dir.display()
+    );
+    if let Some(dir) = out.stopped_at {
+        println!(
+            "continue with: vitrs continual --resume-from {}",
+            dir.display()
+        );
+    }
     Ok(())
 }
 

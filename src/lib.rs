@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod compare_finetune;
 pub mod config;
+pub mod continual;
 pub mod data;
 pub mod device;
 pub mod error;

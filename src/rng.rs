@@ -17,6 +17,7 @@ pub mod stream {
     pub const SYNTHETIC: u64 = 7;
     pub const REPLAY: u64 = 8;
     pub const SPLIT: u64 = 9;
+    pub const FISHER: u64 = 10;
 }
 
 #[derive(Clone, Debug)]

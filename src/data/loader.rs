@@ -56,6 +56,17 @@ impl Loader {
         &self.data
     }
 
+    /// The same transform and settings over other data (a task's classes, a replay buffer).
+    pub fn with_data(&self, data: Arc<Dataset>, batch_size: usize) -> Loader {
+        let mut config = self.config.clone();
+        config.batch_size = batch_size.max(1);
+        Loader {
+            data,
+            transform: self.transform.clone(),
+            config,
+        }
+    }
+
     pub fn num_batches(&self) -> usize {
         self.data.len().div_ceil(self.config.batch_size)
     }

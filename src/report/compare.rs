@@ -161,6 +161,12 @@ pub fn compare(dirs: &[PathBuf], plot: Option<&Path>) -> Result<String> {
             "vitrs compare needs at least one run directory".into(),
         ));
     }
+    if dirs
+        .iter()
+        .any(|d| crate::continual::runner::is_continual_run(d))
+    {
+        return crate::continual::runner::compare(dirs, plot);
+    }
     let runs: Vec<RunSummary> = dirs.iter().map(|d| load_run(d)).collect::<Result<_>>()?;
     if let Some(out) = plot {
         let curves = runs

@@ -158,6 +158,16 @@ fn json_err(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Write a checkpoint directory at `dest` atomically.
 pub fn save(dest: &Path, ckpt: &Checkpoint) -> Result<()> {
+    save_with(dest, ckpt, |_| Ok(()))
+}
+
+/// [`save`], with `extra(tmp_dir)` writing more files into the directory before it is
+/// swapped into place (the continual runner's Fisher, replay buffer and task state).
+pub fn save_with(
+    dest: &Path,
+    ckpt: &Checkpoint,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)
         .map_err(|e| Error::io(parent, "creating checkpoint directory", e))?;
@@ -196,6 +206,7 @@ pub fn save(dest: &Path, ckpt: &Checkpoint) -> Result<()> {
             let s = serde_json::to_vec_pretty(names).map_err(|e| json_err(dest, e))?;
             write_file_synced(&tmp.join("classes.json"), &s)?;
         }
+        extra(&tmp)?;
         crate::util::sync_dir(&tmp)?;
         replace_dir(&tmp, dest)
     })();
