@@ -11,6 +11,7 @@ pub mod compare_finetune;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod model;
 pub mod report;

@@ -485,6 +485,38 @@ pub fn plot_curves(
     line_chart(out, &spec, &series)
 }
 
+/// A plain line chart (docs/scaling.md's cost model): `(label, points, dashed)` per line.
+pub fn plot_lines(
+    out: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    lines: &[(String, Vec<(f64, f64)>, bool)],
+) -> Result<bool> {
+    let series: Vec<Series> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (label, points, dashed))| {
+            let look = if *dashed { Look::Dashed } else { Look::Dots };
+            Series::new(
+                label.clone(),
+                points.clone(),
+                PALETTE[i % PALETTE.len()],
+                look,
+            )
+        })
+        .collect();
+    let spec = LineChart {
+        title,
+        x_desc,
+        y_desc,
+        y_fmt: plain_label,
+        legend: SeriesLabelPosition::UpperLeft,
+        y_include: &[0.0],
+    };
+    line_chart(out, &spec, &series)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Evaluation plots.
 
