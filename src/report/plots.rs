@@ -506,13 +506,18 @@ pub fn plot_lines(
             )
         })
         .collect();
+    // Head room above the lines for the legend.
+    let top = lines
+        .iter()
+        .flat_map(|l| l.1.iter().map(|p| p.1))
+        .fold(0.0, f64::max);
     let spec = LineChart {
         title,
         x_desc,
         y_desc,
         y_fmt: plain_label,
-        legend: SeriesLabelPosition::UpperLeft,
-        y_include: &[0.0],
+        legend: SeriesLabelPosition::UpperRight,
+        y_include: &[0.0, 1.5 * top],
     };
     line_chart(out, &spec, &series)
 }

@@ -509,7 +509,7 @@ pub fn train(run: Run) -> Result<Summary> {
             epoch,
             cfg.epochs,
         );
-        let mut local_images = 0;
+        let (mut local_images, mut reduce_secs) = (0, 0.0);
         let epoch_start = Instant::now();
         let mut epoch_win = Window::default();
         let (mut log_win, mut log_start) = (Window::default(), Instant::now());
@@ -541,7 +541,9 @@ pub fn train(run: Run) -> Result<Summary> {
                 continue;
             }
             if dist.size() > 1 {
+                let t = Instant::now();
                 acc.all_reduce(dist, &grad_layout, &device);
+                reduce_secs += t.elapsed().as_secs_f64();
             }
             // One optimizer step over everything accumulated (on every rank alike).
             let lr = schedule.lr(state.global_step);
@@ -650,6 +652,7 @@ pub fn train(run: Run) -> Result<Summary> {
             100.0 * epoch_win.acc()
         );
         let mut stop_early = false;
+        let eval_start = Instant::now();
         if epoch % cfg.eval_every == 0 || epoch == cfg.epochs {
             let report = evaluate(&model, &val_loader, &device)?;
             let mut record =
@@ -686,14 +689,19 @@ pub fn train(run: Run) -> Result<Summary> {
             stop_early = decide(dist, u32::from(stop_early)) == 1;
             last_eval = Some(report);
         }
+        let eval_secs = eval_start.elapsed().as_secs_f64();
         if dist.is_main() {
             eprintln!("{line}");
-        } else {
-            let secs = epoch_start.elapsed().as_secs_f64();
+        }
+        if dist.size() > 1 {
+            // Training time only (validation excluded), and the part spent in the all-reduce
+            // (which includes waiting for the slowest rank).
+            let secs = epoch_start.elapsed().as_secs_f64() - eval_secs;
             eprintln!(
-                "rank {}: epoch {epoch}: {:.0} img/s on this rank",
+                "rank {}: epoch {epoch}: {:.1} img/s on this rank, all-reduce {:.1}% of training time",
                 dist.rank(),
-                local_images as f64 / secs
+                local_images as f64 / secs,
+                100.0 * reduce_secs / secs
             );
         }
         if cfg.save_every > 0 && epoch % cfg.save_every == 0 {
