@@ -67,7 +67,7 @@ fn main() {
         }
     }
 
-    let lines: Vec<(String, Vec<(f64, f64)>, bool)> = models
+    let lines: Vec<vitrs::report::plots::Line> = models
         .iter()
         .flat_map(|(name, p)| {
             links.iter().map(move |&gbps| {

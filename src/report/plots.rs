@@ -485,13 +485,16 @@ pub fn plot_curves(
     line_chart(out, &spec, &series)
 }
 
-/// A plain line chart (docs/scaling.md's cost model): `(label, points, dashed)` per line.
+/// One line of [`plot_lines`]: label, points, dashed.
+pub type Line = (String, Vec<(f64, f64)>, bool);
+
+/// A plain line chart (docs/scaling.md's cost model).
 pub fn plot_lines(
     out: &Path,
     title: &str,
     x_desc: &str,
     y_desc: &str,
-    lines: &[(String, Vec<(f64, f64)>, bool)],
+    lines: &[Line],
 ) -> Result<bool> {
     let series: Vec<Series> = lines
         .iter()
