@@ -165,3 +165,67 @@ impl Loader {
         rx
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// 37 one-pixel images whose label is their index, so a batch's labels name its samples.
+    fn loader(batch_size: usize) -> Loader {
+        let n = 37;
+        let data = Dataset {
+            images: (0..n as u8).collect(),
+            labels: (0..n as u16).collect(),
+            height: 1,
+            width: 1,
+            channels: 1,
+            class_names: (0..n).map(|i| i.to_string()).collect(),
+        };
+        let cfg = LoaderConfig {
+            batch_size,
+            shuffle: true,
+            seed: 7,
+            num_classes: n,
+            label_smoothing: 0.0,
+            mix: None,
+            out_size: 1,
+            prefetch: 1,
+        };
+        let tf = crate::data::recipe::eval_transform(&Config::default(), &[0.0], &[1.0], 1);
+        Loader::new(Arc::new(data), SampleTransform::Eval(tf), cfg)
+    }
+
+    #[test]
+    fn shards_together_make_the_single_process_batches() {
+        let one = loader(12);
+        // 3 ranks × 4 = one process × 12: batch b of all ranks is the same set of samples.
+        let ranks: Vec<Loader> = (0..3).map(|r| loader(4).shard(r, 3)).collect();
+        assert!(ranks.iter().all(|l| l.num_batches() == 4)); // ceil(ceil(37/3)/4)
+        assert_eq!(one.num_batches(), 4);
+        for epoch in [1, 2] {
+            let order = one.order(epoch);
+            let mut seen = Vec::new();
+            for b in 0..4 {
+                let mut want = one.batch(epoch, b, &order).labels;
+                let mut got: Vec<usize> = ranks
+                    .iter()
+                    .flat_map(|l| l.batch(epoch, b, &l.order(epoch)).labels)
+                    .collect();
+                want.sort();
+                got.sort();
+                assert_eq!(got, want, "epoch {epoch} batch {b}");
+                seen.extend(got);
+            }
+            // Every sample exactly once per epoch, none padded in.
+            seen.sort();
+            assert_eq!(seen, (0..37).collect::<Vec<_>>());
+        }
+        // 37 = 13 + 12 + 12: ranks 1 and 2 end with a batch of 0 (13 = 4+4+4+1, 12 = 4+4+4+0).
+        let last: Vec<usize> = ranks
+            .iter()
+            .map(|l| l.batch(1, 3, &l.order(1)).len())
+            .collect();
+        assert_eq!(last, [1, 0, 0]);
+    }
+}
