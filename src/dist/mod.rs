@@ -73,14 +73,20 @@ impl Comm for Local {
 
 static WORLD: OnceLock<Box<dyn Comm>> = OnceLock::new();
 
-/// Environment variables a launcher sets for each rank: (variable holding the job size).
-const LAUNCHER_SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"];
+/// Variables a launcher sets in each rank's environment: Open MPI's `mpirun`, MPICH's Hydra
+/// (PMI), Slurm's `srun --mpi=pmix|pmi2`.
+const LAUNCHER_VARS: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"];
 
-/// The job size a launcher announced, if this process was started by one.
-fn launched_size() -> Option<usize> {
-    LAUNCHER_SIZE_VARS
+/// Whether a launcher started this process, and the job size if it says so.
+fn launched() -> Option<Option<usize>> {
+    LAUNCHER_VARS
         .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .any(|v| std::env::var_os(v).is_some())
+        .then(|| {
+            ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        })
 }
 
 /// Join the job this process was launched into (MPI under `mpirun`/`srun` with feature
@@ -89,13 +95,16 @@ pub fn init() -> Result<&'static dyn Comm> {
     if let Some(w) = WORLD.get() {
         return Ok(w.as_ref());
     }
-    let comm: Box<dyn Comm> = match launched_size() {
+    let comm: Box<dyn Comm> = match launched() {
         #[cfg(feature = "mpi")]
         Some(_) => Box::new(mpi_comm::Mpi::init()?),
+        // A lone process under a launcher is harmless; several would each train alone and
+        // overwrite one another's run directory.
         #[cfg(not(feature = "mpi"))]
-        Some(n) if n > 1 => {
+        Some(n) if n != Some(1) => {
             return Err(Error::Config(format!(
-                "launched as one of {n} processes, but this vitrs was built without MPI: rebuild with `cargo build --release --features mpi` (or run one process)"
+                "launched as one of {} processes, but this vitrs was built without MPI: rebuild with `cargo build --release --features mpi` (or run one process)",
+                n.map_or("several".to_string(), |n| n.to_string())
             )));
         }
         _ => Box::new(Local),
