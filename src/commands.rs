@@ -109,10 +109,18 @@ pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Config> {
 
 fn cmd_train(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     let cfg = train_config(&args, matches)?;
-    crate::device::set_threads(cfg.threads);
+    let dist = crate::dist::init()?;
+    crate::device::set_threads(if cfg.threads > 0 {
+        cfg.threads
+    } else {
+        crate::dist::default_threads(dist)
+    });
     install_interrupt_handler();
     let run = train::prepare(cfg)?;
     let summary = train::train(run)?;
+    if !dist.is_main() {
+        return Ok(());
+    }
     if summary.stopped_reason == "max_steps" {
         println!(
             "done (max_steps): {:.1} ms/step (median), {:.0} img/s; not evaluated; outputs in {}",

@@ -285,6 +285,7 @@ pub struct Config {
         alias = "max-epochs"
     )]
     pub epochs: usize,
+    /// Images per micro-batch on each process (the global batch is this × --accum-steps × processes).
     #[arg(long, default_value_t = 128, alias = "batch_size")]
     pub batch_size: usize,
     /// Peak learning rate.
@@ -373,10 +374,10 @@ pub struct Config {
     /// Continue from a checkpoint directory (e.g. runs/X/checkpoints/last).
     #[arg(long, alias = "resume_from", alias = "resume")]
     pub resume_from: Option<PathBuf>,
-    /// flex, vulkan[:N] or cuda[:N] (default: the best one compiled in).
+    /// flex, vulkan[:N] or cuda[:N] (default: the best one compiled in); `cuda:local` / `vulkan:local` = this process's index among the MPI ranks on its machine.
     #[arg(long)]
     pub device: Option<String>,
-    /// Compute threads (0 = all cores).
+    /// Compute threads (0 = all cores, divided among the MPI ranks on this machine).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// No progress bar, only epoch lines and the summary.

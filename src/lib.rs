@@ -12,6 +12,7 @@ pub mod config;
 pub mod continual;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod model;
 pub mod report;

@@ -225,3 +225,21 @@ fn train_then_eval_predict_report_and_compare_from_the_command_line() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("(1.00×)") && plot.exists(), "{out}");
 }
+
+/// Started by `mpirun -np 2` without the `mpi` feature, each process would train alone into
+/// the same run directory: refuse, before any data is read.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn several_launched_processes_need_the_mpi_feature() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrs"))
+        .args(["train", "--dataset", "synthetic", "--epochs", "1"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line_error(
+        &String::from_utf8_lossy(&out.stderr),
+        "launched as one of 2 processes, but this vitrs was built without MPI",
+    );
+}

@@ -5,6 +5,12 @@
 //! augmentation by (seed, epoch, sample index), Mixup/CutMix by (seed, epoch, batch index).
 //! A batch is therefore a pure function of (epoch, batch index): resuming mid-epoch, or
 //! changing the number of loader threads, cannot change it.
+//!
+//! In a data-parallel job each rank takes every `world`-th sample of the epoch's one global
+//! order, starting at its rank (torch's DistributedSampler, without its padding): batch `b`
+//! of all ranks together is exactly batch `b` of one process with `world ×` the batch size.
+//! Ranks whose shard is one sample shorter get an empty last batch, so that every rank
+//! takes the same number of steps.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -41,6 +47,8 @@ pub struct Loader {
     data: Arc<Dataset>,
     transform: Arc<SampleTransform>,
     pub config: LoaderConfig,
+    /// This process's shard: (rank, number of ranks).
+    shard: (usize, usize),
 }
 
 impl Loader {
@@ -49,7 +57,14 @@ impl Loader {
             data,
             transform: Arc::new(transform),
             config,
+            shard: (0, 1),
         }
+    }
+
+    /// Only the samples of `rank` out of `world` ranks (see the module notes).
+    pub fn shard(mut self, rank: usize, world: usize) -> Self {
+        self.shard = (rank.min(world.max(1) - 1), world.max(1));
+        self
     }
 
     pub fn dataset(&self) -> &Dataset {
@@ -64,26 +79,40 @@ impl Loader {
             data,
             transform: self.transform.clone(),
             config,
+            shard: self.shard,
         }
     }
 
-    pub fn num_batches(&self) -> usize {
-        self.data.len().div_ceil(self.config.batch_size)
+    /// (rank, number of ranks) of this loader's shard.
+    pub fn shard_of(&self) -> (usize, usize) {
+        self.shard
     }
 
-    /// The sample order of an epoch (identity when not shuffling).
+    /// Batches per epoch, the same on every rank (the longest shard's).
+    pub fn num_batches(&self) -> usize {
+        self.data
+            .len()
+            .div_ceil(self.shard.1)
+            .div_ceil(self.config.batch_size)
+    }
+
+    /// The sample order of an epoch on this rank (identity when not shuffling, one rank).
     pub fn order(&self, epoch: usize) -> Vec<usize> {
-        if self.config.shuffle {
+        let all: Vec<usize> = if self.config.shuffle {
             Rng::at(self.config.seed, stream::SHUFFLE, &[epoch as u64]).permutation(self.data.len())
         } else {
             (0..self.data.len()).collect()
-        }
+        };
+        let (rank, world) = self.shard;
+        all.into_iter().skip(rank).step_by(world).collect()
     }
 
-    /// Batch `b` of `epoch`, given that epoch's order.
+    /// Batch `b` of `epoch`, given this rank's order of that epoch (may be empty on the last
+    /// batch of a shorter shard).
     pub fn batch(&self, epoch: usize, b: usize, order: &[usize]) -> HostBatch {
         let bs = self.config.batch_size;
-        let indices = &order[b * bs..((b + 1) * bs).min(order.len())];
+        let end = ((b + 1) * bs).min(order.len());
+        let indices = &order[(b * bs).min(end)..end];
         self.make_batch(epoch, b, indices)
     }
 
@@ -108,7 +137,8 @@ impl Loader {
         let labels: Vec<usize> = indices.iter().map(|&i| d.labels[i] as usize).collect();
         let shape = [indices.len(), d.channels, c.out_size, c.out_size];
         let targets = match &c.mix {
-            Some(mix) => {
+            // The mixing randomness is the global batch's, the same on every rank.
+            Some(mix) if !indices.is_empty() => {
                 let mut rng = Rng::at(c.seed, stream::MIX, &[epoch as u64, batch_index as u64]);
                 let (targets, _) = mix.apply(
                     &mut images,
@@ -121,7 +151,7 @@ impl Loader {
                 );
                 targets
             }
-            None => soft_targets(&labels, c.num_classes, c.label_smoothing),
+            _ => soft_targets(&labels, c.num_classes, c.label_smoothing),
         };
         HostBatch {
             images,
@@ -145,5 +175,69 @@ impl Loader {
             }
         });
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// 37 one-pixel images whose label is their index, so a batch's labels name its samples.
+    fn loader(batch_size: usize) -> Loader {
+        let n = 37;
+        let data = Dataset {
+            images: (0..n as u8).collect(),
+            labels: (0..n as u16).collect(),
+            height: 1,
+            width: 1,
+            channels: 1,
+            class_names: (0..n).map(|i| i.to_string()).collect(),
+        };
+        let cfg = LoaderConfig {
+            batch_size,
+            shuffle: true,
+            seed: 7,
+            num_classes: n,
+            label_smoothing: 0.0,
+            mix: None,
+            out_size: 1,
+            prefetch: 1,
+        };
+        let tf = crate::data::recipe::eval_transform(&Config::default(), &[0.0], &[1.0], 1);
+        Loader::new(Arc::new(data), SampleTransform::Eval(tf), cfg)
+    }
+
+    #[test]
+    fn shards_together_make_the_single_process_batches() {
+        let one = loader(12);
+        // 3 ranks × 4 = one process × 12: batch b of all ranks is the same set of samples.
+        let ranks: Vec<Loader> = (0..3).map(|r| loader(4).shard(r, 3)).collect();
+        assert!(ranks.iter().all(|l| l.num_batches() == 4)); // ceil(ceil(37/3)/4)
+        assert_eq!(one.num_batches(), 4);
+        for epoch in [1, 2] {
+            let order = one.order(epoch);
+            let mut seen = Vec::new();
+            for b in 0..4 {
+                let mut want = one.batch(epoch, b, &order).labels;
+                let mut got: Vec<usize> = ranks
+                    .iter()
+                    .flat_map(|l| l.batch(epoch, b, &l.order(epoch)).labels)
+                    .collect();
+                want.sort();
+                got.sort();
+                assert_eq!(got, want, "epoch {epoch} batch {b}");
+                seen.extend(got);
+            }
+            // Every sample exactly once per epoch, none padded in.
+            seen.sort();
+            assert_eq!(seen, (0..37).collect::<Vec<_>>());
+        }
+        // 37 = 13 + 12 + 12: ranks 1 and 2 end with a batch of 0 (13 = 4+4+4+1, 12 = 4+4+4+0).
+        let last: Vec<usize> = ranks
+            .iter()
+            .map(|l| l.batch(1, 3, &l.order(1)).len())
+            .collect();
+        assert_eq!(last, [1, 0, 0]);
     }
 }

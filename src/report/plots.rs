@@ -492,6 +492,46 @@ pub fn plot_curves(
     line_chart(out, &spec, &series)
 }
 
+/// One line of [`plot_lines`]: label, points, dashed.
+pub type Line = (String, Vec<(f64, f64)>, bool);
+
+/// A plain line chart (docs/scaling.md's cost model).
+pub fn plot_lines(
+    out: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    lines: &[Line],
+) -> Result<bool> {
+    let series: Vec<Series> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (label, points, dashed))| {
+            let look = if *dashed { Look::Dashed } else { Look::Dots };
+            Series::new(
+                label.clone(),
+                points.clone(),
+                PALETTE[i % PALETTE.len()],
+                look,
+            )
+        })
+        .collect();
+    // Head room above the lines for the legend.
+    let top = lines
+        .iter()
+        .flat_map(|l| l.1.iter().map(|p| p.1))
+        .fold(0.0, f64::max);
+    let spec = LineChart {
+        title,
+        x_desc,
+        y_desc,
+        y_fmt: plain_label,
+        legend: SeriesLabelPosition::UpperRight,
+        y_include: &[0.0, 1.5 * top],
+    };
+    line_chart(out, &spec, &series)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Evaluation plots.
 

@@ -76,7 +76,8 @@ fn write_base(model: &VisionTransformer, cfg: &Config, run_dir: &Path) -> Result
     let dir = run_dir.join("base_model");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "creating", e))?;
     let path = dir.join("model.safetensors");
-    let tmp = dir.join("model.safetensors.part");
+    // One temporary file per process: the ranks of a data-parallel job all write the same base.
+    let tmp = dir.join(format!("model.safetensors.part-{}", std::process::id()));
     write_safetensors(&tmp, &state_dict(model), None)?;
     let sha256 = sha256_file(&tmp)?;
     if path.is_file() && sha256_file(&path)? == sha256 {

@@ -151,7 +151,9 @@ fn pretrained_start(
 /// Everything before the first step: data, model config, loaders, run directory.
 pub fn prepare(mut cfg: Config) -> Result<Run> {
     cfg.validate()?;
-    let device = crate::device::resolve(cfg.device.as_deref())?;
+    let dist = crate::dist::world();
+    let device =
+        crate::device::resolve(crate::dist::device_spec(cfg.device.as_deref(), dist).as_deref())?;
     // Pretrained weights first: a missing file should not wait for the data.
     let loaded = match (&cfg.pretrained, &cfg.resume_from) {
         (Some(spec), None) => Some(pretrained::load(spec)?),
@@ -201,16 +203,21 @@ pub fn prepare(mut cfg: Config) -> Result<Run> {
         (None, Some(r)) => checkpoint::run_dir_of(r).unwrap_or_else(default_run_dir),
         (None, None) => default_run_dir(),
     };
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| Error::io(&run_dir, "creating run directory", e))?;
-    crate::util::write_file_synced(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    if dist.is_main() {
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| Error::io(&run_dir, "creating run directory", e))?;
+        crate::util::write_file_synced(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    }
+    // Each rank trains and validates on its own shard of every epoch.
+    let shard = (dist.rank(), dist.size());
     Ok(Run {
         train: Loader::new(
             Arc::new(train_data),
             SampleTransform::Train(Box::new(train_tf)),
             loader_cfg(true),
-        ),
-        val: val_loader(&cfg, &vit_config, val_data),
+        )
+        .shard(shard.0, shard.1),
+        val: val_loader(&cfg, &vit_config, val_data).shard(shard.0, shard.1),
         config: cfg,
         vit_config,
         init_weights,

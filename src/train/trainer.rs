@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,7 @@ use super::schedule::WarmupCosine;
 use super::step::{StepOutput, train_step};
 use crate::config::Config;
 use crate::data::loader::Loader;
+use crate::dist::{Comm, decide};
 use crate::error::{Error, Result};
 use crate::model::io::{
     HostTensor, load_state_dict, load_state_dict_keeping, read_safetensors, state_dict,
@@ -60,6 +61,16 @@ pub struct Summary {
     pub adapter: String,
     pub freeze_backbone: bool,
     pub run_dir: PathBuf,
+    /// Data-parallel processes (1 without MPI).
+    #[serde(default = "one")]
+    pub processes: usize,
+    /// Images per optimizer step over all processes: batch size × accumulation × processes.
+    #[serde(default)]
+    pub global_batch_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Ctrl-C / SIGTERM count, set by the handler `main` installs.
@@ -86,6 +97,9 @@ pub fn evaluate(model: &VisionTransformer, loader: &Loader, device: &Device) -> 
     let mut labels = Vec::with_capacity(loader.dataset().len());
     let mut loss_sum = 0.0;
     for batch in loader.epoch(0, 0) {
+        if batch.is_empty() {
+            continue; // the end of a shorter shard
+        }
         let logits = model.forward(batch.images_tensor(device), &Ctx::eval());
         let n = batch.len();
         // Plain cross-entropy on the hard labels (no smoothing) for validation.
@@ -108,6 +122,9 @@ pub fn evaluate(model: &VisionTransformer, loader: &Loader, device: &Device) -> 
         );
         labels.extend(batch.labels.iter().copied());
     }
+    if loader.shard_of().1 > 1 {
+        (preds, labels, loss_sum) = gather_shards(loader, &preds, loss_sum);
+    }
     let n = labels.len().max(1);
     EvalReport::from_predictions(
         &preds,
@@ -117,8 +134,28 @@ pub fn evaluate(model: &VisionTransformer, loader: &Loader, device: &Device) -> 
     )
 }
 
+/// Every rank's predictions (of its shard of the unshuffled loader) put back in data-set
+/// order on every rank, and the summed loss: one all-reduce, each slot filled by one rank.
+fn gather_shards(loader: &Loader, preds: &[usize], loss_sum: f64) -> (Vec<usize>, Vec<usize>, f64) {
+    let data = loader.dataset();
+    let mut all = vec![0f64; data.len() + 1];
+    for (&i, &p) in loader.order(0).iter().zip(preds) {
+        all[i] = p as f64;
+    }
+    all[data.len()] = loss_sum;
+    crate::dist::world().all_reduce_sum_f64(&mut all);
+    let loss_sum = all.pop().unwrap_or(0.0);
+    let labels = data.labels.iter().map(|&l| l as usize).collect();
+    (
+        all.into_iter().map(|p| p as usize).collect(),
+        labels,
+        loss_sum,
+    )
+}
+
 struct Sinks {
-    metrics: MetricsWriter,
+    /// Rank 0's only: the other ranks of a data-parallel job write nothing.
+    metrics: Option<MetricsWriter>,
     tensorboard: Option<EventWriter>,
     start: Instant,
     time_offset: f64,
@@ -127,7 +164,9 @@ struct Sinks {
 impl Sinks {
     fn emit(&mut self, mut r: MetricRecord) -> Result<()> {
         r.time = self.time_offset + self.start.elapsed().as_secs_f64();
-        self.metrics.write(&r)?;
+        if let Some(m) = &mut self.metrics {
+            m.write(&r)?;
+        }
         if let Some(tb) = &mut self.tensorboard {
             log_record(tb, &r)?;
         }
@@ -176,6 +215,37 @@ impl Accumulator {
         self.micro += 1;
     }
 
+    /// Sum the step's gradients and counts over all ranks (one all-reduce of one flat
+    /// buffer, in `params` order, zeros for a rank whose shard ran out), so that the mean
+    /// below is over every image of the global batch, however unevenly they were spread.
+    fn all_reduce(&mut self, dist: &dyn Comm, params: &[(String, usize)], device: &Device) {
+        let total: usize = params.iter().map(|(_, n)| n).sum();
+        let mut buf = Vec::with_capacity(total + 3);
+        for (path, n) in params {
+            match self.grads.remove(path) {
+                Some(g) => buf.extend(crate::dist::to_vec(g)),
+                None => buf.extend(std::iter::repeat_n(0.0, *n)),
+            }
+        }
+        buf.extend([
+            self.images as f32,
+            self.loss_sum as f32,
+            self.correct as f32,
+        ]);
+        dist.all_reduce_sum(&mut buf);
+        let mut offset = 0;
+        for (path, n) in params {
+            let g = TensorData::new(buf[offset..offset + n].to_vec(), [*n]);
+            self.grads
+                .insert(path.clone(), Tensor::from_data(g, device));
+            offset += n;
+        }
+        // Counts up to 2^24 are exact in f32.
+        self.images = buf[total] as usize;
+        self.loss_sum = buf[total + 1] as f64;
+        self.correct = buf[total + 2] as usize;
+    }
+
     /// The mean gradient over every image of the step (what one big batch would give).
     fn mean_grads(&mut self) -> BTreeMap<String, Tensor<1>> {
         let n = self.images as f64;
@@ -220,6 +290,7 @@ pub fn train(run: Run) -> Result<Summary> {
         class_names,
         run_dir,
     } = run;
+    let dist = crate::dist::world();
     let ad = device.clone().autodiff();
     let resume_ck = cfg
         .resume_from
@@ -262,7 +333,7 @@ pub fn train(run: Run) -> Result<Summary> {
     };
     let ckpt_root = run_dir.join("checkpoints");
     // Half-written checkpoints of a killed process are never used; clear them away.
-    if let Ok(entries) = std::fs::read_dir(&ckpt_root) {
+    if let Some(Ok(entries)) = dist.is_main().then(|| std::fs::read_dir(&ckpt_root)) {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with(".tmp-") {
                 let _ = std::fs::remove_dir_all(e.path());
@@ -327,6 +398,17 @@ pub fn train(run: Run) -> Result<Summary> {
         );
     }
 
+    // Every rank starts from rank 0's weights (fresh, pretrained or resumed).
+    model = crate::dist::broadcast_params(dist, model);
+    if let Some(e) = &mut ema {
+        e.model = crate::dist::broadcast_params(dist, e.model.clone());
+    }
+    // (path, elements) of every trainable parameter: the all-reduce buffer's layout.
+    let grad_layout: Vec<(String, usize)> = named_params(&model)
+        .into_iter()
+        .filter(|p| p.trainable)
+        .map(|p| (p.path, p.shape.iter().product()))
+        .collect();
     let (total_params, trainable_params) = count_params(&model);
     let accum = cfg.accum_steps;
     let micro_per_epoch = train_loader.num_batches();
@@ -341,27 +423,49 @@ pub fn train(run: Run) -> Result<Summary> {
     );
     let mut sinks = Sinks {
         // A fresh run (step 0) starts the file over; a resumed one drops what it will redo.
-        metrics: MetricsWriter::resume(&run_dir.join("metrics.jsonl"), state.global_step)?,
-        tensorboard: Some(EventWriter::create(&run_dir)?),
+        metrics: match dist.is_main() {
+            true => Some(MetricsWriter::resume(
+                &run_dir.join("metrics.jsonl"),
+                state.global_step,
+            )?),
+            false => None,
+        },
+        tensorboard: match dist.is_main() {
+            true => Some(EventWriter::create(&run_dir)?),
+            false => None,
+        },
         start: Instant::now(),
         time_offset: state.elapsed_secs,
     };
     if let Some(tb) = &mut sinks.tensorboard {
         tb.hparams("hparams", &hparams(&cfg, &vit_config))?;
     }
-    eprintln!(
-        "training {} on {:?} ({} train / {} val images, {} classes) for {} epochs: {} params, {} steps/epoch (global batch {}), run dir {}",
-        cfg.pretrained.as_deref().unwrap_or(&cfg.model),
-        cfg.dataset,
-        train_loader.dataset().len(),
-        val_loader.dataset().len(),
-        vit_config.num_classes,
-        cfg.epochs,
-        total_params,
-        steps_per_epoch,
-        cfg.batch_size * accum,
-        run_dir.display()
-    );
+    let global_batch = cfg.batch_size * accum * dist.size();
+    if dist.size() > 1 {
+        eprintln!(
+            "rank {} of {}: {} threads, device {device:?}, {} images per epoch",
+            dist.rank(),
+            dist.size(),
+            rayon::current_num_threads(),
+            train_loader.order(1).len()
+        );
+    }
+    if dist.is_main() {
+        eprintln!(
+            "training {} on {:?} ({} train / {} val images, {} classes) for {} epochs: {} params, {} steps/epoch (global batch {global_batch} = {} per process × {accum} accumulation × {} processes), run dir {}",
+            cfg.pretrained.as_deref().unwrap_or(&cfg.model),
+            cfg.dataset,
+            train_loader.dataset().len(),
+            val_loader.dataset().len(),
+            vit_config.num_classes,
+            cfg.epochs,
+            total_params,
+            steps_per_epoch,
+            cfg.batch_size,
+            dist.size(),
+            run_dir.display()
+        );
+    }
 
     let save = |name: &str,
                 model: &VisionTransformer,
@@ -370,6 +474,9 @@ pub fn train(run: Run) -> Result<Summary> {
                 state: &TrainingState|
      -> Result<PathBuf> {
         let dest = ckpt_root.join(name);
+        if !dist.is_main() {
+            return Ok(dest);
+        }
         checkpoint::save(
             &dest,
             &Checkpoint {
@@ -396,7 +503,13 @@ pub fn train(run: Run) -> Result<Summary> {
     let start_images = state.images_seen;
 
     'epochs: for epoch in state.epoch + 1..=cfg.epochs {
-        let pb = progress_bar(cfg.quiet, steps_per_epoch, epoch, cfg.epochs);
+        let pb = progress_bar(
+            cfg.quiet || !dist.is_main(),
+            steps_per_epoch,
+            epoch,
+            cfg.epochs,
+        );
+        let (mut local_images, mut reduce_secs) = (0, 0.0);
         let epoch_start = Instant::now();
         let mut epoch_win = Window::default();
         let (mut log_win, mut log_start) = (Window::default(), Instant::now());
@@ -413,13 +526,26 @@ pub fn train(run: Run) -> Result<Summary> {
             if acc.micro == 0 {
                 step_start = Instant::now();
             }
-            let ctx = Ctx::train(cfg.seed, &[state.global_step, acc.micro as u64, 0]);
+            // Dropout masks differ between ranks (as between the samples of one batch).
+            let ctx = Ctx::train(
+                cfg.seed,
+                &[state.global_step, acc.micro as u64, dist.rank() as u64],
+            );
             let n = batch.len();
-            acc.add(train_step(&model, &batch, &ad, &ctx), n);
+            local_images += n;
+            match n {
+                0 => acc.micro += 1, // this rank's shard ran out; it still joins the step
+                _ => acc.add(train_step(&model, &batch, &ad, &ctx), n),
+            }
             if acc.micro < accum && micro + 1 < micro_per_epoch {
                 continue;
             }
-            // One optimizer step over everything accumulated.
+            if dist.size() > 1 {
+                let t = Instant::now();
+                acc.all_reduce(dist, &grad_layout, &device);
+                reduce_secs += t.elapsed().as_secs_f64();
+            }
+            // One optimizer step over everything accumulated (on every rank alike).
             let lr = schedule.lr(state.global_step);
             let grads = acc.mean_grads();
             let norm = global_grad_norm(&grads);
@@ -473,8 +599,13 @@ pub fn train(run: Run) -> Result<Summary> {
                 epoch_win.images as f64 / epoch_start.elapsed().as_secs_f64()
             ));
             let elapsed = start_elapsed + run_start.elapsed().as_secs_f64();
-            let interrupted = INTERRUPTS.load(Ordering::SeqCst) > 0;
-            let out_of_time = time_limit.is_some_and(|t| elapsed >= t);
+            // Rank 0 decides for everyone, so that all ranks stop after the same step.
+            let stop = decide(
+                dist,
+                u32::from(INTERRUPTS.load(Ordering::SeqCst) > 0)
+                    | u32::from(time_limit.is_some_and(|t| elapsed >= t)) << 1,
+            );
+            let (interrupted, out_of_time) = (stop & 1 != 0, stop & 2 != 0);
             let out_of_steps = cfg.max_steps > 0 && state.global_step >= cfg.max_steps;
             if out_of_steps && !interrupted && !out_of_time {
                 pb.finish_and_clear();
@@ -521,6 +652,7 @@ pub fn train(run: Run) -> Result<Summary> {
             100.0 * epoch_win.acc()
         );
         let mut stop_early = false;
+        let eval_start = Instant::now();
         if epoch % cfg.eval_every == 0 || epoch == cfg.epochs {
             let report = evaluate(&model, &val_loader, &device)?;
             let mut record =
@@ -554,9 +686,24 @@ pub fn train(run: Run) -> Result<Summary> {
             if cfg.patience > 0 && state.evals_since_best >= cfg.patience {
                 stop_early = true;
             }
+            stop_early = decide(dist, u32::from(stop_early)) == 1;
             last_eval = Some(report);
         }
-        eprintln!("{line}");
+        let eval_secs = eval_start.elapsed().as_secs_f64();
+        if dist.is_main() {
+            eprintln!("{line}");
+        }
+        if dist.size() > 1 {
+            // Training time only (validation excluded), and the part spent in the all-reduce
+            // (which includes waiting for the slowest rank).
+            let secs = epoch_start.elapsed().as_secs_f64() - eval_secs;
+            eprintln!(
+                "rank {}: epoch {epoch}: {:.1} img/s on this rank, all-reduce {:.1}% of training time",
+                dist.rank(),
+                local_images as f64 / secs,
+                100.0 * reduce_secs / secs
+            );
+        }
         if cfg.save_every > 0 && epoch % cfg.save_every == 0 {
             save(
                 &format!("checkpoint_epoch_{epoch}"),
@@ -579,12 +726,15 @@ pub fn train(run: Run) -> Result<Summary> {
 
     // Restore the best weights (highest validation accuracy) for the final evaluation.
     let best_dir = ckpt_root.join("best_model");
-    let final_eval = if (stopped_reason == "completed" || stopped_reason == "early_stopping")
+    let restore = (stopped_reason == "completed" || stopped_reason == "early_stopping")
         && best_dir.exists()
-        && state.best_epoch != state.epoch
-    {
-        let best = checkpoint::load(&best_dir)?;
-        model = load_state_dict_keeping(model, &best.model, &ad, is_frozen_base)?;
+        && state.best_epoch != state.epoch;
+    let final_eval = if decide(dist, u32::from(restore)) == 1 {
+        if dist.is_main() {
+            let best = checkpoint::load(&best_dir)?;
+            model = load_state_dict_keeping(model, &best.model, &ad, is_frozen_base)?;
+        }
+        model = crate::dist::broadcast_params(dist, model);
         eprintln!(
             "restored the best weights (epoch {}, val acc {:.2}%)",
             state.best_epoch,
@@ -625,7 +775,12 @@ pub fn train(run: Run) -> Result<Summary> {
         .into(),
         freeze_backbone: cfg.freeze_backbone,
         run_dir: run_dir.clone(),
+        processes: dist.size(),
+        global_batch_size: global_batch,
     };
+    if !dist.is_main() {
+        return Ok(summary);
+    }
     write_json(&run_dir.join("summary.json"), &summary)?;
     if let Some(e) = &final_eval {
         write_json(&run_dir.join("eval.json"), e)?;
