@@ -384,7 +384,10 @@ mod tests {
     }
 
     fn host(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().convert::<f32>().into_vec().unwrap()
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
     }
 
     use crate::model::VitConfig;
@@ -399,7 +402,11 @@ mod tests {
         assert_eq!(host(m.forward(input(&device), &Ctx::eval())), y0);
         // A is Kaiming-uniform (a = √5): |A| ≤ 1/√in, not all zero; B is zero.
         let a = m.blocks[0].mlp.fc2.lora_A.as_ref().unwrap().weight.val();
-        let a: Vec<f32> = a.into_data().convert::<f32>().into_vec().unwrap();
+        let a: Vec<f32> = a
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
         let bound = 1.0 / (24f32).sqrt();
         assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| v.abs() > bound / 2.0));
     }
