@@ -10,12 +10,14 @@ use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::{attention, conv2d, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::rng::Rng;
 
 pub use super::linear::{Factor, Linear};
+use super::sparse::SparseLora;
 
 /// Host-side initialisers: weights are drawn from vitrs' own addressed RNG so that a seed
 /// gives the same model on every backend and every thread count.
@@ -119,6 +121,8 @@ impl LayerNorm {
 pub struct Ctx {
     pub train: bool,
     rng: RefCell<Rng>,
+    /// SparseLoRA's estimators when this forward runs sparse (never in evaluation).
+    pub sparse: Option<Arc<SparseLora>>,
 }
 
 impl Ctx {
@@ -126,6 +130,7 @@ impl Ctx {
         Ctx {
             train: false,
             rng: RefCell::new(Rng::seed(0)),
+            sparse: None,
         }
     }
 
@@ -134,7 +139,19 @@ impl Ctx {
         Ctx {
             train: true,
             rng: RefCell::new(Rng::at(seed, crate::rng::stream::DROPOUT, coords)),
+            sparse: None,
         }
+    }
+
+    /// This training forward with SparseLoRA's contextual sparsity (`None`: dense).
+    pub fn with_sparse(mut self, sparse: Option<Arc<SparseLora>>) -> Self {
+        self.sparse = sparse.filter(|_| self.train);
+        self
+    }
+
+    /// SparseLoRA's state when block `i` runs sparse in this forward.
+    pub fn sparse_block(&self, i: usize) -> Option<&SparseLora> {
+        self.sparse.as_deref().filter(|s| s.block(i).is_some())
     }
 
     /// A {0, 1/keep} mask of `shape`, on `device`.
@@ -187,15 +204,18 @@ pub struct Attention {
 
 impl Attention {
     pub fn forward(&self, x: Tensor<3>, ctx: &Ctx) -> Tensor<3> {
-        let [b, n, c] = x.dims();
+        let out = self.attend(self.qkv.forward_ctx(x, ctx), ctx);
+        dropout(self.proj.forward_ctx(out, ctx), self.proj_drop, ctx)
+    }
+
+    /// Multi-head attention of the fused `[b, n, 3c]` projections, heads merged: `[b, n, c]`.
+    pub fn attend(&self, qkv: Tensor<3>, ctx: &Ctx) -> Tensor<3> {
+        let [b, n, c3] = qkv.dims();
+        let c = c3 / 3;
         let h = self.num_heads;
         let d = c / h;
         // [b, n, 3c] -> [3, b, h, n, d]
-        let qkv = self
-            .qkv
-            .forward_ctx(x, ctx)
-            .reshape([b, n, 3, h, d])
-            .permute([2, 0, 3, 1, 4]);
+        let qkv = qkv.reshape([b, n, 3, h, d]).permute([2, 0, 3, 1, 4]);
         let q: Tensor<4> = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, d]);
         let k: Tensor<4> = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, d]);
         let v: Tensor<4> = qkv.narrow(0, 2, 1).reshape([b, h, n, d]);
@@ -207,8 +227,7 @@ impl Attention {
         } else {
             attention(q, k, v, None, None, AttentionModuleOptions::default())
         };
-        let out = out.swap_dims(1, 2).reshape([b, n, c]);
-        dropout(self.proj.forward_ctx(out, ctx), self.proj_drop, ctx)
+        out.swap_dims(1, 2).reshape([b, n, c])
     }
 }
 

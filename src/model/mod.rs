@@ -8,6 +8,7 @@ pub mod linear;
 pub mod lora;
 pub mod params;
 pub mod pretrained;
+pub mod sparse;
 pub mod vit;
 
 pub use vit::{Pool, VisionTransformer, VitConfig};

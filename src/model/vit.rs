@@ -213,8 +213,11 @@ impl VisionTransformer {
             self.drop_rate,
             ctx,
         );
-        for block in &self.blocks {
-            x = block.forward(x, ctx);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = match ctx.sparse_block(i) {
+                Some(sparse) => block.forward_sparse(x, ctx, sparse, i),
+                None => block.forward(x, ctx),
+            };
         }
         self.norm.forward(x)
     }

@@ -18,7 +18,7 @@ use super::ema::Ema;
 use super::optim::{AdamW, AdamWConfig, global_grad_norm};
 use super::schedule::WarmupCosine;
 use super::step::{StepOutput, train_step};
-use crate::config::Config;
+use crate::config::{AdapterKind, Config};
 use crate::data::loader::Loader;
 use crate::dist::{Comm, decide};
 use crate::error::{Error, Result};
@@ -29,6 +29,7 @@ use crate::model::layers::Ctx;
 use crate::model::lora;
 use crate::model::params::{count_params, named_params, set_trainable};
 use crate::model::pretrained::is_head;
+use crate::model::sparse;
 use crate::model::{VisionTransformer, VitConfig};
 use crate::report::metrics::{EvalReport, MetricRecord, MetricsWriter};
 use crate::report::tensorboard::{EventWriter, HParam, log_record};
@@ -413,6 +414,25 @@ pub fn train(run: Run) -> Result<Summary> {
     let accum = cfg.accum_steps;
     let micro_per_epoch = train_loader.num_batches();
     let steps_per_epoch = micro_per_epoch.div_ceil(accum);
+    // SparseLoRA: SVD estimators of the frozen base, once; sparse after the dense steps.
+    let sparse = match cfg.adapter {
+        AdapterKind::Sparselora => Some(sparse::setup(&model, &cfg, &device)?),
+        _ => None,
+    };
+    let dense_steps = sparse.as_ref().map_or(0, |s| {
+        s.config.dense_steps((cfg.epochs * steps_per_epoch) as u64)
+    });
+    if let Some(s) = &sparse {
+        let c = &s.config;
+        eprintln!(
+            "SparseLoRA: {:.0}% of MLP and {:.0}% of attention channels skipped in blocks {}..{} (rank-{} SVD estimators), dense for the first {dense_steps} steps",
+            100.0 * c.mlp,
+            100.0 * c.attn,
+            c.dense_first,
+            vit_config.depth.saturating_sub(c.dense_last),
+            c.rank
+        );
+    }
     let schedule = WarmupCosine::new(
         cfg.lr,
         cfg.warmup_start_lr,
@@ -530,7 +550,11 @@ pub fn train(run: Run) -> Result<Summary> {
             let ctx = Ctx::train(
                 cfg.seed,
                 &[state.global_step, acc.micro as u64, dist.rank() as u64],
-            );
+            )
+            .with_sparse(sparse.clone().filter(|_| state.global_step >= dense_steps));
+            if let Some(s) = &sparse {
+                s.count_forward();
+            }
             let n = batch.len();
             local_images += n;
             match n {
@@ -579,7 +603,7 @@ pub fn train(run: Run) -> Result<Summary> {
             acc = Accumulator::default();
             if state.global_step.is_multiple_of(cfg.log_every as u64) {
                 let img_s = log_win.images as f64 / log_start.elapsed().as_secs_f64();
-                sinks.emit(MetricRecord::train(
+                let mut record = MetricRecord::train(
                     epoch,
                     state.global_step,
                     log_win.loss(),
@@ -587,7 +611,17 @@ pub fn train(run: Run) -> Result<Summary> {
                     lr,
                     img_s,
                     0.0,
-                ))?;
+                );
+                if let Some(s) = &sparse {
+                    // The sparsity evolution, and base parameters used apart from trained ones.
+                    record
+                        .extra
+                        .extend(s.take_log(total_params - trainable_params));
+                    record
+                        .extra
+                        .insert("trainable_params".into(), trainable_params as f64);
+                }
+                sinks.emit(record)?;
                 (log_win, log_start) = (Window::default(), Instant::now());
             }
             pb.set_position(state.global_step - ((epoch - 1) * steps_per_epoch) as u64);
@@ -766,7 +800,8 @@ pub fn train(run: Run) -> Result<Summary> {
                 .unwrap_or(&step_ms),
         ),
         optimizer_state_mb: optim.state_bytes() as f64 / (1u64 << 20) as f64,
-        active_params: total_params as f64,
+        active_params: total_params as f64
+            - sparse.as_ref().map_or(0.0, |s| s.mean_skipped_params()),
         adapter: match (&adapter, cfg.adapter) {
             (None, _) => "none",
             (Some(_), crate::config::AdapterKind::Sparselora) => "sparselora",

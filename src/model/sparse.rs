@@ -1,0 +1,1190 @@
+//! SparseLoRA (Khaki et al., ICML 2025): LoRA plus contextual sparsity on the frozen base.
+//!
+//! Once, at the start of a run, every sparse block's frozen `qkv` (its q, k and v parts) and
+//! `fc1` get a rank-k truncated SVD: a cheap estimator of their outputs. Per batch the
+//! estimator predicts the activations of the patch tokens, and one channel set per layer is
+//! kept for the whole batch: the fc1 output channels with the largest ‖GELU(x·Ûk·V̂k + b)‖
+//! over all tokens (and the matching fc2 input rows), the q/k channels with the largest
+//! ‖q̂_c‖·‖k̂_c‖ and the v channels with the largest ‖v̂_c‖ (and the matching proj input
+//! rows). Attention keeps the same count in every head, so no head is ever dropped whole.
+//!
+//! The kept columns/rows of the frozen weights are *sliced out* (`select`) and multiplied as
+//! smaller dense matrices, forward and backward; nothing is masked. The LoRA branches stay
+//! dense, so the trainable parameters are LoRA's. Dense: the blocks `--sparse-layers` names,
+//! the first `--sparse-dense-steps`, the class (prefix) tokens' rows, and evaluation.
+//!
+//! What a sparse layer computes is exactly the dense layer with, for the patch tokens' rows,
+//! the frozen weight's skipped output columns (and their bias entries) or input rows zeroed
+//! (the tests check this against the masked dense computation). Keeping every channel, a
+//! layer takes the dense path itself, so sparsity 0 is LoRA bit for bit.
+//!
+//! q/k/v are scattered back to their full `[b, n, 3c]` layout before attention: the class
+//! token's row and the (dense) LoRA branch fill every channel, and the attention products
+//! are a small part of a ViT's step next to the linears.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::activation::gelu;
+use burn::tensor::module::linear;
+use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::VisionTransformer;
+use super::layers::{Attention, Block, Ctx, Linear, Mlp, drop_path, dropout};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// What `--adapter sparselora` asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparseConfig {
+    /// Fraction of each MLP's hidden channels skipped.
+    pub mlp: f64,
+    /// Fraction of each head's q/k and v channels skipped.
+    pub attn: f64,
+    /// Rank of the SVD estimator.
+    pub rank: usize,
+    /// Blocks kept dense at the start and at the end.
+    pub dense_first: usize,
+    pub dense_last: usize,
+    /// `--sparse-dense-steps`: a fraction (< 1) of the run's steps, or a count.
+    pub dense_steps: f64,
+}
+
+impl SparseConfig {
+    pub fn from_config(cfg: &Config) -> Result<Self> {
+        let bad = |m: String| Err(Error::Config(m));
+        let attn = cfg.sparsity_attn.unwrap_or(cfg.sparsity);
+        for (flag, s) in [("--sparsity", cfg.sparsity), ("--sparsity-attn", attn)] {
+            if !(0.0..1.0).contains(&s) {
+                return bad(format!(
+                    "{flag} {s} must be in [0, 1) (the fraction of channels skipped, e.g. 0.5)"
+                ));
+            }
+        }
+        if cfg.sparse_rank == 0 {
+            return bad("--sparse-rank must be ≥ 1 (8 is the paper's choice)".into());
+        }
+        let [first, last] = cfg.sparse_layers[..] else {
+            return bad(format!(
+                "--sparse-layers takes two counts, first,last (e.g. 2,1), not {:?}",
+                cfg.sparse_layers
+            ));
+        };
+        if !(cfg.sparse_dense_steps >= 0.0 && cfg.sparse_dense_steps.is_finite()) {
+            return bad(format!(
+                "--sparse-dense-steps {} must be a fraction of the steps (< 1) or a step count (≥ 1)",
+                cfg.sparse_dense_steps
+            ));
+        }
+        Ok(SparseConfig {
+            mlp: cfg.sparsity,
+            attn,
+            rank: cfg.sparse_rank,
+            dense_first: first,
+            dense_last: last,
+            dense_steps: cfg.sparse_dense_steps,
+        })
+    }
+
+    /// Optimizer steps run dense at the start of a run of `total_steps`.
+    pub fn dense_steps(&self, total_steps: u64) -> u64 {
+        if self.dense_steps < 1.0 {
+            (self.dense_steps * total_steps as f64).ceil() as u64
+        } else {
+            self.dense_steps as u64
+        }
+    }
+
+    /// Whether block `i` of `depth` runs sparse.
+    pub fn is_sparse_block(&self, i: usize, depth: usize) -> bool {
+        i >= self.dense_first && i + self.dense_last < depth
+    }
+}
+
+/// `x·a·b + bias`: a rank-k stand-in for a frozen `[in, out]` weight, on the plain device.
+pub struct LowRank {
+    a: Tensor<2>,
+    b: Tensor<2>,
+    bias: Option<Tensor<1>>,
+}
+
+impl LowRank {
+    /// The estimator of a weight `[m, n]` from its truncated SVD.
+    fn from_svd(s: &Svd, m: usize, n: usize, bias: Option<Vec<f64>>, device: &Device) -> Self {
+        let k = s.sigma.len();
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        LowRank {
+            a: Tensor::from_data(TensorData::new(f32s(&s.u), [m, k]), device),
+            b: Tensor::from_data(TensorData::new(f32s(&s.ut_w), [k, n]), device),
+            bias: bias.map(|b| Tensor::from_data(TensorData::new(f32s(&b), [n]), device)),
+        }
+    }
+
+    pub fn apply(&self, x: Tensor<2>) -> Tensor<2> {
+        let y = x.matmul(self.a.clone()).matmul(self.b.clone());
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze(),
+            None => y,
+        }
+    }
+}
+
+/// A rank-k truncated SVD `W ≈ U·Uᵀ·W` (best rank-k approximation, Eckart–Young).
+pub struct Svd {
+    /// Left singular vectors, `[m, k]` row-major.
+    pub u: Vec<f64>,
+    /// `Uᵀ·W` = `Σ·Vᵀ`, `[k, n]` row-major.
+    pub ut_w: Vec<f64>,
+    /// The k largest singular values, descending.
+    pub sigma: Vec<f64>,
+}
+
+/// Rank-`k` truncated SVD of the row-major `[m, n]` matrix `w`, in f64 on the host:
+/// randomized subspace iteration (Halko, Martinsson & Tropp 2011) with 8 extra columns,
+/// then Rayleigh–Ritz on the small `B·Bᵀ` by Jacobi rotations.
+pub fn truncated_svd(w: &[f64], m: usize, n: usize, k: usize, seed: u64) -> Svd {
+    let k = k.min(m).min(n);
+    let l = (k + 8).min(m).min(n);
+    let mut rng = Rng::seed(seed);
+    let omega: Vec<f64> = (0..n * l).map(|_| rng.normal()).collect();
+    let mut y = mul(w, m, n, &omega, l); // [m, l]
+    orthonormalize(&mut y, m, l);
+    for _ in 0..12 {
+        let mut z = mul_t(w, m, n, &y, l); // [n, l]
+        orthonormalize(&mut z, n, l);
+        y = mul(w, m, n, &z, l);
+        orthonormalize(&mut y, m, l);
+    }
+    let b = mul_t(w, m, n, &y, l); // Wᵀ·Y = Bᵀ, [n, l]
+    // G = B·Bᵀ (l × l) = Yᵀ·W·Wᵀ·Y.
+    let mut g = vec![0.0; l * l];
+    for row in b.chunks(l) {
+        for i in 0..l {
+            for j in 0..l {
+                g[i * l + j] += row[i] * row[j];
+            }
+        }
+    }
+    let (vals, vecs) = jacobi_eigen(g, l);
+    let mut order: Vec<usize> = (0..l).collect();
+    order.sort_by(|&i, &j| vals[j].total_cmp(&vals[i]));
+    let order = &order[..k];
+    let mut u = vec![0.0; m * k];
+    for i in 0..m {
+        for (c, &e) in order.iter().enumerate() {
+            u[i * k + c] = (0..l).map(|t| y[i * l + t] * vecs[t * l + e]).sum();
+        }
+    }
+    let mut ut_w = vec![0.0; k * n];
+    for j in 0..n {
+        for (c, &e) in order.iter().enumerate() {
+            ut_w[c * n + j] = (0..l).map(|t| b[j * l + t] * vecs[t * l + e]).sum();
+        }
+    }
+    let sigma = order.iter().map(|&e| vals[e].max(0.0).sqrt()).collect();
+    Svd { u, ut_w, sigma }
+}
+
+/// `W·Z` for row-major `w` `[m, n]` and `z` `[n, l]`.
+fn mul(w: &[f64], m: usize, n: usize, z: &[f64], l: usize) -> Vec<f64> {
+    let mut out = vec![0.0; m * l];
+    for (i, o) in out.chunks_mut(l).enumerate() {
+        for (j, &wij) in w[i * n..(i + 1) * n].iter().enumerate() {
+            for (o, &zz) in o.iter_mut().zip(&z[j * l..(j + 1) * l]) {
+                *o += wij * zz;
+            }
+        }
+    }
+    out
+}
+
+/// `Wᵀ·Y` for row-major `w` `[m, n]` and `y` `[m, l]`.
+fn mul_t(w: &[f64], m: usize, n: usize, y: &[f64], l: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n * l];
+    for i in 0..m {
+        let yi = &y[i * l..(i + 1) * l];
+        for (j, &wij) in w[i * n..(i + 1) * n].iter().enumerate() {
+            for (o, &yy) in out[j * l..(j + 1) * l].iter_mut().zip(yi) {
+                *o += wij * yy;
+            }
+        }
+    }
+    out
+}
+
+/// Orthonormal columns by modified Gram–Schmidt, twice (re-orthogonalisation); a column
+/// that vanishes (rank deficiency) is set to zero.
+fn orthonormalize(a: &mut [f64], rows: usize, cols: usize) {
+    for _ in 0..2 {
+        for c in 0..cols {
+            for p in 0..c {
+                let dot: f64 = (0..rows).map(|r| a[r * cols + c] * a[r * cols + p]).sum();
+                for r in 0..rows {
+                    a[r * cols + c] -= dot * a[r * cols + p];
+                }
+            }
+            let norm = (0..rows)
+                .map(|r| a[r * cols + c].powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let inv = if norm > 1e-12 { 1.0 / norm } else { 0.0 };
+            for r in 0..rows {
+                a[r * cols + c] *= inv;
+            }
+        }
+    }
+}
+
+/// Eigenvalues and eigenvectors (columns of the row-major result) of a symmetric matrix.
+fn jacobi_eigen(mut a: Vec<f64>, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut v = vec![0.0; n * n];
+    for i in 0..n {
+        v[i * n + i] = 1.0;
+    }
+    for _sweep in 0..100 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j].powi(2))
+            .sum();
+        let diag: f64 = (0..n).map(|i| a[i * n + i].powi(2)).sum();
+        if off <= 1e-30 * diag.max(1e-300) {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq.abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
+                    v[k * n + p] = c * vkp - s * vkq;
+                    v[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    ((0..n).map(|i| a[i * n + i]).collect(), v)
+}
+
+/// The estimators of one sparse block.
+pub struct BlockEstimator {
+    q: LowRank,
+    k: LowRank,
+    v: LowRank,
+    fc1: LowRank,
+}
+
+/// A kept channel set: sorted indices into a layer's channels, and the ones skipped.
+#[derive(Clone, Debug)]
+pub struct Keep {
+    pub kept: Vec<usize>,
+    pub skipped: Vec<usize>,
+}
+
+impl Keep {
+    fn new(mut kept: Vec<usize>, dim: usize) -> Self {
+        kept.sort_unstable();
+        let mut is_kept = vec![false; dim];
+        for &c in &kept {
+            is_kept[c] = true;
+        }
+        let skipped = (0..dim).filter(|&c| !is_kept[c]).collect();
+        Keep { kept, skipped }
+    }
+
+    fn index(v: &[usize], device: &Device) -> Tensor<1, Int> {
+        let v: Vec<i64> = v.iter().map(|&i| i as i64).collect();
+        let n = v.len();
+        Tensor::from_data(TensorData::new(v, [n]), device)
+    }
+
+    pub fn kept_index(&self, device: &Device) -> Tensor<1, Int> {
+        Self::index(&self.kept, device)
+    }
+
+    pub fn skipped_index(&self, device: &Device) -> Tensor<1, Int> {
+        Self::index(&self.skipped, device)
+    }
+
+    fn sparsity(&self) -> f64 {
+        self.skipped.len() as f64 / (self.kept.len() + self.skipped.len()) as f64
+    }
+}
+
+/// One batch's attention channels: the kept columns of the fused qkv weight (q and k share
+/// their channels, so q·kᵀ sums over the same ones) and the kept v channels (= proj rows).
+#[derive(Clone, Debug)]
+pub struct AttnPlan {
+    pub qkv: Keep,
+    pub v: Keep,
+}
+
+/// Per-layer sparsity and skipped base parameters, summed over the forwards since the last
+/// [`SparseLora::take_log`].
+#[derive(Default)]
+struct Stats {
+    forwards: usize,
+    /// block → [mlp, attn_qk, attn_v] sparsity sums.
+    layers: BTreeMap<usize, [f64; 3]>,
+    skipped_params: f64,
+}
+
+/// The run's SparseLoRA state: configuration, the estimators of the sparse blocks, and the
+/// sparsity applied since the last log.
+pub struct SparseLora {
+    pub config: SparseConfig,
+    blocks: Vec<Option<BlockEstimator>>,
+    /// Class (and distillation) tokens, computed densely.
+    prefix: usize,
+    dim: usize,
+    num_heads: usize,
+    stats: Mutex<Stats>,
+}
+
+fn host(t: Tensor<2>) -> (Vec<f64>, [usize; 2]) {
+    let dims = t.dims();
+    let v = t
+        .inner()
+        .into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap_or_default();
+    (v, dims)
+}
+
+fn host1(t: Tensor<1>) -> Vec<f64> {
+    t.inner()
+        .into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap_or_default()
+}
+
+/// Columns `[from, from + len)` of a row-major `[m, n]` matrix.
+fn columns(w: &[f64], [m, n]: [usize; 2], from: usize, len: usize) -> Vec<f64> {
+    (0..m)
+        .flat_map(|i| w[i * n + from..i * n + from + len].iter().copied())
+        .collect()
+}
+
+impl SparseLora {
+    /// SVD estimators for the sparse blocks of `model` (its frozen base loaded), on `device`
+    /// (the plain, non-autodiff device the estimates run on).
+    pub fn new(model: &VisionTransformer, config: SparseConfig, device: &Device) -> Self {
+        let depth = model.blocks.len();
+        let c = model.config.embed_dim;
+        // The SVDs are independent: one per weight part, spread over the cores.
+        let inputs: Vec<(usize, [Vec<f64>; 2], [Vec<f64>; 2])> = model
+            .blocks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| config.is_sparse_block(*i, depth))
+            .map(|(i, b)| {
+                let (qkv, _) = host(b.attn.qkv.weight.val());
+                let qkv_b = b.attn.qkv.bias.as_ref().map(|b| host1(b.val()));
+                let (fc1, _) = host(b.mlp.fc1.weight.val());
+                let fc1_b = b.mlp.fc1.bias.as_ref().map(|b| host1(b.val()));
+                (
+                    i,
+                    [qkv, fc1],
+                    [qkv_b.unwrap_or_default(), fc1_b.unwrap_or_default()],
+                )
+            })
+            .collect();
+        let mlp_dim = model.config.mlp_dim;
+        let k = config.rank;
+        let svds: Vec<(usize, [Svd; 4])> = inputs
+            .par_iter()
+            .map(|(i, [qkv, fc1], _)| {
+                let part =
+                    |p: usize| truncated_svd(&columns(qkv, [c, 3 * c], p * c, c), c, c, k, 0x5ba5);
+                (
+                    *i,
+                    [
+                        part(0),
+                        part(1),
+                        part(2),
+                        truncated_svd(fc1, c, mlp_dim, k, 0x5ba5),
+                    ],
+                )
+            })
+            .collect();
+        let mut blocks: Vec<Option<BlockEstimator>> = (0..depth).map(|_| None).collect();
+        for ((i, svd), (_, _, [qkv_b, fc1_b])) in svds.into_iter().zip(&inputs) {
+            let bias = |v: &[f64], from: usize, len: usize| {
+                (!v.is_empty()).then(|| v[from..from + len].to_vec())
+            };
+            let [q, kk, v, f] = svd;
+            let lr = |s: Svd, n: usize, b| LowRank::from_svd(&s, c, n, b, device);
+            blocks[i] = Some(BlockEstimator {
+                q: lr(q, c, bias(qkv_b, 0, c)),
+                k: lr(kk, c, bias(qkv_b, c, c)),
+                v: lr(v, c, bias(qkv_b, 2 * c, c)),
+                fc1: lr(f, mlp_dim, bias(fc1_b, 0, mlp_dim)),
+            });
+        }
+        SparseLora {
+            config,
+            blocks,
+            prefix: model.config.num_prefix_tokens(),
+            dim: c,
+            num_heads: model.config.num_heads,
+            stats: Mutex::new(Stats::default()),
+        }
+    }
+
+    /// The estimator of block `i`, when it runs sparse.
+    pub fn block(&self, i: usize) -> Option<&BlockEstimator> {
+        self.blocks.get(i).and_then(Option::as_ref)
+    }
+
+    /// The patch tokens of a normalised block input, flattened to `[tokens, c]` in f32 on
+    /// the plain device (the estimate is never differentiated).
+    fn patch_rows(&self, h: &Tensor<3>) -> Tensor<2> {
+        let [b, n, c] = h.dims();
+        h.clone()
+            .inner()
+            .narrow(1, self.prefix, n - self.prefix)
+            .reshape([b * (n - self.prefix), c])
+            .cast(DType::F32)
+    }
+
+    /// Squared L2 norm of every column of `[tokens, ch]`, over all tokens of the batch.
+    fn column_norms(x: Tensor<2>) -> Vec<f64> {
+        x.square()
+            .sum_dim(0)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap_or_default()
+    }
+
+    /// The attention channels block `i` keeps for this batch (`None`: keep them all).
+    pub fn attn_plan(&self, i: usize, h: &Tensor<3>) -> Option<AttnPlan> {
+        let est = self.block(i)?;
+        let c = self.dim;
+        let dh = c / self.num_heads;
+        let keep = ((1.0 - self.config.attn) * dh as f64).round().max(1.0) as usize;
+        if keep >= dh {
+            return None;
+        }
+        let x = self.patch_rows(h);
+        let q = Self::column_norms(est.q.apply(x.clone()));
+        let k = Self::column_norms(est.k.apply(x.clone()));
+        let v = Self::column_norms(est.v.apply(x));
+        // ‖q̂_c‖·‖k̂_c‖ ranks like ‖q̂_c‖²·‖k̂_c‖².
+        let qk: Vec<f64> = q.iter().zip(&k).map(|(a, b)| a * b).collect();
+        let top_per_head = |score: &[f64]| -> Vec<usize> {
+            (0..self.num_heads)
+                .flat_map(|h| {
+                    let mut ch: Vec<usize> = (h * dh..(h + 1) * dh).collect();
+                    ch.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
+                    ch.truncate(keep);
+                    ch
+                })
+                .collect()
+        };
+        let qk_keep = top_per_head(&qk);
+        let v_keep = top_per_head(&v);
+        let qkv: Vec<usize> = qk_keep
+            .iter()
+            .copied()
+            .chain(qk_keep.iter().map(|&ch| ch + c))
+            .chain(v_keep.iter().map(|&ch| ch + 2 * c))
+            .collect();
+        let plan = AttnPlan {
+            qkv: Keep::new(qkv, 3 * c),
+            v: Keep::new(v_keep, c),
+        };
+        let skipped_cols = plan.qkv.skipped.len() as f64;
+        let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = st.layers.entry(i).or_default();
+        entry[1] += 1.0 - keep as f64 / dh as f64;
+        entry[2] += plan.v.sparsity();
+        // Skipped qkv columns (weights and bias) and proj rows.
+        st.skipped_params +=
+            skipped_cols * (c as f64 + 1.0) + plan.v.skipped.len() as f64 * c as f64;
+        Some(plan)
+    }
+
+    /// The MLP hidden channels block `i` keeps for this batch (`None`: keep them all).
+    pub fn mlp_plan(&self, i: usize, h: &Tensor<3>) -> Option<Keep> {
+        let est = self.block(i)?;
+        let m = est.fc1.b.dims()[1];
+        let keep = ((1.0 - self.config.mlp) * m as f64).round().max(1.0) as usize;
+        if keep >= m {
+            return None;
+        }
+        let score = Self::column_norms(gelu(est.fc1.apply(self.patch_rows(h))));
+        let mut ch: Vec<usize> = (0..m).collect();
+        ch.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
+        ch.truncate(keep);
+        let plan = Keep::new(ch, m);
+        let c = self.dim as f64;
+        let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        st.layers.entry(i).or_default()[0] += plan.sparsity();
+        // Skipped fc1 columns (weights and bias) and fc2 rows.
+        st.skipped_params += plan.skipped.len() as f64 * (2.0 * c + 1.0);
+        Some(plan)
+    }
+
+    /// Count one forward (micro-batch) of the model, sparse or dense: the averages of
+    /// [`take_log`](Self::take_log) are over these.
+    pub fn count_forward(&self) {
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forwards += 1;
+    }
+
+    /// The sparsity applied per layer (mean over the forwards since the last call, dense
+    /// steps counting as 0) and the frozen base parameters active per step for the patch
+    /// tokens, as metric keys; `base_params` is the frozen parameter count of the model.
+    pub fn take_log(&self, base_params: usize) -> BTreeMap<String, f64> {
+        let st = std::mem::take(&mut *self.stats.lock().unwrap_or_else(|e| e.into_inner()));
+        let n = st.forwards.max(1) as f64;
+        let mut out = BTreeMap::new();
+        let mut mean = [0.0; 2];
+        for i in 0..self.blocks.len() {
+            let s = st.layers.get(&i).copied().unwrap_or_default();
+            for (name, v) in ["mlp", "attn_qk", "attn_v"].iter().zip(s) {
+                out.insert(format!("sparsity/blocks.{i}.{name}"), v / n);
+            }
+            mean[0] += s[0] / n;
+            mean[1] += (s[1] + s[2]) / (2.0 * n);
+        }
+        let depth = self.blocks.len().max(1) as f64;
+        out.insert("sparsity/mlp_mean".into(), mean[0] / depth);
+        out.insert("sparsity/attn_mean".into(), mean[1] / depth);
+        out.insert(
+            "active_base_params".into(),
+            base_params as f64 - st.skipped_params / n,
+        );
+        out
+    }
+}
+
+/// For the patch rows (after the `prefix` dense rows): `x·W[:, kept] + b[kept]` scattered
+/// back to all of W's columns (skipped ones 0); the prefix rows and the adapter dense.
+pub fn forward_out_sparse(
+    lin: &Linear,
+    x: Tensor<3>,
+    ctx: &Ctx,
+    keep: &Keep,
+    prefix: usize,
+) -> Tensor<3> {
+    let [b, n, _] = x.dims();
+    let device = x.device();
+    let d_out = lin.d_out();
+    let idx = keep.kept_index(&device);
+    let w = lin.weight.val();
+    let bias = lin.bias.as_ref().map(|b| b.val());
+    let dense = linear(x.clone().narrow(1, 0, prefix), w.clone(), bias.clone());
+    let kept = linear(
+        x.clone().narrow(1, prefix, n - prefix),
+        w.select(1, idx.clone()),
+        bias.map(|b| b.select(0, idx.clone())),
+    );
+    let sparse = Tensor::zeros([b, n - prefix, d_out], (&device, kept.dtype())).select_assign(
+        2,
+        idx,
+        kept,
+        IndexingUpdateOp::Assign,
+    );
+    let base = Tensor::cat(vec![dense, sparse], 1);
+    match (&lin.lora_A, &lin.lora_B) {
+        (Some(a), Some(bb)) => base + lin.adapter_delta(x, &a.weight.val(), &bb.weight.val(), ctx),
+        _ => base,
+    }
+}
+
+/// For the patch rows: `x[:, kept]·W[kept, :] + b` (the skipped input channels contribute
+/// nothing); the prefix rows and the adapter dense.
+pub fn forward_in_sparse(
+    lin: &Linear,
+    x: Tensor<3>,
+    ctx: &Ctx,
+    keep: &Keep,
+    prefix: usize,
+) -> Tensor<3> {
+    let n = x.dims()[1];
+    let idx = keep.kept_index(&x.device());
+    let w = lin.weight.val();
+    let bias = lin.bias.as_ref().map(|b| b.val());
+    let dense = linear(x.clone().narrow(1, 0, prefix), w.clone(), bias.clone());
+    let kept = linear(
+        x.clone()
+            .narrow(1, prefix, n - prefix)
+            .select(2, idx.clone()),
+        w.select(0, idx),
+        bias,
+    );
+    let base = Tensor::cat(vec![dense, kept], 1);
+    match (&lin.lora_A, &lin.lora_B) {
+        (Some(a), Some(bb)) => base + lin.adapter_delta(x, &a.weight.val(), &bb.weight.val(), ctx),
+        _ => base,
+    }
+}
+
+impl Attention {
+    /// [`Attention::forward`] with the frozen qkv and proj sliced to `plan`'s channels for
+    /// the patch rows.
+    pub fn forward_sparse(
+        &self,
+        x: Tensor<3>,
+        ctx: &Ctx,
+        plan: Option<&AttnPlan>,
+        prefix: usize,
+    ) -> Tensor<3> {
+        let Some(plan) = plan else {
+            return self.forward(x, ctx);
+        };
+        let qkv = forward_out_sparse(&self.qkv, x, ctx, &plan.qkv, prefix);
+        let out = self.attend(qkv, ctx);
+        dropout(
+            forward_in_sparse(&self.proj, out, ctx, &plan.v, prefix),
+            self.proj_drop,
+            ctx,
+        )
+    }
+}
+
+impl Mlp {
+    /// [`Mlp::forward`] with fc1's columns and fc2's rows sliced to `keep` for the patch
+    /// rows. The hidden activations of the skipped channels are never formed: with adapters
+    /// they are `GELU(LoRA₁(x))` and reach only fc2's adapter, so only that low-rank product
+    /// is computed for them.
+    pub fn forward_sparse(
+        &self,
+        x: Tensor<3>,
+        ctx: &Ctx,
+        keep: Option<&Keep>,
+        prefix: usize,
+    ) -> Tensor<3> {
+        let Some(keep) = keep else {
+            return self.forward(x, ctx);
+        };
+        let n = x.dims()[1];
+        let device = x.device();
+        let (k, s) = (keep.kept_index(&device), keep.skipped_index(&device));
+        let dense = self.forward(x.clone().narrow(1, 0, prefix), ctx);
+        let x = x.narrow(1, prefix, n - prefix);
+        let (fc1, fc2) = (&self.fc1, &self.fc2);
+        let mut h = linear(
+            x.clone(),
+            fc1.weight.val().select(1, k.clone()),
+            fc1.bias.as_ref().map(|b| b.val().select(0, k.clone())),
+        );
+        let mut skipped = None;
+        if let (Some(a1), Some(b1)) = (&fc1.lora_A, &fc1.lora_B) {
+            let xa =
+                linear(dropout(x, fc1.lora_dropout, ctx), a1.weight.val(), None) * fc1.lora_scaling;
+            h = h + linear(xa.clone(), b1.weight.val().select(1, k.clone()), None);
+            if fc2.has_adapter() {
+                let hs = linear(xa, b1.weight.val().select(1, s.clone()), None);
+                skipped = Some(dropout(gelu(hs), self.drop, ctx));
+            }
+        }
+        let g = dropout(gelu(h), self.drop, ctx);
+        let mut out = linear(
+            g.clone(),
+            fc2.weight.val().select(0, k.clone()),
+            fc2.bias.as_ref().map(|b| b.val()),
+        );
+        if let (Some(a2), Some(b2)) = (&fc2.lora_A, &fc2.lora_B) {
+            let a2 = a2.weight.val();
+            let mut z = linear(
+                dropout(g, fc2.lora_dropout, ctx),
+                a2.clone().select(0, k),
+                None,
+            );
+            if let Some(gs) = skipped {
+                z = z + linear(dropout(gs, fc2.lora_dropout, ctx), a2.select(0, s), None);
+            }
+            out = out + linear(z, b2.weight.val(), None) * fc2.lora_scaling;
+        }
+        Tensor::cat(vec![dense, dropout(out, self.drop, ctx)], 1)
+    }
+}
+
+impl Block {
+    /// [`Block::forward`] of sparse block `i`: the channel sets are estimated from this
+    /// batch's normalised inputs, then attention and MLP run sliced.
+    pub fn forward_sparse(&self, x: Tensor<3>, ctx: &Ctx, sp: &SparseLora, i: usize) -> Tensor<3> {
+        let h = self.norm1.forward(x.clone());
+        let plan = sp.attn_plan(i, &h);
+        let a = self.attn.forward_sparse(h, ctx, plan.as_ref(), sp.prefix);
+        let x = x + drop_path(a, self.drop_path, ctx);
+        let h = self.norm2.forward(x.clone());
+        let keep = sp.mlp_plan(i, &h);
+        let m = self.mlp.forward_sparse(h, ctx, keep.as_ref(), sp.prefix);
+        x + drop_path(m, self.drop_path, ctx)
+    }
+}
+
+/// Set up SparseLoRA for a run whose adapters are in place.
+pub fn setup(model: &VisionTransformer, cfg: &Config, device: &Device) -> Result<Arc<SparseLora>> {
+    let config = SparseConfig::from_config(cfg)?;
+    let depth = model.blocks.len();
+    if config.dense_first + config.dense_last >= depth && (config.mlp > 0.0 || config.attn > 0.0) {
+        eprintln!(
+            "note: --sparse-layers {},{} keeps all {depth} blocks dense: SparseLoRA is plain LoRA here",
+            config.dense_first, config.dense_last
+        );
+    }
+    Ok(Arc::new(SparseLora::new(model, config, device)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::VitConfig;
+    use crate::model::lora::{LoraConfig, add_adapters};
+    use crate::model::params::{gradients, map_params};
+
+    fn orthonormal(rows: usize, cols: usize, rng: &mut Rng) -> Vec<f64> {
+        let mut a: Vec<f64> = (0..rows * cols).map(|_| rng.normal()).collect();
+        orthonormalize(&mut a, rows, cols);
+        a
+    }
+
+    /// W = U·diag(s)·Vᵀ, `[m, n]` row-major.
+    fn compose(u: &[f64], s: &[f64], v: &[f64], m: usize, n: usize) -> Vec<f64> {
+        let r = s.len();
+        let mut w = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                w[i * n + j] = (0..r).map(|t| u[i * r + t] * s[t] * v[j * r + t]).sum();
+            }
+        }
+        w
+    }
+
+    fn frobenius_residual(w: &[f64], svd: &Svd, m: usize, n: usize) -> f64 {
+        let k = svd.sigma.len();
+        let mut e = 0.0;
+        for i in 0..m {
+            for j in 0..n {
+                let approx: f64 = (0..k).map(|t| svd.u[i * k + t] * svd.ut_w[t * n + j]).sum();
+                e += (w[i * n + j] - approx).powi(2);
+            }
+        }
+        e.sqrt()
+    }
+
+    #[test]
+    fn truncated_svd_recovers_a_known_low_rank_matrix() {
+        let (m, n) = (40, 60);
+        let mut rng = Rng::seed(4);
+        let s = [10.0, 5.0, 3.0, 2.0, 1.0];
+        let (u, v) = (orthonormal(m, 5, &mut rng), orthonormal(n, 5, &mut rng));
+        let w = compose(&u, &s, &v, m, n);
+        // Rank 5 of a rank-5 matrix: exact.
+        let full = truncated_svd(&w, m, n, 5, 1);
+        assert!(frobenius_residual(&w, &full, m, n) < 1e-9);
+        for (a, b) in full.sigma.iter().zip(s) {
+            assert!((a - b).abs() < 1e-9, "{:?}", full.sigma);
+        }
+        // Rank 3: the top singular values, and the Eckart–Young residual √(2² + 1²).
+        let top = truncated_svd(&w, m, n, 3, 2);
+        for (a, b) in top.sigma.iter().zip(&s[..3]) {
+            assert!((a - b).abs() < 1e-9, "{:?}", top.sigma);
+        }
+        let r = frobenius_residual(&w, &top, m, n);
+        assert!((r - 5f64.sqrt()).abs() < 1e-9, "residual {r}");
+        // U has orthonormal columns.
+        for p in 0..3 {
+            for q in 0..3 {
+                let dot: f64 = (0..m).map(|i| top.u[i * 3 + p] * top.u[i * 3 + q]).sum();
+                assert!((dot - f64::from(p == q)).abs() < 1e-9);
+            }
+        }
+    }
+
+    const PREFIX: usize = 1;
+
+    /// A tiny f64 ViT with adapters on `targets` whose B factors are random (so the adapters
+    /// contribute), plus a batch of tokens for its blocks.
+    fn setup_model(targets: &[&str]) -> (VisionTransformer, Tensor<3>, Device) {
+        let device = Device::flex().autodiff();
+        let cfg = VitConfig::with_shape(8, 4, 3, 3, [8, 4, 2, 16]);
+        let m = VisionTransformer::new(&cfg, 1, &device).unwrap();
+        let lcfg = LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            modules_to_save: vec!["head".into()],
+            use_rslora: false,
+        };
+        let m = add_adapters(m, &lcfg, 3, &device).unwrap();
+        let mut rng = Rng::seed(7);
+        let m = map_params(m, |p, v| {
+            let n = v.dims()[0];
+            let vals: Vec<f64> = if p.contains("lora_B") || p.ends_with("bias") {
+                (0..n).map(|_| 0.3 * rng.normal()).collect()
+            } else {
+                v.into_data()
+                    .convert::<f64>()
+                    .try_into_vec::<f64>()
+                    .unwrap()
+            };
+            Some(Tensor::from_data(
+                TensorData::new(vals, [n]),
+                (&Device::flex(), DType::F64),
+            ))
+        });
+        let xs: Vec<f64> = (0..2 * 5 * 8).map(|_| rng.normal()).collect();
+        let x = Tensor::<3>::from_data(TensorData::new(xs, [2, 5, 8]), (&device, DType::F64));
+        (m, x, device)
+    }
+
+    /// `[1, n, dim]`: 1 on the prefix rows and on the kept channels, 0 elsewhere.
+    fn mask(keep: &Keep, n: usize, dim: usize, like: &Tensor<3>) -> Tensor<3> {
+        let mut v = vec![0.0f64; n * dim];
+        for r in 0..n {
+            for c in 0..dim {
+                if r < PREFIX || keep.kept.contains(&c) {
+                    v[r * dim + c] = 1.0;
+                }
+            }
+        }
+        Tensor::from_data(
+            TensorData::new(v, [1, n, dim]),
+            (&like.device(), DType::F64),
+        )
+    }
+
+    fn delta(lin: &Linear, x: Tensor<3>, ctx: &Ctx) -> Option<Tensor<3>> {
+        match (&lin.lora_A, &lin.lora_B) {
+            (Some(a), Some(b)) => Some(lin.adapter_delta(x, &a.weight.val(), &b.weight.val(), ctx)),
+            _ => None,
+        }
+    }
+
+    fn plus(y: Tensor<3>, d: Option<Tensor<3>>) -> Tensor<3> {
+        d.map_or(y.clone(), |d| y + d)
+    }
+
+    /// The dense computation with the skipped channels' frozen weights zeroed on the patch
+    /// rows: the masked reference SparseLoRA must equal.
+    fn masked_mlp(mlp: &Mlp, x: Tensor<3>, keep: &Keep, ctx: &Ctx) -> Tensor<3> {
+        let [_, n, _] = x.dims();
+        let m = mask(keep, n, mlp.fc1.d_out(), &x);
+        let h = linear(
+            x.clone(),
+            mlp.fc1.weight.val(),
+            mlp.fc1.bias.as_ref().map(|b| b.val()),
+        );
+        let h = plus(h * m.clone(), delta(&mlp.fc1, x, ctx));
+        let g = gelu(h);
+        let y = linear(
+            g.clone() * m,
+            mlp.fc2.weight.val(),
+            mlp.fc2.bias.as_ref().map(|b| b.val()),
+        );
+        plus(y, delta(&mlp.fc2, g, ctx))
+    }
+
+    fn masked_attn(attn: &Attention, x: Tensor<3>, plan: &AttnPlan, ctx: &Ctx) -> Tensor<3> {
+        let [_, n, c] = x.dims();
+        let lin = &attn.qkv;
+        let qkv = linear(
+            x.clone(),
+            lin.weight.val(),
+            lin.bias.as_ref().map(|b| b.val()),
+        );
+        let qkv = plus(qkv * mask(&plan.qkv, n, 3 * c, &x), delta(lin, x, ctx));
+        let o = attn.attend(qkv, ctx);
+        let p = &attn.proj;
+        let y = linear(
+            o.clone() * mask(&plan.v, n, c, &o),
+            p.weight.val(),
+            p.bias.as_ref().map(|b| b.val()),
+        );
+        plus(y, delta(p, o, ctx))
+    }
+
+    fn assert_close(a: Tensor<3>, b: Tensor<3>, what: &str) {
+        let a: Vec<f64> = a
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap();
+        let b: Vec<f64> = b
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap();
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(err <= 1e-5, "{what}: max |Δ| {err}");
+    }
+
+    fn assert_grads_close<M: burn::module::Module>(
+        module: &M,
+        sparse: Tensor<3>,
+        reference: Tensor<3>,
+        what: &str,
+    ) {
+        let dims = sparse.dims();
+        let mut rng = Rng::seed(11);
+        let r: Vec<f64> = (0..dims.iter().product()).map(|_| rng.normal()).collect();
+        let r = Tensor::<3>::from_data(TensorData::new(r, dims), (&sparse.device(), DType::F64));
+        let gs = gradients(module, &(sparse * r.clone()).sum().backward());
+        let gr = gradients(module, &(reference * r).sum().backward());
+        assert!(!gs.is_empty());
+        assert_eq!(gs.keys().collect::<Vec<_>>(), gr.keys().collect::<Vec<_>>());
+        for (k, g) in &gs {
+            assert!(
+                crate::model::lora::is_adapter(k),
+                "{what}: frozen {k} got a gradient"
+            );
+            let a: Vec<f64> = g
+                .clone()
+                .into_data()
+                .convert::<f64>()
+                .try_into_vec::<f64>()
+                .unwrap();
+            let b: Vec<f64> = gr[k]
+                .clone()
+                .into_data()
+                .convert::<f64>()
+                .try_into_vec::<f64>()
+                .unwrap();
+            let err = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            let scale = b.iter().map(|x| x.abs()).fold(1e-3, f64::max);
+            assert!(err <= 1e-5 * scale, "{what}: gradient of {k} off by {err}");
+        }
+    }
+
+    fn some_keep(dim: usize, kept: &[usize]) -> Keep {
+        Keep::new(kept.to_vec(), dim)
+    }
+
+    #[test]
+    fn sliced_mlp_equals_the_masked_dense_mlp_forward_and_gradients() {
+        // Every adapter placement: the skipped channels' hidden reaches fc2's adapter only
+        // when fc1 has one.
+        for targets in [&["fc1", "fc2"][..], &["fc1"], &["fc2"], &["qkv"]] {
+            let (m, x, _) = setup_model(targets);
+            let mlp = &m.blocks[1].mlp;
+            let keep = some_keep(16, &[0, 3, 4, 7, 9, 10, 14, 15]);
+            let ctx = Ctx::train(0, &[0]);
+            let y = mlp.forward_sparse(x.clone(), &ctx, Some(&keep), PREFIX);
+            let r = masked_mlp(mlp, x.clone(), &keep, &ctx);
+            assert_close(y.clone(), r.clone(), &format!("mlp {targets:?}"));
+            // The class token's row is the dense MLP's.
+            let dense = mlp.forward(x.clone(), &ctx);
+            assert_close(y.clone().narrow(1, 0, 1), dense.narrow(1, 0, 1), "cls row");
+            if targets != ["qkv"] {
+                assert_grads_close(mlp, y, r, &format!("mlp {targets:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn sliced_attention_equals_the_masked_dense_attention_forward_and_gradients() {
+        for targets in [&["qkv", "attn.proj"][..], &["qkv"], &["attn.proj"]] {
+            let (m, x, _) = setup_model(targets);
+            let attn = &m.blocks[2].attn;
+            // 2 heads of 4: q/k channels {0, 2} ∪ {5, 6}, v channels {1, 3} ∪ {4, 7}.
+            let qk = [0, 2, 5, 6];
+            let v = [1, 3, 4, 7];
+            let qkv: Vec<usize> = qk
+                .iter()
+                .copied()
+                .chain(qk.iter().map(|c| c + 8))
+                .chain(v.iter().map(|c| c + 16))
+                .collect();
+            let plan = AttnPlan {
+                qkv: some_keep(24, &qkv),
+                v: some_keep(8, &v),
+            };
+            let ctx = Ctx::train(0, &[0]);
+            let y = attn.forward_sparse(x.clone(), &ctx, Some(&plan), PREFIX);
+            let r = masked_attn(attn, x.clone(), &plan, &ctx);
+            assert_close(y.clone(), r.clone(), &format!("attention {targets:?}"));
+            assert_grads_close(attn, y, r, &format!("attention {targets:?}"));
+        }
+    }
+
+    fn sparse_cfg(s: f64, first: usize, last: usize) -> SparseConfig {
+        SparseConfig {
+            mlp: s,
+            attn: s,
+            rank: 2,
+            dense_first: first,
+            dense_last: last,
+            dense_steps: 0.0,
+        }
+    }
+
+    fn images(device: &Device) -> Tensor<4> {
+        let mut rng = Rng::seed(5);
+        let v: Vec<f64> = (0..2 * 3 * 8 * 8).map(|_| rng.normal()).collect();
+        Tensor::from_data(TensorData::new(v, [2, 3, 8, 8]), (device, DType::F64))
+    }
+
+    fn logits(m: &VisionTransformer, x: &Tensor<4>, sp: Option<&Arc<SparseLora>>) -> Vec<f64> {
+        let ctx = Ctx::train(0, &[0]).with_sparse(sp.cloned());
+        m.forward(x.clone(), &ctx)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn sparsity_zero_and_dense_layers_are_lora_exactly() {
+        let (m, _, device) = setup_model(&["qkv", "attn.proj", "fc1", "fc2"]);
+        let x = images(&device);
+        let lora = logits(&m, &x, None);
+        let plain = Device::flex();
+        // Sparsity 0 everywhere: bit for bit.
+        let sp = Arc::new(SparseLora::new(&m, sparse_cfg(0.0, 0, 0), &plain));
+        assert_eq!(logits(&m, &x, Some(&sp)), lora);
+        // All four blocks dense by --sparse-layers: no estimator at all, and LoRA exactly.
+        let sp = Arc::new(SparseLora::new(&m, sparse_cfg(0.5, 2, 2), &plain));
+        assert!((0..4).all(|i| sp.block(i).is_none()));
+        assert_eq!(logits(&m, &x, Some(&sp)), lora);
+        // Blocks 1 and 2 sparse: different logits, and the log says which blocks were.
+        let sp = Arc::new(SparseLora::new(&m, sparse_cfg(0.5, 1, 1), &plain));
+        sp.count_forward();
+        assert_ne!(logits(&m, &x, Some(&sp)), lora);
+        let log = sp.take_log(1000);
+        for (i, want) in [(0, 0.0), (1, 0.5), (2, 0.5), (3, 0.0)] {
+            for part in ["mlp", "attn_qk", "attn_v"] {
+                assert_eq!(
+                    log[&format!("sparsity/blocks.{i}.{part}")],
+                    want,
+                    "{i} {part}"
+                );
+            }
+        }
+        // Per sparse block: 4 of 8 qkv columns per part (weight + bias), 4 proj rows of 8,
+        // 8 fc1 columns (+ bias) and 8 fc2 rows of 8.
+        let skipped = 2.0 * (12.0 * 9.0 + 4.0 * 8.0 + 8.0 * 17.0);
+        assert_eq!(log["active_base_params"], 1000.0 - skipped);
+        // Evaluation is dense whatever the context carries.
+        let eval = Ctx::eval().with_sparse(Some(sp.clone()));
+        assert!(eval.sparse.is_none());
+    }
+
+    #[test]
+    fn the_estimator_keeps_the_truly_largest_channels_of_a_low_rank_layer() {
+        // fc1 of rank ≤ 2 = the estimator's rank: its estimate is exact, so the kept
+        // channels are the ones with the largest ‖GELU(x·W + b)‖ over the batch.
+        let (m, x, _) = setup_model(&["qkv"]);
+        let mut rng = Rng::seed(21);
+        let (u, v) = (orthonormal(8, 2, &mut rng), orthonormal(16, 2, &mut rng));
+        let w = compose(&u, &[3.0, 1.5], &v, 8, 16);
+        let m = map_params(m, |p, t| {
+            (p == "blocks.1.mlp.fc1.weight").then(|| {
+                let _ = t;
+                Tensor::from_data(
+                    TensorData::new(w.clone(), [128]),
+                    (&Device::flex(), DType::F64),
+                )
+            })
+        });
+        let sp = SparseLora::new(&m, sparse_cfg(0.75, 1, 2), &Device::flex());
+        let keep = sp.mlp_plan(1, &x).expect("sparse");
+        let fc1 = &m.blocks[1].mlp.fc1;
+        let h = gelu(linear(
+            x.clone().narrow(1, PREFIX, 4),
+            fc1.weight.val(),
+            fc1.bias.as_ref().map(|b| b.val()),
+        ));
+        let norms = SparseLora::column_norms(h.inner().reshape([8, 16]));
+        let mut order: Vec<usize> = (0..16).collect();
+        order.sort_by(|&a, &b| norms[b].total_cmp(&norms[a]));
+        let mut want = order[..4].to_vec();
+        want.sort_unstable();
+        assert_eq!(keep.kept, want);
+    }
+
+    #[test]
+    fn dense_steps_and_config_errors() {
+        let c = sparse_cfg(0.5, 2, 1);
+        assert_eq!(c.dense_steps(100), 0);
+        let f = SparseConfig {
+            dense_steps: 0.05,
+            ..c.clone()
+        };
+        assert_eq!(f.dense_steps(100), 5);
+        assert_eq!(f.dense_steps(30), 2);
+        let n = SparseConfig {
+            dense_steps: 7.0,
+            ..c.clone()
+        };
+        assert_eq!(n.dense_steps(100), 7);
+        assert!(!c.is_sparse_block(1, 12) && c.is_sparse_block(2, 12));
+        assert!(c.is_sparse_block(10, 12) && !c.is_sparse_block(11, 12));
+        for (cfg, msg) in [
+            (
+                Config {
+                    sparsity: 1.0,
+                    ..Config::default()
+                },
+                "--sparsity",
+            ),
+            (
+                Config {
+                    sparsity_attn: Some(-0.1),
+                    ..Config::default()
+                },
+                "--sparsity-attn",
+            ),
+            (
+                Config {
+                    sparse_rank: 0,
+                    ..Config::default()
+                },
+                "--sparse-rank",
+            ),
+            (
+                Config {
+                    sparse_layers: vec![1],
+                    ..Config::default()
+                },
+                "--sparse-layers",
+            ),
+            (
+                Config {
+                    sparse_dense_steps: -1.0,
+                    ..Config::default()
+                },
+                "--sparse-dense-steps",
+            ),
+        ] {
+            let e = SparseConfig::from_config(&cfg).unwrap_err().to_string();
+            assert!(e.contains(msg), "{e}");
+        }
+    }
+}
