@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use crate::data::augment::{Image, MixConfig, TrainTransform};
 use crate::data::synthetic::synthetic;
+use crate::config::AdapterKind;
 use crate::error::Result;
+use crate::model::lora::LoraConfig;
 use crate::model::layers::Ctx;
 use crate::model::params::{count_params, named_params};
 use crate::model::{VisionTransformer, VitConfig};
@@ -47,6 +49,18 @@ pub struct BenchArgs {
     pub threads: usize,
     #[arg(long)]
     pub device: Option<String>,
+    /// Fine-tuning method of the timed train step: none (full), lora or sparselora (rank 8, alpha 16).
+    #[arg(long, value_enum, default_value = "none")]
+    pub adapter: crate::config::AdapterKind,
+    /// With --adapter: the adapted linears (qkv, attn.proj, fc1, fc2).
+    #[arg(long, value_delimiter = ',', default_value = "qkv")]
+    pub lora_targets: Vec<String>,
+    /// With --adapter sparselora: fraction of channels skipped (MLP and attention).
+    #[arg(long, default_value_t = 0.5)]
+    pub sparsity: f64,
+    /// With --adapter sparselora: blocks kept dense, first,last.
+    #[arg(long, value_delimiter = ',', default_value = "2,1")]
+    pub sparse_layers: Vec<usize>,
     /// What to time: train, infer, data (comma list).
     #[arg(long, value_delimiter = ',', default_values_t = ["train".to_string(), "infer".to_string(), "data".to_string()])]
     pub what: Vec<String>,
@@ -152,6 +166,27 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
     );
     let ad = device.clone().autodiff();
     let mut model = VisionTransformer::new(&cfg, 0, &ad)?;
+    let mut sparse = None;
+    if a.adapter != AdapterKind::None {
+        let lcfg = LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: a.lora_targets.clone(),
+            modules_to_save: vec!["head".into()],
+            use_rslora: false,
+        };
+        model = crate::model::lora::add_adapters(model, &lcfg, 0, &ad)?;
+        if a.adapter == AdapterKind::Sparselora {
+            let c = crate::config::Config {
+                sparsity: a.sparsity,
+                sparse_layers: a.sparse_layers.clone(),
+                sparse_dense_steps: 0.0,
+                ..crate::config::Config::default()
+            };
+            sparse = Some(crate::model::sparse::setup(&model, &c, &device)?);
+        }
+    }
     let params = count_params(&model).0;
     let wants = |w: &str| a.what.iter().any(|x| x == w);
     let mut train_img_s = None;
@@ -159,6 +194,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
     if wants("train") {
         let trainable: Vec<(String, usize)> = named_params(&model)
             .into_iter()
+            .filter(|p| p.trainable)
             .map(|p| (p.path, p.shape.len()))
             .collect();
         let mut optim = AdamW::new(
@@ -176,7 +212,8 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
         let mut step = 0u64;
         let t = timed(a.warmup, a.steps, || {
             // forward + label-smoothed CE + backward + clip(1.0) + AdamW, as the yardstick.
-            let out = train_step(&model, &batch, &ad, &Ctx::train(0, &[step]));
+            let ctx = Ctx::train(0, &[step]).with_sparse(sparse.clone());
+            let out = train_step(&model, &batch, &ad, &ctx);
             let norm = global_grad_norm(&out.grads);
             let scale = if norm > 1.0 { 1.0 / (norm + 1e-6) } else { 1.0 };
             model = optim.step(model.clone(), &out.grads, 1e-3, scale);

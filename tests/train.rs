@@ -219,3 +219,39 @@ fn four_accumulated_micro_batches_update_like_one_big_batch() {
         .fold(0f32, f32::max);
     assert!(moved > 1e-3, "weights barely moved ({moved})");
 }
+
+#[test]
+fn sparselora_runs_dense_first_then_logs_its_sparsity_per_layer() {
+    use vitrs::config::AdapterKind;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        epochs: 1,
+        synthetic_size: 320,
+        log_every: 1,
+        adapter: AdapterKind::Sparselora,
+        lora_targets: vec!["qkv".into(), "fc1".into(), "fc2".into()],
+        sparse_layers: vec![0, 1],
+        sparse_dense_steps: 2.0,
+        ..tiny(dir.path())
+    };
+    let s = run(cfg);
+    let records: Vec<_> =
+        vitrs::report::metrics::read_metrics(&dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.is_train())
+            .collect();
+    assert!(records.len() >= 4);
+    let base = (s.total_params - s.trainable_params) as f64;
+    for r in &records {
+        let sparse = r.step > 2;
+        let want = if sparse { 0.5 } else { 0.0 };
+        assert_eq!(r.extra["sparsity/blocks.0.mlp"], want, "step {}", r.step);
+        assert_eq!(r.extra["sparsity/blocks.0.attn_qk"], want, "step {}", r.step);
+        // The last block stays dense by --sparse-layers 0,1.
+        assert_eq!(r.extra["sparsity/blocks.1.mlp"], 0.0);
+        assert_eq!(r.extra["trainable_params"], s.trainable_params as f64);
+        let active = r.extra["active_base_params"];
+        assert!(if sparse { active < base } else { active == base }, "{active} vs {base}");
+    }
+}
