@@ -8,12 +8,12 @@ use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 use serde::Serialize;
 
+use crate::config::AdapterKind;
 use crate::data::augment::{Image, MixConfig, TrainTransform};
 use crate::data::synthetic::synthetic;
-use crate::config::AdapterKind;
 use crate::error::Result;
-use crate::model::lora::LoraConfig;
 use crate::model::layers::Ctx;
+use crate::model::lora::LoraConfig;
 use crate::model::params::{count_params, named_params};
 use crate::model::{VisionTransformer, VitConfig};
 use crate::rng::{Rng, stream};

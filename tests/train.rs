@@ -235,23 +235,33 @@ fn sparselora_runs_dense_first_then_logs_its_sparsity_per_layer() {
         ..tiny(dir.path())
     };
     let s = run(cfg);
-    let records: Vec<_> =
-        vitrs::report::metrics::read_metrics(&dir.path().join("metrics.jsonl"))
-            .unwrap()
-            .into_iter()
-            .filter(|r| r.is_train())
-            .collect();
+    let records: Vec<_> = vitrs::report::metrics::read_metrics(&dir.path().join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.is_train())
+        .collect();
     assert!(records.len() >= 4);
     let base = (s.total_params - s.trainable_params) as f64;
     for r in &records {
         let sparse = r.step > 2;
         let want = if sparse { 0.5 } else { 0.0 };
         assert_eq!(r.extra["sparsity/blocks.0.mlp"], want, "step {}", r.step);
-        assert_eq!(r.extra["sparsity/blocks.0.attn_qk"], want, "step {}", r.step);
+        assert_eq!(
+            r.extra["sparsity/blocks.0.attn_qk"], want,
+            "step {}",
+            r.step
+        );
         // The last block stays dense by --sparse-layers 0,1.
         assert_eq!(r.extra["sparsity/blocks.1.mlp"], 0.0);
         assert_eq!(r.extra["trainable_params"], s.trainable_params as f64);
         let active = r.extra["active_base_params"];
-        assert!(if sparse { active < base } else { active == base }, "{active} vs {base}");
+        assert!(
+            if sparse {
+                active < base
+            } else {
+                active == base
+            },
+            "{active} vs {base}"
+        );
     }
 }

@@ -598,17 +598,19 @@ pub fn forward_out_sparse(
     let w = lin.weight.val();
     let bias = lin.bias.as_ref().map(|b| b.val());
     let dense = linear(x.clone().narrow(1, 0, prefix), w.clone(), bias.clone());
+    let rows = b * (n - prefix);
     let kept = linear(
-        x.clone().narrow(1, prefix, n - prefix),
+        x.clone()
+            .narrow(1, prefix, n - prefix)
+            .reshape([rows, lin.d_in()]),
         w.select(1, idx.clone()),
         bias.map(|b| b.select(0, idx.clone())),
     );
-    let sparse = Tensor::zeros([b, n - prefix, d_out], (&device, kept.dtype())).select_assign(
-        2,
-        idx,
-        kept,
-        IndexingUpdateOp::Assign,
-    );
+    // 2-D: burn-flex scatters (and gathers, in backward) 2-D tensors row by row, N-D ones
+    // element by element with index arithmetic (several times slower).
+    let sparse = Tensor::zeros([rows, d_out], (&device, kept.dtype()))
+        .select_assign(1, idx, kept, IndexingUpdateOp::Assign)
+        .reshape([b, n - prefix, d_out]);
     let base = Tensor::cat(vec![dense, sparse], 1);
     match (&lin.lora_A, &lin.lora_B) {
         (Some(a), Some(bb)) => base + lin.adapter_delta(x, &a.weight.val(), &bb.weight.val(), ctx),
