@@ -345,6 +345,9 @@ struct Stats {
     /// block → [mlp, attn_qk, attn_v] sparsity sums.
     layers: BTreeMap<usize, [f64; 3]>,
     skipped_params: f64,
+    /// Over the whole run (never reset): skipped base parameters and forwards.
+    run_skipped: f64,
+    run_forwards: usize,
 }
 
 /// The run's SparseLoRA state: configuration, the estimators of the sparse blocks, and the
@@ -520,8 +523,9 @@ impl SparseLora {
         entry[1] += 1.0 - keep as f64 / dh as f64;
         entry[2] += plan.v.sparsity();
         // Skipped qkv columns (weights and bias) and proj rows.
-        st.skipped_params +=
-            skipped_cols * (c as f64 + 1.0) + plan.v.skipped.len() as f64 * c as f64;
+        let skipped = skipped_cols * (c as f64 + 1.0) + plan.v.skipped.len() as f64 * c as f64;
+        st.skipped_params += skipped;
+        st.run_skipped += skipped;
         Some(plan)
     }
 
@@ -542,7 +546,9 @@ impl SparseLora {
         let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         st.layers.entry(i).or_default()[0] += plan.sparsity();
         // Skipped fc1 columns (weights and bias) and fc2 rows.
-        st.skipped_params += plan.skipped.len() as f64 * (2.0 * c + 1.0);
+        let skipped = plan.skipped.len() as f64 * (2.0 * c + 1.0);
+        st.skipped_params += skipped;
+        st.run_skipped += skipped;
         Some(plan)
     }
 
@@ -559,7 +565,18 @@ impl SparseLora {
     /// steps counting as 0) and the frozen base parameters active per step for the patch
     /// tokens, as metric keys; `base_params` is the frozen parameter count of the model.
     pub fn take_log(&self, base_params: usize) -> BTreeMap<String, f64> {
-        let st = std::mem::take(&mut *self.stats.lock().unwrap_or_else(|e| e.into_inner()));
+        let st = {
+            let mut guard = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            let (run_skipped, run_forwards) = (guard.run_skipped, guard.run_forwards);
+            std::mem::replace(
+                &mut *guard,
+                Stats {
+                    run_skipped,
+                    run_forwards,
+                    ..Stats::default()
+                },
+            )
+        };
         let n = st.forwards.max(1) as f64;
         let mut out = BTreeMap::new();
         let mut mean = [0.0; 2];
@@ -1093,6 +1110,7 @@ mod tests {
         // 8 fc1 columns (+ bias) and 8 fc2 rows of 8.
         let skipped = 2.0 * (12.0 * 9.0 + 4.0 * 8.0 + 8.0 * 17.0);
         assert_eq!(log["active_base_params"], 1000.0 - skipped);
+        assert_eq!(sp.mean_skipped_params(), skipped);
         // Evaluation is dense whatever the context carries.
         let eval = Ctx::eval().with_sparse(Some(sp.clone()));
         assert!(eval.sparse.is_none());
