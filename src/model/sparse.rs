@@ -555,10 +555,15 @@ impl SparseLora {
     /// Count one forward (micro-batch) of the model, sparse or dense: the averages of
     /// [`take_log`](Self::take_log) are over these.
     pub fn count_forward(&self) {
-        self.stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .forwards += 1;
+        let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        st.forwards += 1;
+        st.run_forwards += 1;
+    }
+
+    /// Frozen base parameters skipped per forward, averaged over the whole run so far.
+    pub fn mean_skipped_params(&self) -> f64 {
+        let st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        st.run_skipped / st.run_forwards.max(1) as f64
     }
 
     /// The sparsity applied per layer (mean over the forwards since the last call, dense
