@@ -381,6 +381,9 @@ fn host1(t: Tensor<1>) -> Vec<f64> {
         .unwrap_or_default()
 }
 
+/// A block's index, its frozen `[qkv, fc1]` weights and their biases on the host.
+type HostBlock = (usize, [Vec<f64>; 2], [Vec<f64>; 2]);
+
 /// Columns `[from, from + len)` of a row-major `[m, n]` matrix.
 fn columns(w: &[f64], [m, n]: [usize; 2], from: usize, len: usize) -> Vec<f64> {
     (0..m)
@@ -395,7 +398,7 @@ impl SparseLora {
         let depth = model.blocks.len();
         let c = model.config.embed_dim;
         // The SVDs are independent: one per weight part, spread over the cores.
-        let inputs: Vec<(usize, [Vec<f64>; 2], [Vec<f64>; 2])> = model
+        let inputs: Vec<HostBlock> = model
             .blocks
             .iter()
             .enumerate()
