@@ -13,7 +13,7 @@ use crate::data::synthetic::synthetic;
 use crate::error::Result;
 use crate::model::layers::Ctx;
 use crate::model::params::{count_params, named_params};
-use crate::model::{VisionTransformer, VitConfig};
+use crate::model::{Model, VitConfig};
 use crate::rng::{Rng, stream};
 use crate::train::optim::{AdamW, AdamWConfig, global_grad_norm};
 use crate::train::step::{HostBatch, train_step};
@@ -151,7 +151,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
         [a.dim, a.depth, a.heads, a.mlp],
     );
     let ad = device.clone().autodiff();
-    let mut model = VisionTransformer::new(&cfg, 0, &ad)?;
+    let mut model = Model::new(&cfg, 0, &ad)?;
     let params = count_params(&model).0;
     let wants = |w: &str| a.what.iter().any(|x| x == w);
     let mut train_img_s = None;

@@ -119,6 +119,9 @@ impl LayerNorm {
 pub struct Ctx {
     pub train: bool,
     rng: RefCell<Rng>,
+    /// Batch statistics BatchNorm layers saw in a training forward, for the caller to fold
+    /// into the running statistics after the step (the step stays a pure function).
+    pub(crate) bn_stats: RefCell<Vec<super::cnn::BnStats>>,
 }
 
 impl Ctx {
@@ -126,6 +129,7 @@ impl Ctx {
         Ctx {
             train: false,
             rng: RefCell::new(Rng::seed(0)),
+            bn_stats: RefCell::default(),
         }
     }
 
@@ -134,6 +138,7 @@ impl Ctx {
         Ctx {
             train: true,
             rng: RefCell::new(Rng::at(seed, crate::rng::stream::DROPOUT, coords)),
+            bn_stats: RefCell::default(),
         }
     }
 
