@@ -89,4 +89,12 @@ impl Model {
             )),
         }
     }
+
+    /// The ViT, when this model is one.
+    pub fn into_vit(self) -> Option<VisionTransformer> {
+        match self {
+            Model::Vit(m) => Some(m),
+            _ => None,
+        }
+    }
 }

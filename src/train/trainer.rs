@@ -376,7 +376,8 @@ pub fn train(run: Run) -> Result<Summary> {
             cnn => {
                 if adapters::lora_config(&cfg).is_some() {
                     return Err(Error::Config(
-                        "LoRA adapters apply to ViTs only; --model is a CNN (drop --adapter)".into(),
+                        "LoRA adapters apply to ViTs only; --model is a CNN (drop --adapter)"
+                            .into(),
                     ));
                 }
                 model = cnn;
