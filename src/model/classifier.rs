@@ -13,6 +13,8 @@ use super::vit::{EvalHead, VitOutput};
 use super::{VisionTransformer, VitConfig};
 use crate::error::{Error, Result};
 
+// One model per run: the variants' size difference costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
     Vit(VisionTransformer),
