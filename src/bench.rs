@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::model::layers::Ctx;
 use crate::model::lora::LoraConfig;
 use crate::model::params::{count_params, named_params};
-use crate::model::{VisionTransformer, VitConfig};
+use crate::model::{Model, VitConfig};
 use crate::rng::{Rng, stream};
 use crate::train::optim::{AdamW, AdamWConfig, global_grad_norm};
 use crate::train::step::{HostBatch, train_step};
@@ -165,7 +165,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
         [a.dim, a.depth, a.heads, a.mlp],
     );
     let ad = device.clone().autodiff();
-    let mut model = VisionTransformer::new(&cfg, 0, &ad)?;
+    let mut model = Model::new(&cfg, 0, &ad)?;
     let mut sparse = None;
     if a.adapter != AdapterKind::None {
         let lcfg = LoraConfig {
@@ -176,7 +176,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
             modules_to_save: vec!["head".into()],
             use_rslora: false,
         };
-        model = crate::model::lora::add_adapters(model, &lcfg, 0, &ad)?;
+        model = model.map_vit(|m| crate::model::lora::add_adapters(m, &lcfg, 0, &ad))?;
         if a.adapter == AdapterKind::Sparselora {
             let c = crate::config::Config {
                 sparsity: a.sparsity,
@@ -184,7 +184,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
                 sparse_dense_steps: 0.0,
                 ..crate::config::Config::default()
             };
-            sparse = Some(crate::model::sparse::setup(&model, &c, &device)?);
+            sparse = Some(crate::model::sparse::setup(model.as_vit()?, &c, &device)?);
         }
     }
     let params = count_params(&model).0;

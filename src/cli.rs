@@ -112,6 +112,12 @@ pub struct EvalArgs {
     pub device: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Also report the agreement (share of equal top-1 predictions) with this teacher: a vitrs checkpoint or weights --pretrained takes.
+    #[arg(long)]
+    pub teacher: Option<String>,
+    /// With a distillation token: predict with both heads averaged, the class head or the distillation head (default: the checkpoint's).
+    #[arg(long, value_enum)]
+    pub eval_head: Option<crate::model::EvalHead>,
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +131,9 @@ pub struct PredictArgs {
     pub top: usize,
     #[arg(long)]
     pub device: Option<String>,
+    /// With a distillation token: avg, cls or dist head (default: the checkpoint's).
+    #[arg(long, value_enum)]
+    pub eval_head: Option<crate::model::EvalHead>,
 }
 
 #[derive(Args, Debug)]

@@ -231,15 +231,27 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     };
     let mut model = model_with(&ck, &args.checkpoint, weights, &device)?;
     if let Some(dir) = &args.adapter_from {
-        model = crate::model::lora::apply_adapter(
-            model,
-            &crate::model::lora::read_peft(dir)?,
-            &device,
-        )?;
+        let adapter = crate::model::lora::read_peft(dir)?;
+        model = model.map_vit(|m| crate::model::lora::apply_adapter(m, &adapter, &device))?;
+    }
+    if let Some(h) = args.eval_head {
+        model = model.with_eval_head(h);
     }
     let val = load::load_split(&cfg, Split::Test)?;
     let loader = crate::train::val_loader(&cfg, &ck.vit_config, val);
-    let report = trainer::evaluate(&model, &loader, &device)?;
+    let (mut report, preds) = trainer::evaluate_preds(&model, &loader, &device)?;
+    if let Some(spec) = &args.teacher {
+        let t = crate::train::distill::load_teacher(
+            spec,
+            &ck.vit_config,
+            crate::config::DistillKind::None,
+            0.0,
+            1.0,
+            &device,
+        )?;
+        let t_preds = crate::train::distill::predictions(&t.model, &loader, &t.device);
+        report.teacher_agreement = Some(crate::train::distill::agreement(&preds, &t_preds));
+    }
     if args.json {
         println!(
             "{}",
@@ -247,6 +259,9 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
         );
     } else {
         println!("{}", report.to_table());
+        if let Some(a) = report.teacher_agreement {
+            println!("teacher agreement: {:.2}%", 100.0 * a);
+        }
     }
     Ok(())
 }
@@ -258,8 +273,8 @@ fn model_with(
     dir: &std::path::Path,
     weights: &std::collections::BTreeMap<String, crate::model::io::HostTensor>,
     device: &burn::tensor::Device,
-) -> Result<crate::model::VisionTransformer> {
-    let model = crate::model::VisionTransformer::new(&ck.vit_config, 0, device)?;
+) -> Result<crate::model::Model> {
+    let model = crate::model::Model::new(&ck.vit_config, 0, device)?;
     crate::model::io::load_state_dict(model, &ck.full_weights(dir, weights)?, device)
 }
 
@@ -267,7 +282,10 @@ fn cmd_predict(args: PredictArgs) -> Result<()> {
     let ck = checkpoint::load(&args.checkpoint)?;
     let cfg = ck.train_config.clone().unwrap_or_default();
     let device = crate::device::resolve(args.device.as_deref().or(cfg.device.as_deref()))?;
-    let model = model_with(&ck, &args.checkpoint, &ck.model, &device)?;
+    let mut model = model_with(&ck, &args.checkpoint, &ck.model, &device)?;
+    if let Some(h) = args.eval_head {
+        model = model.with_eval_head(h);
+    }
     let names = ck.class_names.clone().unwrap_or_else(|| {
         (0..ck.vit_config.num_classes)
             .map(|i| format!("class_{i}"))

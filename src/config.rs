@@ -9,7 +9,8 @@ use clap::{ArgMatches, Args, FromArgMatches, parser::ValueSource};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{self, Pool, VitConfig};
+use crate::model::cnn::CnnConfig;
+use crate::model::{self, EvalHead, Pool, VitConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -54,6 +55,18 @@ pub enum AdapterKind {
 pub enum LabelKind {
     Fine,
     Coarse,
+}
+
+/// How a teacher trains the student (`--distillation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DistillKind {
+    /// No distillation loss (a `--teacher` is then only measured: its accuracy, agreement).
+    None,
+    /// `(1 − α)·CE(z_s, y) + α·τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ))`.
+    Soft,
+    /// DeiT's hard distillation: `½·CE(z_s, y) + ½·CE(z_d, argmax z_t)`.
+    Hard,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Args)]
@@ -276,6 +289,39 @@ pub struct Config {
     /// Pooling for the head: the class token or the mean of the patch tokens.
     #[arg(long, value_enum, default_value = "cls")]
     pub pool: Pool,
+    /// DeiT's distillation token: a second learned token after the class token, with its own head (head_dist) trained by the distillation loss.
+    #[arg(long, alias = "dist_token")]
+    pub dist_token: bool,
+    /// With a distillation token: predict with the mean of both heads (avg, DeiT), the class head or the distillation head.
+    #[arg(long, value_enum, default_value = "avg", alias = "eval_head")]
+    pub eval_head: EvalHead,
+    /// --model cnn-fast: channels of its stages (each halves the resolution).
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 128, 256], alias = "cnn_widths")]
+    pub cnn_widths: Vec<usize>,
+
+    // ---- distillation ----
+    /// Teacher for knowledge distillation: a vitrs checkpoint directory or timm weights of any supported model (ViT, DeiT, ResNet). Runs in eval mode, without gradients, on the student's augmented batch.
+    #[arg(long)]
+    pub teacher: Option<String>,
+    /// Distillation loss: none (teacher only measured), soft (KL to the teacher's softened outputs) or hard (DeiT: cross-entropy to the teacher's top-1).
+    #[arg(long, value_enum, default_value = "none")]
+    pub distillation: DistillKind,
+    /// Soft distillation: weight α of the KL term (the true-label term gets 1 − α).
+    #[arg(
+        long,
+        default_value_t = 0.5,
+        alias = "distill_alpha",
+        alias = "distillation-alpha"
+    )]
+    pub distill_alpha: f64,
+    /// Soft distillation: temperature τ (the KL term is scaled by τ²).
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        alias = "distill_tau",
+        alias = "distillation-tau"
+    )]
+    pub distill_tau: f64,
 
     // ---- optimisation ----
     #[arg(
@@ -537,6 +583,23 @@ impl Config {
         channels: usize,
         data_classes: usize,
     ) -> Result<VitConfig> {
+        if let Some(cnn) = CnnConfig::preset(&self.model, &self.cnn_widths) {
+            if self.dist_token {
+                return Err(Error::Config(format!(
+                    "--dist-token is a ViT token; --model {} is a CNN (drop --dist-token)",
+                    self.model
+                )));
+            }
+            let num_classes = self.num_classes.unwrap_or(data_classes);
+            let cfg = VitConfig::cnn(
+                self.img_size.unwrap_or(data_size),
+                channels,
+                num_classes,
+                cnn,
+            );
+            cfg.validate()?;
+            return Ok(cfg);
+        }
         let p = model::find_preset(&self.model).ok_or_else(|| {
             Error::Config(format!(
                 "unknown --model `{}` (choose one of: {})",
@@ -564,6 +627,8 @@ impl Config {
             attn_drop_rate: self.attn_dropout.unwrap_or(p.dropout),
             drop_path_rate: self.drop_path,
             pool: self.pool,
+            dist_token: self.dist_token || model::is_distilled_preset(&self.model),
+            eval_head: self.eval_head,
             ..VitConfig::with_shape(img_size, patch_size, channels, num_classes, dims)
         };
         cfg.validate()?;
@@ -670,6 +735,17 @@ impl Config {
             {
                 return bad(&format!("{name} needs one finite number per channel"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.distill_alpha) {
+            return bad("--distill-alpha must be in [0, 1]");
+        }
+        if !(self.distill_tau > 0.0 && self.distill_tau.is_finite()) {
+            return bad("--distill-tau must be > 0");
+        }
+        if self.distillation != DistillKind::None && self.teacher.is_none() {
+            return bad(
+                "--distillation soft|hard needs a teacher: give --teacher PATH (a vitrs checkpoint, e.g. runs/X/checkpoints/best_model, or timm weights)",
+            );
         }
         if self.mean.is_some() != self.std.is_some() {
             return bad("--mean and --std go together: give both or neither");

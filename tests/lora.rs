@@ -56,7 +56,12 @@ fn peft_adapter_reproduces_peft_logits_and_merges_like_merge_and_unload() {
     assert!(d <= 1e-4, "base: {d}");
     // Unmerged: the adapter on the base model, as PEFT runs it.
     let device = Device::flex();
-    let model = lora::apply_adapter(base.build(0, &device).unwrap(), &adapter, &device).unwrap();
+    let model = lora::apply_adapter(
+        base.build(0, &device).unwrap().into_vit().unwrap(),
+        &adapter,
+        &device,
+    )
+    .unwrap();
     let x = burn::tensor::Tensor::<4>::from_data(
         burn::tensor::TensorData::new(g["pixel_values"].data.clone(), [2, 3, 32, 32]),
         &device,

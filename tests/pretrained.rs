@@ -81,6 +81,47 @@ fn timm_fixture_reproduces_timm_logits() {
     check_golden("timm-vit-tiny", &["logits"]);
 }
 
+/// timm's ResNet (BasicBlock, ImageNet stem with max-pool, randomized running statistics):
+/// the architecture is read from the shapes, BatchNorm runs on the running statistics.
+#[test]
+fn timm_resnet_fixture_reproduces_timm_logits() {
+    use vitrs::model::cnn::CnnConfig;
+    let p = load(&fixture("timm-resnet-tiny"));
+    assert_eq!(
+        p.config.cnn,
+        Some(CnnConfig::Resnet {
+            bottleneck: false,
+            layers: vec![1, 1, 1, 1],
+            widths: vec![8, 16, 32, 64],
+            // timm's plain stem is 64 wide whatever `stem_width` says (that only sizes deep
+            // stems): the shapes are the truth.
+            stem_width: 64,
+            imagenet_stem: true,
+        })
+    );
+    assert_eq!((p.config.num_classes, p.config.in_chans), (10, 3));
+    check_golden("timm-resnet-tiny", &["logits"]);
+    // The same weights in train mode (batch statistics) give other logits: the running
+    // statistics are really used.
+    let g = golden("timm-resnet-tiny");
+    let x = &g["pixel_values"];
+    let device = Device::flex();
+    let m = p.build(0, &device).unwrap();
+    let xt = Tensor::<4>::from_data(TensorData::new(x.data.clone(), [2, 3, 32, 32]), &device);
+    let y: Vec<f32> = m
+        .forward(xt, &Ctx::train(0, &[0]))
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .unwrap();
+    let d = y
+        .iter()
+        .zip(&g["logits"].data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(d > 1e-2, "train-mode logits equal eval-mode ones ({d})");
+}
+
 #[test]
 fn deit_distilled_fixture_reproduces_both_heads_and_their_mean() {
     let p = load(&fixture("deit-tiny-distilled"));

@@ -304,14 +304,17 @@ pub fn masked_step(
     device: &Device,
     ctx: &Ctx,
 ) -> StepOutput {
-    let Some(mask) = mask else {
-        return crate::train::step::train_step(model, batch, device, ctx);
+    let logits = model.forward(batch.images_tensor(device), ctx);
+    let logits = match mask {
+        Some(mask) => {
+            logits
+                + Tensor::<2>::from_data(
+                    TensorData::new(mask.to_vec(), [batch.len(), batch.num_classes]),
+                    device,
+                )
+        }
+        None => logits,
     };
-    let m = Tensor::<2>::from_data(
-        TensorData::new(mask.to_vec(), [batch.len(), batch.num_classes]),
-        device,
-    );
-    let logits = model.forward(batch.images_tensor(device), ctx) + m;
     let loss = soft_cross_entropy(logits.clone(), batch.targets_tensor(device));
     let grads = loss.backward();
     let grads = gradients(model, &grads);
@@ -320,6 +323,7 @@ pub fn masked_step(
         loss: loss as f64,
         correct: count_correct(logits.inner(), &batch.labels),
         grads,
+        ..Default::default()
     }
 }
 

@@ -123,6 +123,9 @@ pub struct Ctx {
     rng: RefCell<Rng>,
     /// SparseLoRA's estimators when this forward runs sparse (never in evaluation).
     pub sparse: Option<Arc<SparseLora>>,
+    /// Batch statistics BatchNorm layers saw in a training forward, for the caller to fold
+    /// into the running statistics after the step (the step stays a pure function).
+    pub(crate) bn_stats: RefCell<Vec<super::cnn::BnStats>>,
 }
 
 impl Ctx {
@@ -131,6 +134,7 @@ impl Ctx {
             train: false,
             rng: RefCell::new(Rng::seed(0)),
             sparse: None,
+            bn_stats: RefCell::default(),
         }
     }
 
@@ -140,6 +144,7 @@ impl Ctx {
             train: true,
             rng: RefCell::new(Rng::at(seed, crate::rng::stream::DROPOUT, coords)),
             sparse: None,
+            bn_stats: RefCell::default(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Models: the ViT (one file), its layers, parameter plumbing, weight I/O and pretrained
 //! weights (HF / timm, hub cache).
 
+pub mod classifier;
+pub mod cnn;
 pub mod hub;
 pub mod io;
 pub mod layers;
@@ -9,9 +11,11 @@ pub mod lora;
 pub mod params;
 pub mod pretrained;
 pub mod sparse;
+pub mod resnet;
 pub mod vit;
 
-pub use vit::{Pool, VisionTransformer, VitConfig};
+pub use classifier::Model;
+pub use vit::{EvalHead, Pool, VisionTransformer, VitConfig};
 
 /// A named model size. `None` image size means "the dataset's own" (the CIFAR-sized presets
 /// train at 32×32 on CIFAR and 28×28 on Fashion-MNIST).
@@ -62,11 +66,22 @@ pub const PRESETS: &[Preset] = &[
     preset("vit-tiny", Some(224), 16, [192, 12, 3, 768], 0.0),
     preset("vit-small", Some(224), 16, [384, 12, 6, 1536], 0.0),
     preset("vit-base", Some(224), 16, [768, 12, 12, 3072], 0.0),
+    // DeiT's sizes (Touvron et al. 2021): ViT-Ti/S/B at 224/16; `-distilled` adds the
+    // distillation token (DeiT-Ti distilled, 1,000 classes: 5,910,800 parameters).
+    preset("deit-tiny", Some(224), 16, [192, 12, 3, 768], 0.0),
+    preset("deit-small", Some(224), 16, [384, 12, 6, 1536], 0.0),
+    preset("deit-base", Some(224), 16, [768, 12, 12, 3072], 0.0),
 ];
+
+/// `deit-*-distilled`: the DeiT preset with a distillation token.
+pub fn is_distilled_preset(name: &str) -> bool {
+    name.starts_with("deit-") && name.ends_with("-distilled")
+}
 
 pub fn find_preset(name: &str) -> Option<Preset> {
     let name = match name {
         "vit-hf-scratch" => "vit-cifar",
+        n if is_distilled_preset(n) => n.trim_end_matches("-distilled"),
         n => n,
     };
     PRESETS.iter().copied().find(|p| p.name == name)
@@ -75,5 +90,11 @@ pub fn find_preset(name: &str) -> Option<Preset> {
 pub fn preset_names() -> Vec<&'static str> {
     let mut v: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
     v.push("vit-hf-scratch");
+    v.extend([
+        "deit-tiny-distilled",
+        "deit-small-distilled",
+        "deit-base-distilled",
+    ]);
+    v.extend(cnn::CNN_MODELS);
     v
 }

@@ -17,18 +17,23 @@ pub struct NamedParam {
     pub trainable: bool,
 }
 
+/// The module path being visited. An enum's variant (burn's derive enters it as a module of
+/// type `Enum:Name`) adds no segment: `Model::Vit(vit)` has the paths of `vit` itself, so a
+/// model wrapped in an enum keeps its timm names.
 #[derive(Default)]
-struct PathStack(Vec<String>);
+struct PathStack(Vec<Option<String>>);
 
 impl PathStack {
-    fn enter(&mut self, name: &str) {
-        self.0.push(name.to_string());
+    fn enter(&mut self, name: &str, container: &str) {
+        self.0
+            .push((!container.starts_with("Enum:")).then(|| name.to_string()));
     }
     fn exit(&mut self) {
         self.0.pop();
     }
     fn path(&self) -> String {
-        self.0.join(".")
+        let parts: Vec<&str> = self.0.iter().flatten().map(String::as_str).collect();
+        parts.join(".")
     }
 }
 
@@ -43,8 +48,8 @@ struct Collect {
 }
 
 impl ModuleVisitor for Collect {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.stack.enter(name);
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.enter(name, container);
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.stack.exit();
@@ -78,8 +83,8 @@ struct CollectGrads<'a> {
 }
 
 impl ModuleVisitor for CollectGrads<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.stack.enter(name);
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.enter(name, container);
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.stack.exit();
@@ -108,8 +113,8 @@ struct MapParams<F> {
 }
 
 impl<F: FnMut(&str, Tensor<1>) -> Option<Tensor<1>>> ModuleMapper for MapParams<F> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.stack.enter(name);
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.enter(name, container);
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.stack.exit();
@@ -150,8 +155,8 @@ struct SetTrainable<F> {
 }
 
 impl<F: FnMut(&str) -> bool> ModuleMapper for SetTrainable<F> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.stack.enter(name);
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.enter(name, container);
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.stack.exit();
@@ -172,10 +177,20 @@ pub fn set_trainable<M: Module>(module: M, f: impl FnMut(&str) -> bool) -> M {
     })
 }
 
-/// Total and trainable parameter counts.
+/// BatchNorm running statistics: stored as frozen parameters so that checkpoints, EMA and
+/// weight loading carry them, but buffers, not parameters, in PyTorch's sense.
+pub fn is_buffer(path: &str) -> bool {
+    path.ends_with(".running_mean") || path.ends_with(".running_var")
+}
+
+/// Total and trainable parameter counts (buffers left out, as PyTorch counts).
 pub fn count_params<M: Module>(module: &M) -> (usize, usize) {
-    named_params(module).iter().fold((0, 0), |(t, tr), p| {
-        let n: usize = p.shape.iter().product();
-        (t + n, tr + if p.trainable { n } else { 0 })
-    })
+    let params = named_params(module);
+    params
+        .iter()
+        .filter(|p| !is_buffer(&p.path))
+        .fold((0, 0), |(t, tr), p| {
+            let n: usize = p.shape.iter().product();
+            (t + n, tr + if p.trainable { n } else { 0 })
+        })
 }

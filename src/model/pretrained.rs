@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use super::hub;
 use super::io::{HostTensor, load_state_dict_keeping, read_safetensors, write_safetensors};
 use super::layers::Ctx;
-use super::{Pool, VisionTransformer, VitConfig};
+use super::{Pool, VitConfig};
 use crate::error::{Error, Result};
 
 /// Where a set of weights came from; decides name mapping and resampling semantics.
@@ -228,7 +228,7 @@ fn from_vitrs_checkpoint(dir: &Path) -> Result<Pretrained> {
     };
     Ok(Pretrained {
         origin: Origin::Vitrs,
-        has_head: weights.contains_key("head.weight"),
+        has_head: weights.contains_key("head.weight") || weights.contains_key("fc.weight"),
         config,
         weights,
         mean,
@@ -251,12 +251,42 @@ pub fn from_files(
     let raw = read_safetensors(weights)?;
     let config = config.map(read_json).transpose()?;
     let pre = preprocessor.map(read_json).transpose()?;
+    if super::resnet::is_timm_resnet(&raw) {
+        return from_timm_resnet(raw, config.as_ref(), weights);
+    }
     let mut p = match detect(&raw, weights)? {
         Origin::Hf => from_hf(raw, config.as_ref(), pre.as_ref(), weights)?,
         _ => from_timm(raw, config.as_ref(), weights)?,
     };
     p.source = weights.to_path_buf();
     Ok(p)
+}
+
+/// timm ResNet weights: the architecture from the tensor shapes (`resnet::infer_config`),
+/// the image size from a `config.json` beside them (224 for timm's ImageNet stem otherwise;
+/// a CNN takes any size).
+fn from_timm_resnet(
+    sd: BTreeMap<String, HostTensor>,
+    config: Option<&Value>,
+    path: &Path,
+) -> Result<Pretrained> {
+    let (cnn, in_chans, num_classes) = super::resnet::infer_config(&sd, path)?;
+    let img_size = usize_of(config.and_then(|c| c.get("img_size"))).unwrap_or(224);
+    let pcfg = config.and_then(|c| c.get("pretrained_cfg"));
+    let pick = |k: &str| {
+        floats(pcfg.and_then(|p| p.get(k))).or_else(|| floats(config.and_then(|c| c.get(k))))
+    };
+    Ok(Pretrained {
+        origin: Origin::Timm,
+        has_head: num_classes.is_some(),
+        config: VitConfig::cnn(img_size, in_chans, num_classes.unwrap_or(0), cnn),
+        weights: sd,
+        mean: pick("mean"),
+        std: pick("std"),
+        class_names: None,
+        source: path.to_path_buf(),
+        notes: Vec::new(),
+    })
 }
 
 /// HF or timm, from the tensor names.
@@ -546,6 +576,8 @@ fn base_config(s: &Shapes, num_heads: usize, eps: f64) -> VitConfig {
         layer_norm_eps: eps,
         pool: Pool::Cls,
         dist_token: s.dist_token,
+        eval_head: super::vit::EvalHead::Avg,
+        cnn: None,
     }
 }
 
@@ -793,6 +825,11 @@ impl Pretrained {
         if img_size == c.img_size {
             return Ok(None);
         }
+        if c.cnn.is_some() {
+            // Convolutions and global pooling take any resolution.
+            self.config.img_size = img_size;
+            return Ok(None);
+        }
         if img_size == 0 || !img_size.is_multiple_of(c.patch_size) {
             return Err(Error::Config(format!(
                 "img-size {img_size} is not divisible by the checkpoint's patch size {} (choose a multiple of it)",
@@ -822,7 +859,8 @@ impl Pretrained {
     /// Drop the head(s): the model built from these weights gets a freshly initialised
     /// `num_classes` head (as `VisionTransformer::new` initialises it).
     pub fn replace_head(&mut self, num_classes: usize) {
-        self.weights.retain(|k, _| !k.starts_with("head"));
+        self.weights
+            .retain(|k, _| !k.starts_with("head") && !k.starts_with("fc."));
         self.has_head = false;
         self.config.num_classes = num_classes;
         self.class_names = None;
@@ -830,14 +868,14 @@ impl Pretrained {
 
     /// The model, on `device`. Without a head in the weights the model's fresh head (from
     /// `seed`) stays.
-    pub fn build(&self, seed: u64, device: &Device) -> Result<VisionTransformer> {
+    pub fn build(&self, seed: u64, device: &Device) -> Result<super::Model> {
         if self.config.num_classes == 0 {
             return Err(err(format!(
                 "{} has no classification head; give --num-classes to add a fresh one",
                 self.source.display()
             )));
         }
-        let model = VisionTransformer::new(&self.config, seed, device)?;
+        let model = super::Model::new(&self.config, seed, device)?;
         load_state_dict_keeping(model, &self.weights, device, is_head)
     }
 }
@@ -858,16 +896,21 @@ impl Pretrained {
         }
         let device = Device::flex();
         let model = self.build(0, &device)?;
-        let model = super::lora::apply_adapter(model, adapter, &device)?;
-        self.weights = super::io::state_dict(&super::lora::merge(model));
+        let model = model.map_vit(|m| {
+            Ok(super::lora::merge(super::lora::apply_adapter(
+                m, adapter, &device,
+            )?))
+        })?;
+        self.weights = super::io::state_dict(&model);
         self.has_head = true;
         Ok(())
     }
 }
 
-/// The parameters pretrained loading may leave to fresh initialisation.
+/// The parameters pretrained loading may leave to fresh initialisation (a ResNet's head is
+/// `fc`).
 pub fn is_head(path: &str) -> bool {
-    path.starts_with("head.") || path.starts_with("head_dist.")
+    path.starts_with("head.") || path.starts_with("head_dist.") || path.starts_with("fc.")
 }
 
 /// Resample the patch part of `pos_embed` (`[1, prefix + h·w, dim]`) to `new` = (h', w');
@@ -1218,6 +1261,12 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 /// Write `model.safetensors` and `config.json` (and for HF `preprocessor_config.json`) into
 /// `out`, in the layout timm or transformers load as they are.
 pub fn export(p: &Pretrained, format: ExportFormat, out: &Path) -> Result<()> {
+    if p.config.cnn.is_some() {
+        return Err(err(format!(
+            "{}: exporting CNNs is not supported (vitrs exports ViTs); its model.safetensors already has timm's ResNet names",
+            p.source.display()
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, "creating", e))?;
     let meta = Some(std::collections::HashMap::from([(
         "format".to_string(),
@@ -1275,6 +1324,7 @@ pub fn export(p: &Pretrained, format: ExportFormat, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::VisionTransformer;
     use crate::model::io::state_dict;
 
     fn tiny(dist: bool) -> VitConfig {

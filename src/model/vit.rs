@@ -17,6 +17,16 @@ pub enum Pool {
     Avg,
 }
 
+/// What a distillation-token ViT predicts with: the mean of both heads (DeiT), or one of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalHead {
+    #[default]
+    Avg,
+    Cls,
+    Dist,
+}
+
 /// Everything that fixes a ViT's shape and behaviour; saved as `config.json` in checkpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VitConfig {
@@ -39,6 +49,13 @@ pub struct VitConfig {
     /// DeiT: a second learned token after the class token, with its own head.
     #[serde(default)]
     pub dist_token: bool,
+    /// With a distillation token: the head(s) evaluation and prediction use.
+    #[serde(default)]
+    pub eval_head: EvalHead,
+    /// A CNN instead of the ViT: `img_size`, `in_chans` and `num_classes` still apply, the
+    /// transformer fields are unused. Absent in ViT checkpoints (which stay loadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnn: Option<super::cnn::CnnConfig>,
 }
 
 impl VitConfig {
@@ -68,6 +85,21 @@ impl VitConfig {
             layer_norm_eps: 1e-6,
             pool: Pool::Cls,
             dist_token: false,
+            eval_head: EvalHead::Avg,
+            cnn: None,
+        }
+    }
+
+    /// The config of a CNN (`model::cnn`) on `img_size`² images with `in_chans` channels.
+    pub fn cnn(
+        img_size: usize,
+        in_chans: usize,
+        num_classes: usize,
+        cnn: super::cnn::CnnConfig,
+    ) -> Self {
+        VitConfig {
+            cnn: Some(cnn),
+            ..VitConfig::with_shape(img_size, img_size, in_chans, num_classes, [0; 4])
         }
     }
 
@@ -82,6 +114,12 @@ impl VitConfig {
     /// Rejects shapes that cannot be built, before anything is allocated.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
+        if let Some(c) = &self.cnn {
+            if self.num_classes == 0 || self.in_chans == 0 {
+                return bad("num-classes and input channels must be > 0".into());
+            }
+            return c.validate();
+        }
         if self.embed_dim == 0 || self.depth == 0 || self.num_heads == 0 || self.mlp_dim == 0 {
             return bad("embed-dim, depth, num-heads and mlp-dim must all be > 0".into());
         }
@@ -247,12 +285,14 @@ impl VisionTransformer {
         }
     }
 
-    /// Class logits; with a distillation head, the average of both heads (timm's eval output).
+    /// Class logits; with a distillation head, the heads `config.eval_head` names (by
+    /// default the average of both, timm's eval output).
     pub fn forward(&self, x: Tensor<4>, ctx: &Ctx) -> Tensor<2> {
         let out = self.forward_heads(x, ctx);
-        match out.dist_logits {
-            Some(d) => (out.logits + d) / 2.0,
-            None => out.logits,
+        match (out.dist_logits, self.config.eval_head) {
+            (None, _) | (Some(_), EvalHead::Cls) => out.logits,
+            (Some(d), EvalHead::Avg) => (out.logits + d) / 2.0,
+            (Some(d), EvalHead::Dist) => d,
         }
     }
 }
@@ -311,6 +351,65 @@ mod tests {
         }
         // The benchmark model of issue 5.
         assert_eq!(closed_form(&cfg(32, 4, [192, 6, 3, 768], 10)), 2_693_578);
+    }
+
+    /// DeiT's distillation token: one more token (with its position embedding) and a second
+    /// head; DeiT-Ti distilled at 224/16 with 1,000 classes has 5,910,800 parameters (timm's
+    /// deit_tiny_distilled_patch16_224). `eval_head` picks what `forward` returns.
+    #[test]
+    fn dist_token_shapes_counts_and_eval_heads() {
+        let device = Device::flex();
+        let deit = crate::model::find_preset("deit-tiny-distilled").unwrap();
+        assert!(crate::model::is_distilled_preset("deit-tiny-distilled"));
+        let c = VitConfig {
+            dist_token: true,
+            ..cfg(
+                224,
+                16,
+                [deit.embed_dim, deit.depth, deit.num_heads, deit.mlp_dim],
+                1000,
+            )
+        };
+        let m = VisionTransformer::new(&c, 0, &device).unwrap();
+        assert_eq!(count_params(&m).0, 5_910_800);
+        let c = VitConfig {
+            dist_token: true,
+            ..cfg(8, 4, [8, 1, 2, 16], 3)
+        };
+        let m = VisionTransformer::new(&c, 0, &device).unwrap();
+        assert_eq!(m.pos_embed.val().dims(), [1, 4 + 2, 8]);
+        assert_eq!(m.dist_token.as_ref().unwrap().val().dims(), [1, 1, 8]);
+        let x = Tensor::<4>::ones([2, 3, 8, 8], &device);
+        assert_eq!(
+            m.forward_features(x.clone(), &Ctx::eval()).dims(),
+            [2, 6, 8]
+        );
+        let out = m.forward_heads(x.clone(), &Ctx::eval());
+        let (cls, dist) = (out.logits, out.dist_logits.unwrap());
+        assert_eq!(dist.dims(), [2, 3]);
+        let host = |t: Tensor<2>| {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        };
+        let (hc, hd) = (host(cls), host(dist));
+        assert_ne!(hc, hd);
+        let mut m = m;
+        for (head, expect) in [
+            (EvalHead::Cls, hc.clone()),
+            (EvalHead::Dist, hd.clone()),
+            (
+                EvalHead::Avg,
+                hc.iter().zip(&hd).map(|(a, b)| (a + b) / 2.0).collect(),
+            ),
+        ] {
+            m.config.eval_head = head;
+            let got = host(m.forward(x.clone(), &Ctx::eval()));
+            for (g, e) in got.iter().zip(&expect) {
+                assert!((g - e).abs() < 1e-6, "{head:?}");
+            }
+        }
     }
 
     #[test]

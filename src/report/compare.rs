@@ -73,6 +73,13 @@ const COLUMNS: &[Column] = &[
         percent: false,
         ratio: true,
     },
+    // Runs trained with a --teacher: the final student's agreement with it (summary.json).
+    Column {
+        key: "teacher_agreement",
+        header: "teacher agreement",
+        percent: true,
+        ratio: false,
+    },
 ];
 
 pub struct RunSummary {
@@ -193,13 +200,14 @@ mod tests {
             RunSummary {
                 name: "b".into(),
                 dir: PathBuf::new(),
-                summary: serde_json::json!({"best_val_acc": 0.75, "train_images_per_sec": 250.0, "total_params": 1000}),
+                summary: serde_json::json!({"best_val_acc": 0.75, "train_images_per_sec": 250.0, "total_params": 1000, "teacher_agreement": 0.8642}),
             },
         ];
         let t = table(&runs);
         let b = t.lines().find(|l| l.starts_with("| b |")).unwrap();
         assert!(b.contains("75.00% (1.50×)"), "{t}");
         assert!(b.contains("250 (2.50×)"), "{t}");
+        assert!(b.ends_with("| 86.42% |"), "{t}");
         let a = t.lines().find(|l| l.starts_with("| a |")).unwrap();
         assert!(a.contains("50.00% |"), "{t}");
     }

@@ -209,6 +209,9 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<u64>>,
     pub class_names: Vec<String>,
     pub num_samples: usize,
+    /// `vitrs eval --teacher`: share of samples where the model's top-1 equals the teacher's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_agreement: Option<f64>,
 }
 
 /// Classes beyond this count get a worst-classes summary instead of a full matrix in text.
@@ -257,6 +260,7 @@ impl EvalReport {
             confusion,
             class_names,
             num_samples: labels.len(),
+            teacher_agreement: None,
         })
     }
 

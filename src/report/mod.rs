@@ -36,6 +36,9 @@ pub fn write_report(run_dir: &Path, eval: Option<&EvalReport>) -> Result<String>
     );
     let mut md = format!("# Training report: {name}\n\n");
     md.push_str(&analysis::analyze(&records).to_markdown());
+    if let Some(d) = distillation_section(&records) {
+        md.push_str(&d);
+    }
     if let Some(eval) = eval {
         let _ = write!(
             md,
@@ -62,10 +65,61 @@ pub fn write_report(run_dir: &Path, eval: Option<&EvalReport>) -> Result<String>
     Ok(md)
 }
 
+/// With a `--teacher`: the last validation record's teacher accuracy and agreement, and the
+/// last train record's loss terms.
+fn distillation_section(records: &[metrics::MetricRecord]) -> Option<String> {
+    let val = records
+        .iter()
+        .rev()
+        .find(|r| r.split == "val" && r.extra.contains_key("teacher_agreement"))?;
+    let mut md = format!(
+        "## Distillation\n\nteacher val accuracy {:.2}%, student–teacher agreement {:.2}% (epoch {})\n",
+        100.0 * val.extra.get("teacher_acc").copied().unwrap_or(f64::NAN),
+        100.0 * val.extra["teacher_agreement"],
+        val.epoch
+    );
+    if let Some(t) = records
+        .iter()
+        .rev()
+        .find(|r| r.split == "train" && r.extra.contains_key("loss_ce"))
+    {
+        let g = |k: &str| t.extra.get(k).copied().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            md,
+            "last train log (step {}): true-label loss {:.4}, distillation loss {:.4}, train agreement {:.2}%",
+            t.step,
+            g("loss_ce"),
+            g("loss_distill"),
+            100.0 * g("agreement")
+        );
+    }
+    md.push('\n');
+    Some(md)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use metrics::{MetricRecord, MetricsWriter};
+
+    #[test]
+    fn distillation_section_reports_the_teacher() {
+        let mut v = MetricRecord::val(2, 200, 0.5, 0.8, 0.0);
+        assert!(distillation_section(std::slice::from_ref(&v)).is_none());
+        v.extra.insert("teacher_acc".into(), 0.9);
+        v.extra.insert("teacher_agreement".into(), 0.8631);
+        let mut t = MetricRecord::train(2, 150, 0.4, 0.8, 1e-3, 100.0, 0.0);
+        t.extra.insert("loss_ce".into(), 0.464);
+        t.extra.insert("loss_distill".into(), 0.368);
+        t.extra.insert("agreement".into(), 0.874);
+        let md = distillation_section(&[t, v]).unwrap();
+        assert!(md.contains("teacher val accuracy 90.00%"), "{md}");
+        assert!(md.contains("agreement 86.31% (epoch 2)"), "{md}");
+        assert!(
+            md.contains("true-label loss 0.4640, distillation loss 0.3680, train agreement 87.40%"),
+            "{md}"
+        );
+    }
 
     #[test]
     fn report_of_a_run_directory() {

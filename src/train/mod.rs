@@ -2,6 +2,7 @@
 
 pub mod adapters;
 pub mod checkpoint;
+pub mod distill;
 pub mod ema;
 pub mod loss;
 pub mod optim;
@@ -24,7 +25,7 @@ use crate::data::{Split, load, recipe};
 use crate::error::{Error, Result};
 use crate::model::io::HostTensor;
 use crate::model::layers::Ctx;
-use crate::model::{VisionTransformer, VitConfig, pretrained};
+use crate::model::{Model, VitConfig, pretrained};
 pub use trainer::{Run, Summary, train};
 
 /// `runs/<UTC timestamp>`.
@@ -249,7 +250,7 @@ pub fn val_loader(cfg: &Config, vit: &VitConfig, data: Dataset) -> Loader {
 
 /// Class probabilities of `model` for one image file.
 pub fn predict_file(
-    model: &VisionTransformer,
+    model: &Model,
     cfg: &Config,
     vit: &VitConfig,
     path: &Path,

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use super::distill::{Teacher, distill_loss, prediction};
 use super::loss::soft_cross_entropy;
-use crate::model::VisionTransformer;
+use crate::model::Model;
+use crate::model::cnn::running_stats_update;
 use crate::model::layers::Ctx;
 use crate::model::params::gradients;
 
@@ -43,6 +45,7 @@ impl HostBatch {
     }
 }
 
+#[derive(Default)]
 pub struct StepOutput {
     /// Mean loss over the batch.
     pub loss: f64,
@@ -50,6 +53,12 @@ pub struct StepOutput {
     pub correct: usize,
     /// Gradients of the mean loss, by parameter path.
     pub grads: BTreeMap<String, Tensor<1>>,
+    /// New BatchNorm running statistics by path (empty for a ViT): the caller sets them after
+    /// the optimizer step (data parallelism averages them like gradients).
+    pub buffers: BTreeMap<String, Tensor<1>>,
+    /// Batch means for the log: with a teacher `loss_ce`, `loss_distill`, `teacher_acc`,
+    /// `agreement`, and `teacher_s` (seconds spent in the teacher's forward).
+    pub extra: BTreeMap<String, f64>,
 }
 
 /// Number of rows whose argmax equals the label.
@@ -67,20 +76,44 @@ pub fn count_correct(logits: Tensor<2>, labels: &[usize]) -> usize {
 }
 
 /// Forward + backward on `device` (an autodiff device); `ctx` carries the step's dropout RNG.
-pub fn train_step(
-    model: &VisionTransformer,
+pub fn train_step(model: &Model, batch: &HostBatch, device: &Device, ctx: &Ctx) -> StepOutput {
+    train_step_with(model, batch, device, ctx, None)
+}
+
+/// [`train_step`] with an optional teacher (knowledge distillation, `train::distill`).
+pub fn train_step_with(
+    model: &Model,
     batch: &HostBatch,
     device: &Device,
     ctx: &Ctx,
+    teacher: Option<&Teacher>,
 ) -> StepOutput {
-    let logits = model.forward(batch.images_tensor(device), ctx);
-    let loss = soft_cross_entropy(logits.clone(), batch.targets_tensor(device));
+    let out = model.forward_heads(batch.images_tensor(device), ctx);
+    let targets = batch.targets_tensor(device);
+    let (loss, extra) = match (teacher, &out.dist_logits) {
+        (Some(t), _) => {
+            let parts = distill_loss(&out, targets, batch, t, device);
+            (parts.loss, parts.extra)
+        }
+        // A distillation token without a teacher learns the true labels, like the class token.
+        (None, Some(d)) => {
+            let both = soft_cross_entropy(out.logits.clone(), targets.clone())
+                + soft_cross_entropy(d.clone(), targets);
+            (both * 0.5, BTreeMap::new())
+        }
+        (None, None) => (
+            soft_cross_entropy(out.logits.clone(), targets),
+            BTreeMap::new(),
+        ),
+    };
     let grads = loss.backward();
     let grads = gradients(model, &grads);
     let loss: f32 = loss.inner().into_scalar();
     StepOutput {
         loss: loss as f64,
-        correct: count_correct(logits.inner(), &batch.labels),
+        correct: count_correct(prediction(&out).inner(), &batch.labels),
         grads,
+        buffers: running_stats_update(model, ctx),
+        extra,
     }
 }

@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use super::adapters;
 use super::checkpoint::{self, Checkpoint, TrainingState};
+use super::distill::{self, Teacher};
 use super::ema::Ema;
 use super::optim::{AdamW, AdamWConfig, global_grad_norm};
 use super::schedule::WarmupCosine;
-use super::step::{StepOutput, train_step};
+use super::step::{StepOutput, train_step_with};
 use crate::config::{AdapterKind, Config};
 use crate::data::loader::Loader;
 use crate::dist::{Comm, decide};
@@ -27,10 +28,11 @@ use crate::model::io::{
 };
 use crate::model::layers::Ctx;
 use crate::model::lora;
+use crate::model::params::map_params;
 use crate::model::params::{count_params, named_params, set_trainable};
 use crate::model::pretrained::is_head;
 use crate::model::sparse;
-use crate::model::{VisionTransformer, VitConfig};
+use crate::model::{Model, VitConfig};
 use crate::report::metrics::{EvalReport, MetricRecord, MetricsWriter};
 use crate::report::tensorboard::{EventWriter, HParam, log_record};
 
@@ -62,6 +64,12 @@ pub struct Summary {
     pub adapter: String,
     pub freeze_backbone: bool,
     pub run_dir: PathBuf,
+    /// With a `--teacher`: the teacher's validation accuracy and the final student's
+    /// agreement with it (share of equal top-1 predictions on the validation set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_val_acc: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_agreement: Option<f64>,
     /// Data-parallel processes (1 without MPI).
     #[serde(default = "one")]
     pub processes: usize,
@@ -92,7 +100,16 @@ pub struct Run {
 }
 
 /// Evaluate `model` (any mode; it is switched to eval) on every batch of `loader`.
-pub fn evaluate(model: &VisionTransformer, loader: &Loader, device: &Device) -> Result<EvalReport> {
+pub fn evaluate(model: &Model, loader: &Loader, device: &Device) -> Result<EvalReport> {
+    Ok(evaluate_preds(model, loader, device)?.0)
+}
+
+/// [`evaluate`], also returning the top-1 predictions (for the agreement with a teacher).
+pub fn evaluate_preds(
+    model: &Model,
+    loader: &Loader,
+    device: &Device,
+) -> Result<(EvalReport, Vec<usize>)> {
     let model = model.valid();
     let mut preds = Vec::with_capacity(loader.dataset().len());
     let mut labels = Vec::with_capacity(loader.dataset().len());
@@ -127,12 +144,13 @@ pub fn evaluate(model: &VisionTransformer, loader: &Loader, device: &Device) -> 
         (preds, labels, loss_sum) = gather_shards(loader, &preds, loss_sum);
     }
     let n = labels.len().max(1);
-    EvalReport::from_predictions(
+    let report = EvalReport::from_predictions(
         &preds,
         &labels,
         loader.dataset().class_names.clone(),
         loss_sum / n as f64,
-    )
+    )?;
+    Ok((report, preds))
 }
 
 /// Every rank's predictions (of its shard of the unshuffled loader) put back in data-set
@@ -198,6 +216,10 @@ struct Accumulator {
     loss_sum: f64,
     correct: usize,
     micro: usize,
+    /// Σ over micro-batches of the new BatchNorm running statistics.
+    buffers: BTreeMap<String, Tensor<1>>,
+    /// Σ n_i · extra_i (distillation losses, agreement, ...).
+    extra: BTreeMap<String, f64>,
 }
 
 impl Accumulator {
@@ -209,6 +231,18 @@ impl Accumulator {
                 None => g,
             };
             self.grads.insert(k, sum);
+        }
+        for (k, b) in out.buffers {
+            let sum = match self.buffers.remove(&k) {
+                Some(acc) => acc + b,
+                None => b,
+            };
+            self.buffers.insert(k, sum);
+        }
+        for (k, v) in out.extra {
+            // Seconds add up as they are; batch means are weighted by the batch size.
+            let w = if k == "teacher_s" { 1.0 } else { n as f64 };
+            *self.extra.entry(k).or_default() += v * w;
         }
         self.images += n;
         self.loss_sum += out.loss * n as f64;
@@ -247,6 +281,15 @@ impl Accumulator {
         self.correct = buf[total + 2] as usize;
     }
 
+    /// The running statistics to set after the step: the mean over its micro-batches.
+    fn mean_buffers(&mut self) -> BTreeMap<String, Tensor<1>> {
+        let m = self.micro.max(1) as f64;
+        std::mem::take(&mut self.buffers)
+            .into_iter()
+            .map(|(k, b)| (k, b / m))
+            .collect()
+    }
+
     /// The mean gradient over every image of the step (what one big batch would give).
     fn mean_grads(&mut self) -> BTreeMap<String, Tensor<1>> {
         let n = self.images as f64;
@@ -263,6 +306,7 @@ struct Window {
     loss_sum: f64,
     correct: usize,
     images: usize,
+    extra: BTreeMap<String, f64>,
 }
 
 impl Window {
@@ -270,6 +314,17 @@ impl Window {
         self.loss_sum += acc.loss_sum;
         self.correct += acc.correct;
         self.images += acc.images;
+        for (k, v) in &acc.extra {
+            *self.extra.entry(k.clone()).or_default() += v;
+        }
+    }
+    /// Means per image of the extras; `teacher_s` stays a sum (seconds in the window).
+    fn extras(&self) -> BTreeMap<String, f64> {
+        let n = self.images.max(1) as f64;
+        self.extra
+            .iter()
+            .map(|(k, v)| (k.clone(), if k == "teacher_s" { *v } else { v / n }))
+            .collect()
     }
     fn loss(&self) -> f64 {
         self.loss_sum / self.images.max(1) as f64
@@ -298,7 +353,7 @@ pub fn train(run: Run) -> Result<Summary> {
         .as_deref()
         .map(checkpoint::load)
         .transpose()?;
-    let mut model = VisionTransformer::new(&vit_config, cfg.seed, &ad)?;
+    let mut model = Model::new(&vit_config, cfg.seed, &ad)?;
     if let Some(w) = &init_weights {
         model = load_state_dict_keeping(model, w, &ad, is_head)?;
     }
@@ -308,16 +363,28 @@ pub fn train(run: Run) -> Result<Summary> {
             (Some(meta), Some(dir)) => {
                 let base = read_safetensors(&meta.base.resolve(dir)?)?;
                 model = load_state_dict(model, &base, &ad)?;
-                model = lora::add_adapters(model, &meta.config, cfg.seed, &ad)?;
+                model = model.map_vit(|m| lora::add_adapters(m, &meta.config, cfg.seed, &ad))?;
                 Some(meta.clone())
             }
             _ => None,
         },
-        None => {
-            let (m, meta) = adapters::setup(model, &cfg, &run_dir, &ad)?;
-            model = m;
-            meta
-        }
+        None => match model {
+            Model::Vit(vit) => {
+                let (m, meta) = adapters::setup(vit, &cfg, &run_dir, &ad)?;
+                model = Model::Vit(m);
+                meta
+            }
+            cnn => {
+                if adapters::lora_config(&cfg).is_some() {
+                    return Err(Error::Config(
+                        "LoRA adapters apply to ViTs only; --model is a CNN (drop --adapter)"
+                            .into(),
+                    ));
+                }
+                model = cnn;
+                None
+            }
+        },
     };
     if cfg.freeze_backbone && adapter.is_none() {
         model = set_trainable(model, is_head);
@@ -410,13 +477,29 @@ pub fn train(run: Run) -> Result<Summary> {
         .filter(|p| p.trainable)
         .map(|p| (p.path, p.shape.iter().product()))
         .collect();
+    let teacher = match &cfg.teacher {
+        Some(spec) => Some(distill::load_teacher(
+            spec,
+            &vit_config,
+            cfg.distillation,
+            cfg.distill_alpha,
+            cfg.distill_tau,
+            &device,
+        )?),
+        None => None,
+    };
+    // The teacher is fixed: its validation predictions are computed once.
+    let teacher_val = match &teacher {
+        Some(t) => Some(teacher_validation(t, &val_loader)?),
+        None => None,
+    };
     let (total_params, trainable_params) = count_params(&model);
     let accum = cfg.accum_steps;
     let micro_per_epoch = train_loader.num_batches();
     let steps_per_epoch = micro_per_epoch.div_ceil(accum);
     // SparseLoRA: SVD estimators of the frozen base, once; sparse after the dense steps.
     let sparse = match cfg.adapter {
-        AdapterKind::Sparselora => Some(sparse::setup(&model, &cfg, &device)?),
+        AdapterKind::Sparselora => Some(sparse::setup(model.as_vit()?, &cfg, &device)?),
         _ => None,
     };
     let dense_steps = sparse.as_ref().map_or(0, |s| {
@@ -488,9 +571,9 @@ pub fn train(run: Run) -> Result<Summary> {
     }
 
     let save = |name: &str,
-                model: &VisionTransformer,
+                model: &Model,
                 optim: &AdamW,
-                ema: &Option<Ema<VisionTransformer>>,
+                ema: &Option<Ema<Model>>,
                 state: &TrainingState|
      -> Result<PathBuf> {
         let dest = ckpt_root.join(name);
@@ -516,6 +599,7 @@ pub fn train(run: Run) -> Result<Summary> {
     let time_limit = (cfg.max_training_hours > 0.0).then_some(cfg.max_training_hours * 3600.0);
     let mut stopped_reason = "completed".to_string();
     let mut last_eval: Option<EvalReport> = None;
+    let mut last_preds: Vec<usize> = Vec::new();
     let run_start = Instant::now();
     let mut step_ms: Vec<f64> = Vec::new();
     let mut step_start = Instant::now();
@@ -559,7 +643,10 @@ pub fn train(run: Run) -> Result<Summary> {
             local_images += n;
             match n {
                 0 => acc.micro += 1, // this rank's shard ran out; it still joins the step
-                _ => acc.add(train_step(&model, &batch, &ad, &ctx), n),
+                _ => acc.add(
+                    train_step_with(&model, &batch, &ad, &ctx, teacher.as_ref()),
+                    n,
+                ),
             }
             if acc.micro < accum && micro + 1 < micro_per_epoch {
                 continue;
@@ -592,6 +679,10 @@ pub fn train(run: Run) -> Result<Summary> {
                 1.0
             };
             model = optim.step(model, &grads, lr, scale);
+            let buffers = acc.mean_buffers();
+            if !buffers.is_empty() {
+                model = map_params(model, |path, _| buffers.get(path).cloned());
+            }
             if let Some(e) = &mut ema {
                 e.update(&model);
             }
@@ -612,6 +703,7 @@ pub fn train(run: Run) -> Result<Summary> {
                     img_s,
                     0.0,
                 );
+                record.extra = log_win.extras();
                 if let Some(s) = &sparse {
                     // The sparsity evolution, and base parameters used apart from trained ones.
                     record
@@ -688,7 +780,7 @@ pub fn train(run: Run) -> Result<Summary> {
         let mut stop_early = false;
         let eval_start = Instant::now();
         if epoch % cfg.eval_every == 0 || epoch == cfg.epochs {
-            let report = evaluate(&model, &val_loader, &device)?;
+            let (report, preds) = evaluate_preds(&model, &val_loader, &device)?;
             let mut record =
                 MetricRecord::val(epoch, state.global_step, report.loss, report.acc, 0.0);
             line += &format!(
@@ -696,6 +788,12 @@ pub fn train(run: Run) -> Result<Summary> {
                 report.loss,
                 100.0 * report.acc
             );
+            if let Some((t_preds, t_acc)) = &teacher_val {
+                let agree = distill::agreement(&preds, t_preds);
+                record.extra.insert("teacher_acc".into(), *t_acc);
+                record.extra.insert("teacher_agreement".into(), agree);
+                line += &format!(" | teacher agreement {:.2}%", 100.0 * agree);
+            }
             if let Some(e) = &ema {
                 let er = evaluate(&e.model, &val_loader, &device)?;
                 record.extra.insert("ema_loss".into(), er.loss);
@@ -722,6 +820,7 @@ pub fn train(run: Run) -> Result<Summary> {
             }
             stop_early = decide(dist, u32::from(stop_early)) == 1;
             last_eval = Some(report);
+            last_preds = preds;
         }
         let eval_secs = eval_start.elapsed().as_secs_f64();
         if dist.is_main() {
@@ -774,7 +873,9 @@ pub fn train(run: Run) -> Result<Summary> {
             state.best_epoch,
             100.0 * state.best_val_acc
         );
-        Some(evaluate(&model, &val_loader, &device)?)
+        let (report, preds) = evaluate_preds(&model, &val_loader, &device)?;
+        last_preds = preds;
+        Some(report)
     } else {
         last_eval
     };
@@ -812,9 +913,22 @@ pub fn train(run: Run) -> Result<Summary> {
         run_dir: run_dir.clone(),
         processes: dist.size(),
         global_batch_size: global_batch,
+        teacher_val_acc: teacher_val.as_ref().map(|(_, a)| *a),
+        teacher_agreement: teacher_val
+            .as_ref()
+            .filter(|_| final_eval.is_some())
+            .map(|(p, _)| distill::agreement(&last_preds, p)),
     };
     if !dist.is_main() {
         return Ok(summary);
+    }
+    if let (Some(t), Some(a)) = (&teacher, summary.teacher_agreement) {
+        eprintln!(
+            "teacher {}: val acc {:.2}%, agreement with the student {:.2}%",
+            t.source,
+            100.0 * summary.teacher_val_acc.unwrap_or(f64::NAN),
+            100.0 * a
+        );
     }
     write_json(&run_dir.join("summary.json"), &summary)?;
     if let Some(e) = &final_eval {
@@ -843,6 +957,12 @@ fn median(v: &[f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// The teacher's top-1 predictions on the validation set and its accuracy there.
+fn teacher_validation(t: &Teacher, val: &Loader) -> Result<(Vec<usize>, f64)> {
+    let (report, preds) = evaluate_preds(&t.model, val, &t.device)?;
+    Ok((preds, report.acc))
 }
 
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
