@@ -10,8 +10,8 @@ pub mod linear;
 pub mod lora;
 pub mod params;
 pub mod pretrained;
-pub mod sparse;
 pub mod resnet;
+pub mod sparse;
 pub mod vit;
 
 pub use classifier::Model;
