@@ -505,7 +505,11 @@ pub fn train(run: Run) -> Result<Summary> {
     let dense_steps = sparse.as_ref().map_or(0, |s| {
         // The fraction is of the steps this run will take (a --max-steps run stops early).
         let total = (cfg.epochs * steps_per_epoch) as u64;
-        let total = if cfg.max_steps > 0 { total.min(cfg.max_steps) } else { total };
+        let total = if cfg.max_steps > 0 {
+            total.min(cfg.max_steps)
+        } else {
+            total
+        };
         s.config.dense_steps(total)
     });
     if let Some(s) = &sparse {
