@@ -27,6 +27,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             let sub = matches
                 .subcommand_matches("compare-finetune")
                 .ok_or_else(|| Error::Config("no compare-finetune arguments".into()))?;
+            crate::dist::refuse_launched("compare-finetune")?;
             let cfg = train_config(&args.train, sub)?;
             let out = cfg
                 .out_dir
@@ -41,6 +42,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             let sub = matches
                 .subcommand_matches("continual")
                 .ok_or_else(|| Error::Config("no continual arguments".into()))?;
+            crate::dist::refuse_launched("continual")?;
             cmd_continual(*args, sub)
         }
         Command::Eval(args) => cmd_eval(args),

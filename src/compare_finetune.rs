@@ -221,10 +221,15 @@ pub fn run(base: &Config, methods: &[String], out: &Path) -> Result<String> {
         let toml_path = out.join(format!("{method}.toml"));
         crate::util::write_file_synced(&toml_path, cfg.to_toml().as_bytes())?;
         eprintln!("== {method}: vitrs train --config {}", toml_path.display());
-        let status = Command::new(&exe)
-            .arg("train")
-            .arg("--config")
-            .arg(&toml_path)
+        let mut child = Command::new(&exe);
+        child.arg("train").arg("--config").arg(&toml_path);
+        // Each method is a plain single process, even when this one was started by mpirun.
+        for (k, _) in std::env::vars_os() {
+            if crate::dist::is_launcher_var(&k.to_string_lossy()) {
+                child.env_remove(&k);
+            }
+        }
+        let status = child
             .status()
             .map_err(|e| Error::Io(format!("starting {}: {e}", exe.display())))?;
         if !status.success() {

@@ -243,3 +243,18 @@ fn several_launched_processes_need_the_mpi_feature() {
         "launched as one of 2 processes, but this vitrs was built without MPI",
     );
 }
+
+#[test]
+fn single_process_commands_refuse_to_run_as_several_ranks() {
+    for cmd in ["continual", "compare-finetune"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vitrs"))
+            .args([cmd, "--dataset", "synthetic"])
+            .env("OMPI_COMM_WORLD_SIZE", "2")
+            .env("OMPI_COMM_WORLD_RANK", "0")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_one_line_error(&err, &format!("`vitrs {cmd}` runs in one process"));
+    }
+}

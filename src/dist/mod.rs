@@ -89,6 +89,25 @@ fn launched() -> Option<Option<usize>> {
         })
 }
 
+/// Refuse to run `command` as one of several launched processes: it is not data-parallel,
+/// and the ranks would each run it alone and overwrite one another's outputs.
+pub fn refuse_launched(command: &str) -> Result<()> {
+    match launched() {
+        Some(n) if n != Some(1) => Err(Error::Config(format!(
+            "`vitrs {command}` runs in one process (it is not data-parallel): start it without mpirun/srun"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether an environment variable belongs to an MPI launcher (removed from the environment
+/// of child processes that must not join the job).
+pub fn is_launcher_var(name: &str) -> bool {
+    ["OMPI_", "PMI_", "PMIX_", "PRTE_", "HYDRA_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
 /// Join the job this process was launched into (MPI under `mpirun`/`srun` with feature
 /// `mpi`, else a single process). Call once, from the main thread, before [`world`].
 pub fn init() -> Result<&'static dyn Comm> {
