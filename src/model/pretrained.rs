@@ -203,12 +203,10 @@ fn is_vitrs_checkpoint(config: &Path) -> bool {
 
 /// A vitrs checkpoint directory (`config.json` is a [`VitConfig`]).
 fn from_vitrs_checkpoint(dir: &Path) -> Result<Pretrained> {
-    let cfg_path = dir.join("config.json");
-    let config: VitConfig = serde_json::from_value(read_json(&cfg_path)?)
-        .map_err(|e| err(format!("{}: {e}", cfg_path.display())))?;
     // An adapter checkpoint (LoRA run) becomes its base with the adapter merged in.
-    let ck = crate::train::checkpoint::load(dir)?;
+    let ck = crate::train::checkpoint::load_weights(dir)?;
     let weights = ck.full_weights(dir, &ck.model)?;
+    let config = ck.vit_config;
     let source = dir.to_path_buf();
     let class_names = std::fs::read(dir.join("classes.json"))
         .ok()

@@ -225,36 +225,7 @@ pub fn save_with(
 /// Read a checkpoint directory. Weights and model config are required; the training state
 /// only for resuming.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
-    if !dir.is_dir() {
-        return Err(Error::Checkpoint(format!(
-            "{} is not a checkpoint directory (expected e.g. runs/<run>/checkpoints/last)",
-            dir.display()
-        )));
-    }
-    let cfg_path = dir.join("config.json");
-    let cfg = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, "reading", e))?;
-    let vit_config: VitConfig = serde_json::from_slice(&cfg).map_err(|e| json_err(&cfg_path, e))?;
-    let (model, adapter) = if lora::is_adapter_dir(dir) {
-        let a = lora::read_peft(dir)?;
-        let base_path = dir.join("base.json");
-        let b = std::fs::read(&base_path).map_err(|e| {
-            Error::io(
-                &base_path,
-                "reading (an adapter directory written by PEFT has no base pointer: use --pretrained BASE --adapter-from DIR)",
-                e,
-            )
-        })?;
-        let base: BaseRef = serde_json::from_slice(&b).map_err(|e| json_err(&base_path, e))?;
-        (
-            a.state,
-            Some(AdapterMeta {
-                config: a.config,
-                base,
-            }),
-        )
-    } else {
-        (read_safetensors(&dir.join("model.safetensors"))?, None)
-    };
+    let ck = load_weights(dir)?;
     let opt_path = dir.join("optimizer.safetensors");
     let optimizer = opt_path
         .exists()
@@ -286,13 +257,56 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     };
     Ok(Checkpoint {
         class_names,
-        adapter,
-        model,
-        vit_config,
         optimizer,
         ema,
         state,
         train_config,
+        ..ck
+    })
+}
+
+/// The model part of a checkpoint directory only (its config and weights, or its adapter and
+/// base pointer), for readers that need no optimizer, EMA or training state.
+pub fn load_weights(dir: &Path) -> Result<Checkpoint> {
+    if !dir.is_dir() {
+        return Err(Error::Checkpoint(format!(
+            "{} is not a checkpoint directory (expected e.g. runs/<run>/checkpoints/last)",
+            dir.display()
+        )));
+    }
+    let cfg_path = dir.join("config.json");
+    let cfg = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, "reading", e))?;
+    let vit_config: VitConfig = serde_json::from_slice(&cfg).map_err(|e| json_err(&cfg_path, e))?;
+    let (model, adapter) = if lora::is_adapter_dir(dir) {
+        let a = lora::read_peft(dir)?;
+        let base_path = dir.join("base.json");
+        let b = std::fs::read(&base_path).map_err(|e| {
+            Error::io(
+                &base_path,
+                "reading (an adapter directory written by PEFT has no base pointer: use --pretrained BASE --adapter-from DIR)",
+                e,
+            )
+        })?;
+        let base: BaseRef = serde_json::from_slice(&b).map_err(|e| json_err(&base_path, e))?;
+        (
+            a.state,
+            Some(AdapterMeta {
+                config: a.config,
+                base,
+            }),
+        )
+    } else {
+        (read_safetensors(&dir.join("model.safetensors"))?, None)
+    };
+    Ok(Checkpoint {
+        model,
+        vit_config,
+        adapter,
+        optimizer: None,
+        ema: None,
+        state: None,
+        train_config: None,
+        class_names: None,
     })
 }
 
