@@ -439,9 +439,7 @@ pub fn plot_overlay(out: &Path, runs: &[(String, Vec<MetricRecord>)]) -> Result<
         legend: SeriesLabelPosition::LowerRight,
         y_include: &[],
     };
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating", e))?;
-    }
+    create_parent(out)?;
     if !line_chart(out, &spec, &series)? {
         // An empty comparison still gets a file, so callers can link it unconditionally.
         render(out, SIZE, |root| {
@@ -458,6 +456,30 @@ pub fn plot_overlay(out: &Path, runs: &[(String, Vec<MetricRecord>)]) -> Result<
     Ok(())
 }
 
+/// One series per named line, in palette order.
+fn named_series<'a>(
+    lines: impl Iterator<Item = (&'a String, &'a Vec<(f64, f64)>, Look)>,
+) -> Vec<Series> {
+    lines
+        .enumerate()
+        .map(|(i, (label, points, look))| {
+            Series::new(
+                label.clone(),
+                points.clone(),
+                PALETTE[i % PALETTE.len()],
+                look,
+            )
+        })
+        .collect()
+}
+
+fn create_parent(out: &Path) -> Result<()> {
+    match out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating", e)),
+        None => Ok(()),
+    }
+}
+
 /// Several named curves on one plot (loss of each fine-tuning method, sparsity per layer).
 pub fn plot_curves(
     out: &Path,
@@ -466,18 +488,7 @@ pub fn plot_curves(
     y_desc: &str,
     curves: &[(String, Vec<(f64, f64)>)],
 ) -> Result<bool> {
-    let series: Vec<Series> = curves
-        .iter()
-        .enumerate()
-        .map(|(i, (name, points))| {
-            Series::new(
-                name.clone(),
-                points.clone(),
-                PALETTE[i % PALETTE.len()],
-                Look::Line,
-            )
-        })
-        .collect();
+    let series = named_series(curves.iter().map(|(n, p)| (n, p, Look::Line)));
     let spec = LineChart {
         title,
         x_desc,
@@ -486,9 +497,7 @@ pub fn plot_curves(
         legend: SeriesLabelPosition::UpperRight,
         y_include: &[],
     };
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating", e))?;
-    }
+    create_parent(out)?;
     line_chart(out, &spec, &series)
 }
 
@@ -503,19 +512,11 @@ pub fn plot_lines(
     y_desc: &str,
     lines: &[Line],
 ) -> Result<bool> {
-    let series: Vec<Series> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, (label, points, dashed))| {
-            let look = if *dashed { Look::Dashed } else { Look::Dots };
-            Series::new(
-                label.clone(),
-                points.clone(),
-                PALETTE[i % PALETTE.len()],
-                look,
-            )
-        })
-        .collect();
+    let series = named_series(
+        lines
+            .iter()
+            .map(|(n, p, dashed)| (n, p, if *dashed { Look::Dashed } else { Look::Dots })),
+    );
     // Head room above the lines for the legend.
     let top = lines
         .iter()
@@ -903,9 +904,7 @@ pub fn plot_continual_overlay(out: &Path, runs: &[(String, Vec<f64>)]) -> Result
         legend: SeriesLabelPosition::MiddleRight,
         y_include: &[0.0, 100.0],
     };
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "creating", e))?;
-    }
+    create_parent(out)?;
     line_chart(out, &spec, &series)
 }
 
