@@ -4,42 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use burn::tensor::Device;
 use vitrs::model::io::{HostTensor, read_safetensors};
 use vitrs::model::lora;
 use vitrs::model::pretrained;
 
-fn fixture(name: &str) -> PathBuf {
-    let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")).join(name);
-    assert!(p.is_dir(), "fixture {} is missing", p.display());
-    p
-}
-
-fn max_abs(a: &HostTensor, b: &HostTensor) -> f32 {
-    assert_eq!(a.shape, b.shape);
-    a.data
-        .iter()
-        .zip(&b.data)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+mod common;
+use common::{fixture, max_abs, vitrs};
 
 fn golden() -> BTreeMap<String, HostTensor> {
     read_safetensors(&fixture("peft-lora-timm").join("golden.safetensors")).unwrap()
-}
-
-fn vitrs(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vitrs"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
 }
 
 #[test]

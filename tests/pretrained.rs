@@ -3,8 +3,7 @@
 //! end, and the errors a user can run into.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use vitrs::config::{Config, DatasetKind};
@@ -15,28 +14,11 @@ use vitrs::model::params::{gradients, set_trainable};
 use vitrs::model::pretrained::{self, ExportFormat, Pretrained, is_head};
 use vitrs::train;
 
-/// The fixtures live in `shared/` beside the repository; a missing one is a failure.
-fn fixture(name: &str) -> PathBuf {
-    let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")).join(name);
-    assert!(
-        p.is_dir(),
-        "fixture {} is missing (shared/ must sit beside the repository)",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::{fixture, max_abs, vitrs_env as vitrs};
 
 fn golden(name: &str) -> BTreeMap<String, HostTensor> {
     read_safetensors(&fixture(name).join("golden.safetensors")).unwrap()
-}
-
-fn max_abs(a: &HostTensor, b: &HostTensor) -> f32 {
-    assert_eq!(a.shape, b.shape);
-    a.data
-        .iter()
-        .zip(&b.data)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn load(p: &Path) -> Pretrained {
@@ -490,20 +472,6 @@ fn hub_ids_resolve_through_a_fake_cache() {
     let g = golden("hf-vit-tiny");
     let d = max_abs(&logits_of(p, &g["pixel_values"])["logits"], &g["logits"]);
     assert!(d <= 1e-4);
-}
-
-fn vitrs(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitrs"));
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
 }
 
 fn one_line_error(err: &str) -> &str {
