@@ -15,9 +15,11 @@ use crate::error::Result;
 use crate::model::layers::Ctx;
 use crate::model::lora::LoraConfig;
 use crate::model::params::{count_params, named_params};
+use crate::model::precision::Precision;
 use crate::model::{Model, VitConfig};
 use crate::rng::{Rng, stream};
 use crate::train::optim::{AdamW, AdamWConfig, global_grad_norm};
+use crate::train::scaler::LossScaler;
 use crate::train::step::{HostBatch, train_step};
 
 #[derive(Clone, Debug, clap::Args)]
@@ -61,6 +63,12 @@ pub struct BenchArgs {
     /// With --adapter sparselora: blocks kept dense, first,last.
     #[arg(long, value_delimiter = ',', default_value = "2,1")]
     pub sparse_layers: Vec<usize>,
+    /// Mixed precision of the timed steps (as the yardstick's --amp: none|bf16|fp16).
+    #[arg(long, value_enum, default_value = "f32", alias = "amp")]
+    pub precision: Precision,
+    /// Gradient checkpointing in the train step.
+    #[arg(long)]
+    pub grad_checkpointing: bool,
     /// What to time: train, infer, data (comma list).
     #[arg(long, value_delimiter = ',', default_values_t = ["train".to_string(), "infer".to_string(), "data".to_string()])]
     pub what: Vec<String>,
@@ -70,6 +78,9 @@ pub struct BenchArgs {
 pub struct BenchResult {
     pub framework: &'static str,
     pub device: String,
+    /// f32, bf16 or f16 (the yardstick's `amp`).
+    pub precision: &'static str,
+    pub grad_checkpointing: bool,
     pub threads: usize,
     pub params: usize,
     pub batch: usize,
@@ -164,7 +175,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
         a.classes,
         [a.dim, a.depth, a.heads, a.mlp],
     );
-    let ad = device.clone().autodiff();
+    let ad = crate::device::autodiff(&device, a.grad_checkpointing);
     let mut model = Model::new(&cfg, 0, &ad)?;
     let mut sparse = None;
     if a.adapter != AdapterKind::None {
@@ -210,13 +221,23 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
         );
         let batch = random_batch(a.batch, a, 1);
         let mut step = 0u64;
+        let mut scaler = LossScaler::new(if a.precision.scales_loss() {
+            65536.0
+        } else {
+            1.0
+        });
         let t = timed(a.warmup, a.steps, || {
-            // forward + label-smoothed CE + backward + clip(1.0) + AdamW, as the yardstick.
-            let ctx = Ctx::train(0, &[step]).with_sparse(sparse.clone());
+            // forward + label-smoothed CE + backward + clip(1.0) + AdamW, as the yardstick
+            // (with its GradScaler under fp16).
+            let ctx = Ctx::train(0, &[step])
+                .with_sparse(sparse.clone())
+                .with_precision(a.precision, scaler.scale);
             let out = train_step(&model, &batch, &ad, &ctx);
             let norm = global_grad_norm(&out.grads);
             let scale = if norm > 1.0 { 1.0 / (norm + 1e-6) } else { 1.0 };
-            model = optim.step(model.clone(), &out.grads, 1e-3, scale);
+            if !a.precision.scales_loss() || scaler.update(norm.is_finite(), 2000) {
+                model = optim.step(model.clone(), &out.grads, 1e-3, scale);
+            }
             step += 1;
         });
         train_img_s = Some(a.batch as f64 / t);
@@ -228,7 +249,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
         let x = random_batch(a.infer_batch, a, 2);
         let xt = Tensor::<4>::from_data(TensorData::new(x.images.clone(), x.shape), &device);
         let t = timed(2, (a.steps / 2).max(5), || {
-            let y = eval.forward(xt.clone(), &Ctx::eval());
+            let y = eval.forward(xt.clone(), &Ctx::eval().with_precision(a.precision, 1.0));
             let _ = y.into_data();
         });
         infer_img_s = Some(a.infer_batch as f64 / t);
@@ -253,6 +274,8 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
     }
     Ok(BenchResult {
         framework: "vitrs",
+        precision: a.precision.name(),
+        grad_checkpointing: a.grad_checkpointing,
         device: a
             .device
             .clone()

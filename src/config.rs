@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::cnn::CnnConfig;
+use crate::model::precision::Precision;
 use crate::model::{self, EvalHead, Pool, VitConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -426,6 +427,35 @@ pub struct Config {
     /// Compute threads (0 = all cores, divided among the MPI ranks on this machine).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Mixed precision: f32, bf16 or f16 matrix products (linear, attention, convolution) with f32 master weights, optimizer state, normalisation and loss; f16 adds dynamic loss scaling.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "f32",
+        alias = "amp",
+        alias = "mixed-precision",
+        alias = "mixed_precision"
+    )]
+    pub precision: Precision,
+    /// f16: initial loss scale (halved on every overflowing step, which is skipped).
+    #[arg(
+        long,
+        default_value_t = 65536.0,
+        alias = "loss_scale",
+        alias = "init-scale"
+    )]
+    pub loss_scale: f64,
+    /// f16: good steps in a row before the loss scale doubles.
+    #[arg(
+        long,
+        default_value_t = 2000,
+        alias = "loss_scale_window",
+        alias = "growth-interval"
+    )]
+    pub loss_scale_window: u64,
+    /// Recompute cheap (memory-bound) activations in the backward pass instead of storing them: less memory, more time (burn's balanced gradient checkpointing).
+    #[arg(long, alias = "grad_checkpointing", alias = "gradient-checkpointing")]
+    pub grad_checkpointing: bool,
     /// No progress bar, only epoch lines and the summary.
     #[arg(long)]
     pub quiet: bool,
@@ -660,6 +690,14 @@ impl Config {
         if self.min_lr > self.lr {
             return bad("--min-lr is larger than --lr (the cosine decay would go up)");
         }
+        if !(self.loss_scale > 0.0 && self.loss_scale.is_finite()) || self.loss_scale_window == 0 {
+            return bad("--loss-scale must be a positive number and --loss-scale-window ≥ 1");
+        }
+        if self.precision != Precision::F32 && self.adapter == AdapterKind::Sparselora {
+            return bad(
+                "--adapter sparselora runs its sliced products in f32: use --precision f32 with it (or --adapter lora for half precision)",
+            );
+        }
         if self.warmup_epochs < 0.0 || self.warmup_epochs > self.epochs as f64 {
             return bad("--warmup-epochs must be between 0 and --epochs");
         }
@@ -853,6 +891,34 @@ mod tests {
         assert!(
             e.contains("img-size 32 is not divisible by patch-size 5"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn precision_flags_parse_and_contradictions_are_named() {
+        let c = resolve_args(&["vitrs", "--amp", "fp16", "--loss-scale", "1024"]);
+        assert_eq!((c.precision, c.loss_scale), (Precision::F16, 1024.0));
+        c.validate().unwrap();
+        let c = resolve_args(&["vitrs", "--precision", "bf16", "--grad-checkpointing"]);
+        assert!(c.precision == Precision::Bf16 && c.grad_checkpointing);
+        let bad = |c: Config, what: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        };
+        bad(
+            Config {
+                precision: Precision::F16,
+                adapter: AdapterKind::Sparselora,
+                ..Config::default()
+            },
+            "--adapter sparselora",
+        );
+        bad(
+            Config {
+                loss_scale: 0.0,
+                ..Config::default()
+            },
+            "--loss-scale",
         );
     }
 }

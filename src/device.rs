@@ -66,6 +66,17 @@ pub fn resolve(spec: Option<&str>) -> Result<Device> {
     }
 }
 
+/// The autodiff device training runs on; `checkpointing` turns on burn's balanced gradient
+/// checkpointing (memory-bound activations recomputed in the backward pass, not stored).
+pub fn autodiff(device: &Device, checkpointing: bool) -> Device {
+    let ad = device.clone().autodiff();
+    if checkpointing {
+        ad.gradient_checkpointing()
+    } else {
+        ad
+    }
+}
+
 /// Size rayon's global pool (used by flex and the data loader). Call once, early.
 pub fn set_threads(threads: usize) {
     if threads > 0 {

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use vitrs::config::{Config, DatasetKind};
 use vitrs::model::io::read_safetensors;
+use vitrs::model::precision::Precision;
 use vitrs::train::{self, Summary};
 
 fn tiny(out: &Path) -> Config {
@@ -264,4 +265,59 @@ fn sparselora_runs_dense_first_then_logs_its_sparsity_per_layer() {
             "{active} vs {base}"
         );
     }
+}
+
+#[test]
+fn f16_skips_overflowing_steps_lowers_the_scale_learns_and_resumes_exactly() {
+    // A loss scale of 2^24 overflows f16 gradients (max 65504): the first steps are skipped,
+    // each halving the scale, until the gradients fit; training then proceeds normally.
+    let a = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        precision: Precision::F16,
+        loss_scale: 2f64.powi(24),
+        loss_scale_window: 20,
+        save_every: 1,
+        ..tiny(a.path())
+    };
+    let s = run(cfg.clone());
+    assert_eq!(s.precision, "f16");
+    // 80 steps in all: the first few skipped, then one after each growth of the scale.
+    assert!(
+        (1..20).contains(&s.skipped_steps),
+        "skipped {}",
+        s.skipped_steps
+    );
+    assert!(
+        s.best_val_acc > 0.5,
+        "f16 run did not learn: {}",
+        s.best_val_acc
+    );
+    let scales: Vec<f64> = std::fs::read_to_string(a.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["loss_scale"].as_f64())
+        .collect();
+    assert!(!scales.is_empty(), "no loss_scale in metrics.jsonl");
+    assert!(scales[0] < 2f64.powi(24), "scale never lowered: {scales:?}");
+    // The scaler state is checkpointed, so a resume continues exactly.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(a.path().join("checkpoints/last/training_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        state["loss_scaler"]["skipped"].as_u64(),
+        Some(s.skipped_steps)
+    );
+
+    let b = tempfile::tempdir().unwrap();
+    let resumed = run(Config {
+        resume_from: Some(a.path().join("checkpoints/checkpoint_epoch_1")),
+        out_dir: Some(b.path().to_path_buf()),
+        ..cfg
+    });
+    assert_eq!(resumed.skipped_steps, s.skipped_steps);
+    let wa = read_safetensors(&a.path().join("checkpoints/last/model.safetensors")).unwrap();
+    let wb = read_safetensors(&b.path().join("checkpoints/last/model.safetensors")).unwrap();
+    assert_eq!(wa, wb, "resumed f16 weights differ from the straight run");
 }

@@ -33,6 +33,7 @@ use crate::model::io::{
 use crate::model::layers::Ctx;
 use crate::model::lora::{self, LoraConfig, is_adapter};
 use crate::model::params::{count_params, map_params, named_params, set_trainable};
+use crate::model::precision::Precision;
 use crate::model::pretrained::is_head;
 use crate::model::{VisionTransformer, VitConfig};
 use crate::report::tensorboard::{EventWriter, now_secs};
@@ -110,6 +111,11 @@ fn check_train_flags(cfg: &Config, cl: &ContinualConfig) -> Result<()> {
             "vitrs continual does not keep an EMA: drop --ema-decay".into(),
         ));
     }
+    if cfg.precision == Precision::F16 {
+        return Err(Error::Config(
+            "vitrs continual has no f16 loss scaling: use --precision bf16 or f32".into(),
+        ));
+    }
     if cl.scenario == Scenario::TaskIl && (cfg.mixup > 0.0 || cfg.cutmix > 0.0) {
         return Err(Error::Config(
             "--scenario task-il cannot mix images of different tasks: drop --mixup/--cutmix".into(),
@@ -184,7 +190,10 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     let run = crate::train::prepare(cfg)?;
     let cfg = run.config.clone();
     let vit: VitConfig = run.vit_config.clone();
-    let (device, ad) = (run.device.clone(), run.device.clone().autodiff());
+    let (device, ad) = (
+        run.device.clone(),
+        crate::device::autodiff(&run.device, cfg.grad_checkpointing),
+    );
     let train_data = run.train.dataset().clone();
     let test_data = run.val.dataset().clone();
     let num_classes = vit.num_classes;
@@ -408,7 +417,8 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                     );
                     task_masks(&rows, &tasks, batch.num_classes)
                 });
-                let ctx = Ctx::train(cfg.seed, &[state.global_step, 0, 0]);
+                let ctx = Ctx::train(cfg.seed, &[state.global_step, 0, 0])
+                    .with_precision(cfg.precision, 1.0);
                 let out = masked_step(&model, &batch, mask.as_deref(), &ad, &ctx);
                 let mut grads = out.grads;
                 if ewc.is_active() {

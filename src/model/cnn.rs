@@ -279,13 +279,13 @@ impl CnnFast {
     }
 
     pub fn forward(&self, x: Tensor<4>, ctx: &Ctx) -> Tensor<2> {
-        let mut x = relu(self.stem.bn.forward(self.stem.conv.forward(x), ctx));
+        let mut x = relu(self.stem.bn.forward(self.stem.conv.forward(x, ctx), ctx));
         for s in &self.stages {
-            let y = self.pool_if_possible(s.conv1.forward(x));
+            let y = self.pool_if_possible(s.conv1.forward(x, ctx));
             let y = relu(s.bn1.forward(y, ctx));
-            x = relu(s.bn2.forward(s.conv2.forward(y), ctx));
+            x = relu(s.bn2.forward(s.conv2.forward(y, ctx), ctx));
         }
-        self.head.forward(global_avg_pool(x))
+        self.head.forward_ctx(global_avg_pool(x), ctx)
     }
 
     /// Halve the resolution while there is one to halve (28 → 14 → 7 → 3 → 1).

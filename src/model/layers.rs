@@ -17,6 +17,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::rng::Rng;
 
 pub use super::linear::{Factor, Linear};
+use super::precision::{Precision, down, up};
 use super::sparse::SparseLora;
 
 /// Host-side initialisers: weights are drawn from vitrs' own addressed RNG so that a seed
@@ -126,6 +127,11 @@ pub struct Ctx {
     /// Batch statistics BatchNorm layers saw in a training forward, for the caller to fold
     /// into the running statistics after the step (the step stays a pure function).
     pub(crate) bn_stats: RefCell<Vec<super::cnn::BnStats>>,
+    /// The dtype of the matrix products (`--precision`); weights and the rest stay f32.
+    pub precision: Precision,
+    /// The step multiplies its loss by this before the backward pass and divides the
+    /// gradients by it after (f16 loss scaling; 1 otherwise).
+    pub loss_scale: f64,
 }
 
 impl Ctx {
@@ -135,6 +141,8 @@ impl Ctx {
             rng: RefCell::new(Rng::seed(0)),
             sparse: None,
             bn_stats: RefCell::default(),
+            precision: Precision::F32,
+            loss_scale: 1.0,
         }
     }
 
@@ -145,12 +153,21 @@ impl Ctx {
             rng: RefCell::new(Rng::at(seed, crate::rng::stream::DROPOUT, coords)),
             sparse: None,
             bn_stats: RefCell::default(),
+            precision: Precision::F32,
+            loss_scale: 1.0,
         }
     }
 
     /// This training forward with SparseLoRA's contextual sparsity (`None`: dense).
     pub fn with_sparse(mut self, sparse: Option<Arc<SparseLora>>) -> Self {
         self.sparse = sparse.filter(|_| self.train);
+        self
+    }
+
+    /// This context with matrix products in `precision` and the loss scaled by `loss_scale`.
+    pub fn with_precision(mut self, precision: Precision, loss_scale: f64) -> Self {
+        self.precision = precision;
+        self.loss_scale = loss_scale;
         self
     }
 
@@ -183,8 +200,9 @@ pub fn dropout<const D: usize>(x: Tensor<D>, prob: f64, ctx: &Ctx) -> Tensor<D> 
     if !ctx.train || prob == 0.0 {
         return x;
     }
-    let mask = ctx.mask(x.dims(), 1.0 - prob, &x.device());
-    x * mask
+    let mask: Tensor<D> = ctx.mask(x.dims(), 1.0 - prob, &x.device());
+    let dtype = x.dtype();
+    x * mask.cast(dtype)
 }
 
 /// Stochastic depth: drop the whole residual branch per sample with probability `prob`.
@@ -219,20 +237,23 @@ impl Attention {
         let c = c3 / 3;
         let h = self.num_heads;
         let d = c / h;
+        let p = ctx.precision;
         // [b, n, 3c] -> [3, b, h, n, d]
-        let qkv = qkv.reshape([b, n, 3, h, d]).permute([2, 0, 3, 1, 4]);
+        let qkv = down(qkv, p)
+            .reshape([b, n, 3, h, d])
+            .permute([2, 0, 3, 1, 4]);
         let q: Tensor<4> = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, d]);
         let k: Tensor<4> = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, d]);
         let v: Tensor<4> = qkv.narrow(0, 2, 1).reshape([b, h, n, d]);
         let out = if ctx.train && self.attn_drop > 0.0 {
             // Dropout on the attention matrix needs it materialised.
             let scale = (d as f64).powf(-0.5);
-            let attn = softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
-            dropout(attn, self.attn_drop, ctx).matmul(v)
+            let attn = softmax(up(q.matmul(k.swap_dims(2, 3)), p) * scale, 3);
+            down(dropout(attn, self.attn_drop, ctx), p).matmul(v)
         } else {
             attention(q, k, v, None, None, AttentionModuleOptions::default())
         };
-        out.swap_dims(1, 2).reshape([b, n, c])
+        up(out, p).swap_dims(1, 2).reshape([b, n, c])
     }
 }
 
@@ -280,14 +301,16 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>, ctx: &Ctx) -> Tensor<4> {
         let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        conv2d(
-            x,
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
+        let p = ctx.precision;
+        let y = conv2d(
+            down(x, p),
+            down(self.weight.val(), p),
+            self.bias.as_ref().map(|b| down(b.val(), p)),
             options,
-        )
+        );
+        up(y, p)
     }
 }
 
@@ -322,8 +345,8 @@ impl PatchEmbed {
         }
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
-        let y = self.proj.forward(x); // [b, dim, gh, gw]
+    pub fn forward(&self, x: Tensor<4>, ctx: &Ctx) -> Tensor<3> {
+        let y = self.proj.forward(x, ctx); // [b, dim, gh, gw]
         let [b, d, gh, gw] = y.dims();
         y.reshape([b, d, gh * gw]).swap_dims(1, 2)
     }

@@ -8,6 +8,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 
 use super::layers::{Ctx, Init, dropout};
+use super::precision::{down, up};
 
 /// A bias-free projection, one factor of a LoRA adapter (PEFT's `lora_A` / `lora_B`).
 #[derive(Module, Debug)]
@@ -63,18 +64,23 @@ impl Linear {
         self.forward_ctx(x, &Ctx::eval())
     }
 
+    /// The matrix products run in `ctx.precision`; input and output are f32.
     pub fn forward_ctx<const D: usize>(&self, x: Tensor<D>, ctx: &Ctx) -> Tensor<D> {
+        let p = ctx.precision;
+        let x = down(x, p);
         let base = linear(
             x.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
+            down(self.weight.val(), p),
+            self.bias.as_ref().map(|b| down(b.val(), p)),
         );
-        match (&self.lora_A, &self.lora_B) {
+        let y = match (&self.lora_A, &self.lora_B) {
             (Some(a), Some(b)) => {
-                base + self.adapter_delta(x, &a.weight.val(), &b.weight.val(), ctx)
+                let (a, b) = (down(a.weight.val(), p), down(b.weight.val(), p));
+                base + self.adapter_delta(x, &a, &b, ctx)
             }
             _ => base,
-        }
+        };
+        up(y, p)
     }
 
     /// `scaling·dropout(x)·A·B`: the adapter's contribution, the low-rank branch kept

@@ -9,6 +9,7 @@ pub mod layers;
 pub mod linear;
 pub mod lora;
 pub mod params;
+pub mod precision;
 pub mod pretrained;
 pub mod resnet;
 pub mod sparse;

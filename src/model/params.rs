@@ -128,9 +128,12 @@ impl<F: FnMut(&str, Tensor<1>) -> Option<Tensor<1>>> ModuleMapper for MapParams<
                 None => t,
                 Some(new) => {
                     let new: Tensor<D> = new.reshape(dims);
-                    if t.is_autodiff() {
+                    if let Some(strategy) = t.gradient_checkpointing_strategy() {
+                        // Keep the parameter's checkpointing strategy: tensors of one op must share it.
                         let trainable = t.is_require_grad();
-                        new.autodiff().set_require_grad(trainable)
+                        new.autodiff()
+                            .with_gradient_checkpointing_strategy(strategy)
+                            .set_require_grad(trainable)
                     } else {
                         new
                     }

@@ -88,14 +88,14 @@ impl ResBlock {
         let mut shortcut = x.clone();
         for l in &self.downsample {
             shortcut = match l {
-                DownsampleLayer::Conv(c) => c.forward(shortcut),
+                DownsampleLayer::Conv(c) => c.forward(shortcut, ctx),
                 DownsampleLayer::Bn(b) => b.forward(shortcut, ctx),
             };
         }
-        let y = relu(self.bn1.forward(self.conv1.forward(x), ctx));
-        let y = self.bn2.forward(self.conv2.forward(y), ctx);
+        let y = relu(self.bn1.forward(self.conv1.forward(x, ctx), ctx));
+        let y = self.bn2.forward(self.conv2.forward(y, ctx), ctx);
         let y = match (&self.conv3, &self.bn3) {
-            (Some(c3), Some(b3)) => b3.forward(c3.forward(relu(y)), ctx),
+            (Some(c3), Some(b3)) => b3.forward(c3.forward(relu(y), ctx), ctx),
             _ => y,
         };
         relu(y + shortcut)
@@ -164,7 +164,7 @@ impl ResNet {
     }
 
     pub fn forward(&self, x: Tensor<4>, ctx: &Ctx) -> Tensor<2> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(x), ctx));
+        let mut x = relu(self.bn1.forward(self.conv1.forward(x, ctx), ctx));
         if self.max_pool {
             x = max_pool(x, 3, 2, 1);
         }
@@ -173,7 +173,7 @@ impl ResNet {
                 x = block.forward(x, ctx);
             }
         }
-        self.fc.forward(global_avg_pool(x))
+        self.fc.forward_ctx(global_avg_pool(x), ctx)
     }
 }
 

@@ -239,7 +239,7 @@ impl VisionTransformer {
 
     /// Final-norm token states `[b, tokens, dim]`.
     pub fn forward_features(&self, x: Tensor<4>, ctx: &Ctx) -> Tensor<3> {
-        let x = self.patch_embed.forward(x);
+        let x = self.patch_embed.forward(x, ctx);
         let [b, _, dim] = x.dims();
         let mut prefix = vec![self.cls_token.val().expand([b, 1, dim])];
         if let Some(t) = &self.dist_token {
@@ -274,11 +274,13 @@ impl VisionTransformer {
                     .reshape([b, dim])
             }
         };
-        let logits = self.head.forward(dropout(pooled, self.drop_rate, ctx));
+        let logits = self
+            .head
+            .forward_ctx(dropout(pooled, self.drop_rate, ctx), ctx);
         let dist_logits = self
             .head_dist
             .as_ref()
-            .map(|h| h.forward(feats.narrow(1, 1, 1).reshape([b, dim])));
+            .map(|h| h.forward_ctx(feats.narrow(1, 1, 1).reshape([b, dim]), ctx));
         VitOutput {
             logits,
             dist_logits,

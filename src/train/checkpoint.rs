@@ -48,6 +48,9 @@ pub struct TrainingState {
     /// Training seconds before this checkpoint (for time limits and throughput).
     pub elapsed_secs: f64,
     pub images_seen: u64,
+    /// f16 dynamic loss scaling (`None` in f32 and bf16 runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<super::scaler::LossScaler>,
 }
 
 fn null_as_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {

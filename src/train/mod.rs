@@ -6,6 +6,7 @@ pub mod distill;
 pub mod ema;
 pub mod loss;
 pub mod optim;
+pub mod scaler;
 pub mod schedule;
 pub mod step;
 pub mod trainer;

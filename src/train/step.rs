@@ -75,7 +75,8 @@ pub fn count_correct(logits: Tensor<2>, labels: &[usize]) -> usize {
         .count()
 }
 
-/// Forward + backward on `device` (an autodiff device); `ctx` carries the step's dropout RNG.
+/// Forward + backward on `device` (an autodiff device); `ctx` carries the step's dropout RNG,
+/// its precision and loss scale.
 pub fn train_step(model: &Model, batch: &HostBatch, device: &Device, ctx: &Ctx) -> StepOutput {
     train_step_with(model, batch, device, ctx, None)
 }
@@ -106,8 +107,20 @@ pub fn train_step_with(
             BTreeMap::new(),
         ),
     };
-    let grads = loss.backward();
-    let grads = gradients(model, &grads);
+    // f16 loss scaling: backward from `scale·loss`, so small gradients survive f16, then
+    // divide in f32 (an overflow stays inf and the trainer skips the step).
+    let scale = ctx.loss_scale;
+    let grads = if scale == 1.0 {
+        loss.backward()
+    } else {
+        (loss.clone() * scale).backward()
+    };
+    let mut grads = gradients(model, &grads);
+    if scale != 1.0 {
+        for g in grads.values_mut() {
+            *g = g.clone() * (1.0 / scale);
+        }
+    }
     let loss: f32 = loss.inner().into_scalar();
     StepOutput {
         loss: loss as f64,

@@ -17,6 +17,7 @@ use super::checkpoint::{self, Checkpoint, TrainingState};
 use super::distill::{self, Teacher};
 use super::ema::Ema;
 use super::optim::{AdamW, AdamWConfig, global_grad_norm};
+use super::scaler::LossScaler;
 use super::schedule::WarmupCosine;
 use super::step::{StepOutput, train_step_with};
 use crate::config::{AdapterKind, Config};
@@ -76,6 +77,10 @@ pub struct Summary {
     /// Images per optimizer step over all processes: batch size × accumulation × processes.
     #[serde(default)]
     pub global_batch_size: usize,
+    /// `--precision` of the matrix products.
+    pub precision: String,
+    /// f16 steps skipped because their gradients overflowed (0 otherwise).
+    pub skipped_steps: u64,
 }
 
 fn one() -> usize {
@@ -347,7 +352,7 @@ pub fn train(run: Run) -> Result<Summary> {
         run_dir,
     } = run;
     let dist = crate::dist::world();
-    let ad = device.clone().autodiff();
+    let ad = crate::device::autodiff(&device, cfg.grad_checkpointing);
     let resume_ck = cfg
         .resume_from
         .as_deref()
@@ -451,19 +456,28 @@ pub fn train(run: Run) -> Result<Summary> {
             ))
         })?;
         if let Some(opt) = &ck.optimizer {
-            optim.load_state_dict(opt, st.global_step, &ad)?;
+            // Steps skipped for f16 overflow took no optimizer step.
+            let skipped = st.loss_scaler.as_ref().map_or(0, |s| s.skipped);
+            optim.load_state_dict(opt, st.global_step - skipped, &ad)?;
         }
         if let (Some(e), Some(w)) = (&mut ema, &ck.ema) {
             e.model = load_state_dict_keeping(e.model.clone(), w, &device, is_frozen_base)?;
             e.updates = st.global_step;
         }
         state = st;
+        if !cfg.precision.scales_loss() {
+            state.loss_scaler = None;
+        }
         eprintln!(
             "resuming from {} at epoch {} (step {})",
             dir.display(),
             state.epoch + 1,
             state.global_step
         );
+    }
+
+    if cfg.precision.scales_loss() && state.loss_scaler.is_none() {
+        state.loss_scaler = Some(LossScaler::new(cfg.loss_scale));
     }
 
     // Every rank starts from rank 0's weights (fresh, pretrained or resumed).
@@ -642,7 +656,11 @@ pub fn train(run: Run) -> Result<Summary> {
                 cfg.seed,
                 &[state.global_step, acc.micro as u64, dist.rank() as u64],
             )
-            .with_sparse(sparse.clone().filter(|_| state.global_step >= dense_steps));
+            .with_sparse(sparse.clone().filter(|_| state.global_step >= dense_steps))
+            .with_precision(
+                cfg.precision,
+                state.loss_scaler.as_ref().map_or(1.0, |s| s.scale),
+            );
             if let Some(s) = &sparse {
                 s.count_forward();
             }
@@ -668,10 +686,23 @@ pub fn train(run: Run) -> Result<Summary> {
             let grads = acc.mean_grads();
             let norm = global_grad_norm(&grads);
             let step_loss = acc.loss_sum / acc.images as f64;
-            if !step_loss.is_finite() || !norm.is_finite() {
+            let finite = step_loss.is_finite() && norm.is_finite();
+            // f16: an overflow skips the step and halves the loss scale; f32/bf16 stop, and so
+            // does f16 once skipping goes on so long that the loss itself must be diverging.
+            let diverged = match &mut state.loss_scaler {
+                Some(s) => {
+                    s.update(finite, cfg.loss_scale_window);
+                    s.diverged()
+                }
+                None => !finite,
+            };
+            if diverged {
                 let last = ckpt_root.join("last");
+                let skips = state.loss_scaler.as_ref().map_or(String::new(), |s| {
+                    format!(" ({} f16 steps skipped in a row)", s.consecutive_skips)
+                });
                 return Err(Error::Training(format!(
-                    "loss became {step_loss} (gradient norm {norm}) at epoch {epoch}, step {}; last good checkpoint: {} — lower --lr (2–5×), clip harder (--grad-clip 0.5), and check the data",
+                    "loss became {step_loss} (gradient norm {norm}) at epoch {epoch}, step {}{skips}; last good checkpoint: {} — lower --lr (2–5×), clip harder (--grad-clip 0.5), and check the data",
                     state.global_step,
                     if last.exists() {
                         last.display().to_string()
@@ -685,19 +716,23 @@ pub fn train(run: Run) -> Result<Summary> {
             } else {
                 1.0
             };
-            model = optim.step(model, &grads, lr, scale);
-            let buffers = acc.mean_buffers();
-            if !buffers.is_empty() {
-                model = map_params(model, |path, _| buffers.get(path).cloned());
-            }
-            if let Some(e) = &mut ema {
-                e.update(&model);
+            // A skipped f16 step still counts (the schedule and the data order move on) but
+            // changes nothing and stays out of the loss averages.
+            if finite {
+                model = optim.step(model, &grads, lr, scale);
+                let buffers = acc.mean_buffers();
+                if !buffers.is_empty() {
+                    model = map_params(model, |path, _| buffers.get(path).cloned());
+                }
+                if let Some(e) = &mut ema {
+                    e.update(&model);
+                }
+                epoch_win.add(&acc);
+                log_win.add(&acc);
             }
             state.global_step += 1;
             step_ms.push(step_start.elapsed().as_secs_f64() * 1e3);
             state.images_seen += acc.images as u64;
-            epoch_win.add(&acc);
-            log_win.add(&acc);
             acc = Accumulator::default();
             if state.global_step.is_multiple_of(cfg.log_every as u64) {
                 let img_s = log_win.images as f64 / log_start.elapsed().as_secs_f64();
@@ -711,6 +746,12 @@ pub fn train(run: Run) -> Result<Summary> {
                     0.0,
                 );
                 record.extra = log_win.extras();
+                if let Some(s) = &state.loss_scaler {
+                    record.extra.insert("loss_scale".into(), s.scale);
+                    record
+                        .extra
+                        .insert("skipped_steps".into(), s.skipped as f64);
+                }
                 if let Some(s) = &sparse {
                     // The sparsity evolution, and base parameters used apart from trained ones.
                     record
@@ -920,6 +961,8 @@ pub fn train(run: Run) -> Result<Summary> {
         run_dir: run_dir.clone(),
         processes: dist.size(),
         global_batch_size: global_batch,
+        precision: cfg.precision.name().into(),
+        skipped_steps: state.loss_scaler.as_ref().map_or(0, |s| s.skipped),
         teacher_val_acc: teacher_val.as_ref().map(|(_, a)| *a),
         teacher_agreement: teacher_val
             .as_ref()
