@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run the vitrs benchmark and the PyTorch yardstick alternately in one session and print the
 # ratios (median of REPEATS runs each). Usage: bench/compare.sh [REPEATS] [extra vitrs/pytorch model flags]
-# Model flags are shared: --img --patch --dim --depth --heads --mlp --classes --batch --infer-batch.
+# Model flags are shared: --img --patch --dim --depth --heads --mlp --classes --batch --infer-batch,
+# and --amp none|bf16|fp16 (vitrs reads it as --precision). Per-framework extras go in VITRS_ARGS
+# and TORCH_ARGS, e.g. on a GPU: VITRS_ARGS="--device vulkan" TORCH_ARGS="--device cuda"
+# bench/compare.sh 3 --amp bf16 --batch 512
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${1:-3}
@@ -11,8 +14,10 @@ YARDSTICK=${YARDSTICK:-../shared/bench/pytorch_vit_bench.py}
 cargo build --release -q
 out=$(mktemp -d)
 for i in $(seq "$REPEATS"); do
-  ./target/release/vitrs bench --what train,infer --threads "$THREADS" "$@" >>"$out/vitrs.jsonl"
-  python3 "$YARDSTICK" --threads "$THREADS" "$@" >>"$out/pytorch.jsonl"
+  # shellcheck disable=SC2086
+  ./target/release/vitrs bench --what train,infer --threads "$THREADS" "$@" ${VITRS_ARGS:-} >>"$out/vitrs.jsonl"
+  # shellcheck disable=SC2086
+  python3 "$YARDSTICK" --threads "$THREADS" "$@" ${TORCH_ARGS:-} >>"$out/pytorch.jsonl"
 done
 python3 - "$out" <<'PY'
 import json, statistics, sys
