@@ -16,6 +16,14 @@ use crate::model::pretrained;
 use crate::train::{self, checkpoint, trainer};
 
 pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
+    // train, continual and compare-finetune are data-parallel; the others would run once per
+    // rank and write the same outputs side by side.
+    if !matches!(
+        cli.command,
+        Command::Train(_) | Command::Continual(_) | Command::CompareFinetune(_)
+    ) {
+        crate::dist::refuse_launched(matches.subcommand_name().unwrap_or("?"))?;
+    }
     match cli.command {
         Command::Train(args) => {
             let sub = matches
@@ -27,13 +35,26 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             let sub = matches
                 .subcommand_matches("compare-finetune")
                 .ok_or_else(|| Error::Config("no compare-finetune arguments".into()))?;
-            crate::dist::refuse_launched("compare-finetune")?;
             let cfg = train_config(&args.train, sub)?;
+            // One launched process spawns one child per method, as without a launcher (a child
+            // of an MPI process could not join a job of its own).
+            let dist = match crate::dist::launched_alone() {
+                true => crate::dist::world(),
+                false => crate::dist::init()?,
+            };
             let out = cfg
                 .out_dir
                 .clone()
                 .unwrap_or_else(|| train::default_run_dir().with_extension("finetune"));
+            if dist.size() > 1 {
+                // The methods run in this process, one after another (see compare_finetune).
+                set_threads(cfg.threads, dist);
+                install_interrupt_handler();
+            }
             let md = crate::compare_finetune::run(&cfg, &args.methods, &out)?;
+            if !dist.is_main() {
+                return Ok(());
+            }
             println!("{md}");
             eprintln!("compare.json, compare.md and plots in {}", out.display());
             Ok(())
@@ -42,7 +63,6 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             let sub = matches
                 .subcommand_matches("continual")
                 .ok_or_else(|| Error::Config("no continual arguments".into()))?;
-            crate::dist::refuse_launched("continual")?;
             cmd_continual(*args, sub)
         }
         Command::Eval(args) => cmd_eval(args),
@@ -97,6 +117,15 @@ fn install_interrupt_handler() {
     });
 }
 
+/// `--threads`, where 0 divides this machine's cores among its MPI ranks.
+fn set_threads(threads: usize, dist: &dyn crate::dist::Comm) {
+    crate::device::set_threads(if threads > 0 {
+        threads
+    } else {
+        crate::dist::default_threads(dist)
+    });
+}
+
 /// Resolve the full configuration of a `train` invocation.
 pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Config> {
     // Resuming continues the run's own configuration; flags (e.g. --epochs) override it.
@@ -112,11 +141,7 @@ pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Config> {
 fn cmd_train(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     let cfg = train_config(&args, matches)?;
     let dist = crate::dist::init()?;
-    crate::device::set_threads(if cfg.threads > 0 {
-        cfg.threads
-    } else {
-        crate::dist::default_threads(dist)
-    });
+    set_threads(cfg.threads, dist);
     install_interrupt_handler();
     let run = train::prepare(cfg)?;
     let summary = train::train(run)?;
@@ -150,6 +175,7 @@ fn cmd_continual(args: ContinualArgs, matches: &ArgMatches) -> Result<()> {
         config: args.config.clone(),
     };
     let cfg = train_config(&train_args, matches)?;
+    let dist = crate::dist::init()?;
     // Resuming continues the run's own continual settings; only --stop-after-task may change.
     let cl = match &cfg.resume_from {
         Some(dir) => {
@@ -178,9 +204,12 @@ fn cmd_continual(args: ContinualArgs, matches: &ArgMatches) -> Result<()> {
         }
         None => args.continual.clone(),
     };
-    crate::device::set_threads(cfg.threads);
+    set_threads(cfg.threads, dist);
     install_interrupt_handler();
     let out = crate::continual::runner::run(cfg, cl)?;
+    if !dist.is_main() {
+        return Ok(());
+    }
     let r = &out.report;
     let pct = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{:.2}%", 100.0 * v));
     println!(

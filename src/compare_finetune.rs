@@ -3,6 +3,12 @@
 //! parameters, optimizer state, peak memory, step time, throughput, accuracy, and every ratio
 //! against `full`. All numbers are read from what each run measured (`summary.json`,
 //! `metrics.jsonl`), none estimated.
+//!
+//! Under `mpirun`/`srun` with several ranks a child process could not join the job (Open
+//! MPI does not let a child of a rank initialise MPI on its own), so every rank runs the
+//! methods itself, one after another, each a data-parallel `train`; rank 0 writes the
+//! comparison. The peak memory of one method then cannot be told apart from the methods run
+//! before it in the same process: that column is left empty and a note says why.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,9 +50,9 @@ fn column_notes() -> Value {
         "trainable_params": "parameters that receive gradients and optimizer state",
         "active_params": "base parameters a training step multiplies with, mean over steps (SparseLoRA skips channels; otherwise = total)",
         "optimizer_state_mb": "AdamW moments held after the last step (MiB)",
-        "peak_memory_mb": "peak resident set size of the training process (MiB, CPU); on a GPU backend the host RSS still, device memory not included",
+        "peak_memory_mb": "peak resident set size of the training process (MiB, CPU); on a GPU backend the host RSS still, device memory not included; empty under MPI (the methods share one process per rank)",
         "step_ms": "median wall time of an optimizer step, first two steps excluded",
-        "img_s": "global batch / step_ms",
+        "img_s": "global batch (all processes) / step_ms",
         "epoch_seconds": "measured wall time per epoch (training and evaluation), only when trained by epochs",
         "final_acc": "validation accuracy of the restored best weights, only when trained by epochs",
         "ratio_to_full": "value / the same value of method full"
@@ -60,7 +66,7 @@ fn summary_of(dir: &Path) -> Result<Value> {
 }
 
 /// One row of compare.json from a finished run.
-fn row(method: &str, dir: &Path, cfg: &Config) -> Result<Value> {
+fn row(method: &str, dir: &Path, cfg: &Config, isolated: bool) -> Result<Value> {
     let s = summary_of(dir)?;
     let f = |k: &str| s.get(k).and_then(Value::as_f64);
     let total = f("total_params").unwrap_or(f64::NAN);
@@ -68,6 +74,9 @@ fn row(method: &str, dir: &Path, cfg: &Config) -> Result<Value> {
     let step_ms = f("step_ms_median").unwrap_or(f64::NAN);
     let by_epochs = cfg.max_steps == 0;
     let epochs = f("epochs_completed").unwrap_or(0.0);
+    let global_batch = f("global_batch_size")
+        .filter(|&b| b > 0.0)
+        .unwrap_or((cfg.batch_size * cfg.accum_steps) as f64);
     Ok(json!({
         "method": method,
         "run_dir": dir,
@@ -76,9 +85,9 @@ fn row(method: &str, dir: &Path, cfg: &Config) -> Result<Value> {
         "trainable_pct": 100.0 * trainable / total,
         "active_params": f("active_params"),
         "optimizer_state_mb": f("optimizer_state_mb"),
-        "peak_memory_mb": f("peak_rss_mb"),
+        "peak_memory_mb": if isolated { f("peak_rss_mb") } else { None },
         "step_ms": step_ms,
-        "img_s": (cfg.batch_size * cfg.accum_steps) as f64 * 1e3 / step_ms,
+        "img_s": global_batch * 1e3 / step_ms,
         "epoch_seconds": (by_epochs && epochs > 0.0).then(|| f("train_seconds").unwrap_or(f64::NAN) / epochs),
         "final_acc": if by_epochs { f("final_val_acc") } else { None },
     }))
@@ -204,50 +213,88 @@ fn plots(rows: &[Value], out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Run every method in a fresh `vitrs train` process, then write compare.json, compare.md
-/// and the plots into the output directory. Returns the markdown table.
+/// Run every method (in a fresh `vitrs train` process, or in this one under MPI), then
+/// write compare.json, compare.md and the plots into the output directory. Returns the
+/// markdown table.
 pub fn run(base: &Config, methods: &[String], out: &Path) -> Result<String> {
     if methods.is_empty() {
         return Err(Error::Config("--methods is empty".into()));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "creating", e))?;
-    let exe = std::env::current_exe().map_err(|e| Error::Io(e.to_string()))?;
+    let dist = crate::dist::world();
+    let in_process = dist.size() > 1;
+    if dist.is_main() {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, "creating", e))?;
+    }
     let configs: Vec<Config> = methods
         .iter()
         .map(|m| method_config(base, m, out))
         .collect::<Result<_>>()?;
-    let mut rows = Vec::new();
     for (method, cfg) in methods.iter().zip(&configs) {
         let toml_path = out.join(format!("{method}.toml"));
-        crate::util::write_file_synced(&toml_path, cfg.to_toml().as_bytes())?;
-        eprintln!("== {method}: vitrs train --config {}", toml_path.display());
-        let mut child = Command::new(&exe);
-        child.arg("train").arg("--config").arg(&toml_path);
-        // Each method is a plain single process, even when this one was started by mpirun.
-        for (k, _) in std::env::vars_os() {
-            if crate::dist::is_launcher_var(&k.to_string_lossy()) {
-                child.env_remove(&k);
+        if dist.is_main() {
+            crate::util::write_file_synced(&toml_path, cfg.to_toml().as_bytes())?;
+        }
+        if in_process {
+            if dist.is_main() {
+                eprintln!(
+                    "== {method}: vitrs train --config {} (in this process, {} ranks)",
+                    toml_path.display(),
+                    dist.size()
+                );
             }
+            crate::train::train(crate::train::prepare(cfg.clone())?)?;
+        } else {
+            eprintln!("== {method}: vitrs train --config {}", toml_path.display());
+            train_child(method, &toml_path, out)?;
         }
-        let status = child
-            .status()
-            .map_err(|e| Error::Io(format!("starting {}: {e}", exe.display())))?;
-        if !status.success() {
-            return Err(Error::Training(format!(
-                "the {method} run failed ({status}); its output is in {}",
-                out.join(method).display()
-            )));
-        }
-        rows.push(row(method, &out.join(method), cfg)?);
+    }
+    if !dist.is_main() {
+        return Ok(String::new());
+    }
+    let mut rows = Vec::new();
+    for (method, cfg) in methods.iter().zip(&configs) {
+        rows.push(row(method, &out.join(method), cfg, !in_process)?);
     }
     add_ratios(&mut rows);
-    let doc = json!({"methods": rows, "columns": column_notes()});
+    let mut doc = json!({"methods": rows, "columns": column_notes(), "processes": dist.size()});
+    let mut md = markdown(&rows);
+    if in_process {
+        let note = format!(
+            "Peak memory per method is not measured under MPI: the {} methods ran one after another in one process per rank, so a method's peak cannot be told from the ones before it (the process peak was {}). Run compare-finetune without mpirun for that column.",
+            methods.len(),
+            crate::util::peak_rss_mb().map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+        );
+        doc["note"] = json!(note);
+        md += &format!("\n{note}\n");
+    }
     let text = serde_json::to_vec_pretty(&doc).map_err(|e| Error::Io(e.to_string()))?;
     crate::util::write_file_synced(&out.join("compare.json"), &text)?;
-    let md = markdown(&rows);
     crate::util::write_file_synced(&out.join("compare.md"), md.as_bytes())?;
     plots(&rows, out)?;
     Ok(md)
+}
+
+/// `vitrs train --config <toml>` in a fresh process (so that its memory peak is its own).
+fn train_child(method: &str, toml_path: &Path, out: &Path) -> Result<()> {
+    let exe = std::env::current_exe().map_err(|e| Error::Io(e.to_string()))?;
+    let mut child = Command::new(&exe);
+    child.arg("train").arg("--config").arg(toml_path);
+    // A plain single process, even when this one was started by `mpirun -np 1`.
+    for (k, _) in std::env::vars_os() {
+        if crate::dist::is_launcher_var(&k.to_string_lossy()) {
+            child.env_remove(&k);
+        }
+    }
+    let status = child
+        .status()
+        .map_err(|e| Error::Io(format!("starting {}: {e}", exe.display())))?;
+    if !status.success() {
+        return Err(Error::Training(format!(
+            "the {method} run failed ({status}); its output is in {}",
+            out.join(method).display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -235,17 +235,36 @@ fn several_launched_processes_need_the_mpi_feature() {
     );
 }
 
+/// Started as one of several ranks: `vitrs <args>`'s stderr (it must exit with 1).
+fn as_rank_0_of_2(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrs"))
+        .args(args)
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// The data-parallel commands need the `mpi` feature to run as several ranks.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn data_parallel_commands_need_the_mpi_feature() {
+    for cmd in ["continual", "compare-finetune"] {
+        assert_one_line_error(
+            &as_rank_0_of_2(&[cmd, "--dataset", "synthetic"]),
+            "launched as one of 2 processes, but this vitrs was built without MPI",
+        );
+    }
+}
+
+/// Single-process commands refuse to run as several ranks (before reading anything), with
+/// or without MPI.
 #[test]
 fn single_process_commands_refuse_to_run_as_several_ranks() {
-    for cmd in ["continual", "compare-finetune"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_vitrs"))
-            .args([cmd, "--dataset", "synthetic"])
-            .env("OMPI_COMM_WORLD_SIZE", "2")
-            .env("OMPI_COMM_WORLD_RANK", "0")
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{cmd}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_one_line_error(&err, &format!("`vitrs {cmd}` runs in one process"));
-    }
+    assert_one_line_error(
+        &as_rank_0_of_2(&["report", "/nonexistent/run"]),
+        "`vitrs report` runs in one process (it is not data-parallel)",
+    );
 }

@@ -14,8 +14,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_vitrs");
 /// A tiny model on 193 synthetic images: with 2 ranks × 16 one rank's shard is one image
 /// shorter, so its last batch is empty and the global last batch holds a single image.
 fn train_args(out: &Path, batch: usize, epochs: usize, size: usize) -> Vec<String> {
+    let mut a = vec!["train".to_string()];
+    a.extend(tiny_args(out, batch, size));
+    a.extend(["--epochs".into(), epochs.to_string()]);
+    a
+}
+
+/// The data, model and optimizer flags every run here shares (any subcommand that trains).
+fn tiny_args(out: &Path, batch: usize, size: usize) -> Vec<String> {
     [
-        "train",
         "--dataset",
         "synthetic",
         "--synthetic-size",
@@ -44,8 +51,6 @@ fn train_args(out: &Path, batch: usize, epochs: usize, size: usize) -> Vec<Strin
         // weight of the two runs agrees to ~1e-7.
         "--qkv-bias",
         "false",
-        "--epochs",
-        &epochs.to_string(),
         "--batch-size",
         &batch.to_string(),
         "--lr",
@@ -92,12 +97,31 @@ fn summary(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
 }
 
-fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    read_safetensors(&dir.join("checkpoints/last/model.safetensors"))
+fn weights(file: &Path) -> Vec<(String, Vec<f32>)> {
+    read_safetensors(file)
         .unwrap()
         .into_iter()
         .map(|(k, v)| (k, v.data))
         .collect()
+}
+
+/// The same parameters, every value within 1e-4 (same data, same global batches: only the
+/// order of summation differs), and trained (some weight moved far from its start).
+fn assert_same_weights(a: &Path, b: &Path) {
+    let (a, b) = (weights(a), weights(b));
+    assert_eq!(a.len(), b.len());
+    let mut max_diff = 0f32;
+    for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert_eq!(va.len(), vb.len(), "{ka}");
+        for (x, y) in va.iter().zip(vb) {
+            max_diff = max_diff.max((x - y).abs());
+        }
+    }
+    assert!(max_diff <= 1e-4, "max abs weight difference {max_diff}");
+    eprintln!("max abs weight difference {max_diff:e}");
+    let init_moved = a.iter().any(|(_, v)| v.iter().any(|x| x.abs() > 0.5));
+    assert!(init_moved);
 }
 
 #[test]
@@ -110,26 +134,21 @@ fn two_processes_of_16_train_exactly_like_one_of_32() {
         c
     });
     let log = run_ok(mpirun(2, &train_args(&two, 16, 2, 193)));
+    assert_same_training(&one, &two, log);
+}
+
+/// Two runs (`one`: 1 process × 32, `two`: 2 × 16, `log` its stderr) ended with the same
+/// weights (≤ 1e-4), validation accuracy and loss, and only rank 0 of `two` wrote.
+fn assert_same_training(one: &Path, two: &Path, log: String) {
+    let (one, two) = (one.to_path_buf(), two.to_path_buf());
     assert!(log.contains("global batch 32 = 16 per process"), "{log}");
     assert!(
         log.contains("rank 1: epoch 2:"),
         "rank 1 logs its throughput: {log}"
     );
 
-    let (a, b) = (weights(&one), weights(&two));
-    assert_eq!(a.len(), b.len());
-    let mut max_diff = 0f32;
-    for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
-        assert_eq!(ka, kb);
-        for (x, y) in va.iter().zip(vb) {
-            max_diff = max_diff.max((x - y).abs());
-        }
-    }
-    // Same data, same global batches: only the order of summation differs.
-    assert!(max_diff <= 1e-4, "max abs weight difference {max_diff}");
-    // ... and the weights did move (both runs trained, from the same start).
-    let init_moved = a.iter().any(|(_, v)| v.iter().any(|x| x.abs() > 0.5));
-    assert!(init_moved);
+    let ck = Path::new("checkpoints/last/model.safetensors");
+    assert_same_weights(&one.join(ck), &two.join(ck));
 
     let (sa, sb) = (summary(&one), summary(&two));
     for k in ["final_val_acc", "best_val_acc", "epochs_completed"] {
@@ -251,4 +270,255 @@ fn a_killed_rank_ends_the_job_quickly_and_one_process_resumes() {
     let s = summary(&dir);
     assert_eq!(s["epochs_completed"].as_u64(), Some(done + 1));
     assert_eq!(s["processes"], 1);
+}
+
+/// Distillation data-parallel: the teacher runs on each rank's shard and the student ends as
+/// with one process of the global batch; the teacher's log values are summed over ranks.
+#[test]
+fn distillation_two_processes_of_16_train_like_one_of_32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = tmp.path().join("teacher");
+    run_ok({
+        let mut c = Command::new(BIN);
+        c.args(train_args(&teacher, 32, 1, 193));
+        c
+    });
+    let teacher = teacher.join("checkpoints/last").display().to_string();
+    for (name, extra) in [
+        ("hard", &["--distillation", "hard", "--dist-token"][..]),
+        (
+            "soft",
+            &["--distillation", "soft", "--distill-alpha", "0.7"][..],
+        ),
+    ] {
+        let (one, two) = (
+            tmp.path().join(format!("{name}1")),
+            tmp.path().join(format!("{name}2")),
+        );
+        let args = |out: &Path, batch| {
+            let mut a = train_args(out, batch, 2, 193);
+            a.extend(["--teacher", &teacher, "--log-every", "2"].map(String::from));
+            a.extend(extra.iter().map(|s| s.to_string()));
+            a
+        };
+        run_ok({
+            let mut c = Command::new(BIN);
+            c.args(args(&one, 32));
+            c
+        });
+        let log = run_ok(mpirun(2, &args(&two, 16)));
+        assert_same_training(&one, &two, log);
+        let (sa, sb) = (summary(&one), summary(&two));
+        for k in ["teacher_val_acc", "teacher_agreement"] {
+            assert!(sa[k].is_number(), "{name}: {k}");
+            assert_eq!(sa[k], sb[k], "{name}: {k}");
+        }
+        // The logged teacher values are of the whole global batch: the same in both runs
+        // (teacher_s, a time, excepted).
+        let train_lines = |d: &Path| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(d.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|r| r["split"] == "train")
+                .collect()
+        };
+        let (ra, rb) = (train_lines(&one), train_lines(&two));
+        assert!(!ra.is_empty() && ra.len() == rb.len());
+        for (a, b) in ra.iter().zip(&rb) {
+            for k in [
+                "loss_ce",
+                "loss_distill",
+                "teacher_acc",
+                "agreement",
+                "loss",
+                "acc",
+            ] {
+                let (x, y) = (value(a, k), value(b, k));
+                assert!(
+                    (x - y).abs() < 1e-4,
+                    "{name} step {}: {k} {x} vs {y}",
+                    a["step"]
+                );
+            }
+            assert!(value(b, "teacher_s") > 0.0);
+        }
+    }
+}
+
+/// A metrics.jsonl value, at the top level or among the extras.
+fn value(record: &serde_json::Value, key: &str) -> f64 {
+    record
+        .get(key)
+        .or_else(|| record.get("extra").and_then(|e| e.get(key)))
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or_else(|| panic!("no {key} in {record}"))
+}
+
+/// `vitrs continual` data-parallel: 2 processes × 8 give the accuracy matrix and weights of
+/// 1 process × 16 (naive; EWC + replay: the Fisher summed over ranks, the replay draw shared).
+#[test]
+fn continual_two_processes_of_8_learn_like_one_of_16() {
+    let tmp = tempfile::tempdir().unwrap();
+    for strategy in ["naive", "ewc+replay"] {
+        let args = |out: &Path, batch| {
+            let mut a = vec!["continual".to_string()];
+            a.extend(tiny_args(out, batch, 400));
+            a.extend(
+                [
+                    "--strategy",
+                    strategy,
+                    "--tasks",
+                    "2",
+                    "--epochs-per-task",
+                    "2",
+                    // An odd number: the ranks get 11 and 10 examples.
+                    "--ewc-samples",
+                    "21",
+                    "--replay-size",
+                    "40",
+                    "--replay-ratio",
+                    "0.5",
+                ]
+                .iter()
+                .map(|s| s.to_string()),
+            );
+            a
+        };
+        let name = strategy.replace('+', "_");
+        let (one, two) = (
+            tmp.path().join(format!("{name}1")),
+            tmp.path().join(format!("{name}2")),
+        );
+        run_ok({
+            let mut c = Command::new(BIN);
+            c.args(args(&one, 16));
+            c
+        });
+        run_ok(mpirun(2, &args(&two, 8)));
+        let report = |d: &Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(d.join("continual.json")).unwrap())
+                .unwrap()
+        };
+        let (ra, rb) = (report(&one), report(&two));
+        assert_eq!(ra["acc_matrix"], rb["acc_matrix"], "{strategy}");
+        assert_eq!(ra["tasks_completed"], 2);
+        for k in ["avg_forgetting", "bwt", "trainable_params"] {
+            assert_eq!(ra[k], rb[k], "{strategy}: {k}");
+        }
+        let ck = Path::new("checkpoints/after_task_2/model.safetensors");
+        assert_same_weights(&one.join(ck), &two.join(ck));
+        if strategy == "ewc+replay" {
+            // The Fisher (of task 1) and θ* agree too, and the replay buffers are identical.
+            let ewc = Path::new("checkpoints/after_task_2/ewc.safetensors");
+            assert_same_weights(&one.join(ewc), &two.join(ewc));
+            // The Fisher is small: compare it relative to its largest entry.
+            let fisher = |d: &Path| -> Vec<f32> {
+                weights(&d.join(ewc))
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with("fisher."))
+                    .flat_map(|(_, v)| v)
+                    .collect()
+            };
+            let (fa, fb) = (fisher(&one), fisher(&two));
+            let top = fa.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let diff = fa
+                .iter()
+                .zip(&fb)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(top > 0.0 && fa.len() == fb.len());
+            assert!(diff <= 1e-4 * top, "Fisher: max diff {diff}, largest {top}");
+            let buf = Path::new("checkpoints/after_task_2/replay.u8");
+            assert_eq!(
+                std::fs::read(one.join(buf)).unwrap(),
+                std::fs::read(two.join(buf)).unwrap()
+            );
+        }
+        // Only rank 0 wrote TensorBoard.
+        let tb = std::fs::read_dir(&two)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("events.out"))
+            .count();
+        assert_eq!(tb, 1);
+    }
+}
+
+/// `vitrs compare-finetune` under mpirun runs every method in-process, data-parallel, and
+/// rank 0 writes the comparison; the parameter counts are those of the one-process run, and
+/// the peak-memory column is left empty with a note instead of a wrong number.
+#[test]
+fn compare_finetune_runs_every_method_under_mpirun() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Fine-tuning starts from a checkpoint (head-only needs one).
+    let base = tmp.path().join("base");
+    run_ok({
+        let mut c = Command::new(BIN);
+        c.args(train_args(&base, 32, 1, 96));
+        c
+    });
+    let base = base.join("checkpoints/last").display().to_string();
+    let methods = "full,lora,sparselora,head-only";
+    let args = |out: &Path, batch| {
+        let mut a = vec!["compare-finetune".to_string()];
+        a.extend(tiny_args(out, batch, 96));
+        // SparseLoRA sparse in both blocks (the default keeps the first two and the last
+        // one dense: all of this tiny model).
+        a.extend(
+            [
+                "--pretrained",
+                &base,
+                "--epochs",
+                "1",
+                "--sparse-layers",
+                "0,0",
+                "--methods",
+                methods,
+            ]
+            .map(String::from),
+        );
+        a
+    };
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    run_ok({
+        let mut c = Command::new(BIN);
+        c.args(args(&one, 32));
+        c
+    });
+    run_ok(mpirun(2, &args(&two, 16)));
+    let compare = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("compare.json")).unwrap()).unwrap()
+    };
+    let (ca, cb) = (compare(&one), compare(&two));
+    let (ma, mb) = (
+        ca["methods"].as_array().unwrap(),
+        cb["methods"].as_array().unwrap(),
+    );
+    assert_eq!(mb.len(), 4);
+    for (a, b) in ma.iter().zip(mb) {
+        assert_eq!(a["method"], b["method"]);
+        for k in ["trainable_params", "total_params"] {
+            assert!(a[k].as_f64().unwrap() > 0.0);
+            assert_eq!(a[k], b[k], "{}: {k}", a["method"]);
+        }
+        assert!(a["peak_memory_mb"].as_f64().unwrap() > 0.0);
+        assert!(b["peak_memory_mb"].is_null(), "{b}");
+        assert!(b["final_acc"].as_f64().is_some());
+        // Each method's run is a 2-process run of the same global batch.
+        let s = summary(Path::new(b["run_dir"].as_str().unwrap()));
+        assert_eq!(s["processes"], 2);
+        assert_eq!(s["global_batch_size"], 32);
+    }
+    assert_eq!(cb["processes"], 2);
+    assert!(
+        cb["note"]
+            .as_str()
+            .unwrap()
+            .contains("not measured under MPI")
+    );
+    let md = std::fs::read_to_string(two.join("compare.md")).unwrap();
+    assert!(
+        md.contains("not measured under MPI") && md.contains("| head-only |"),
+        "{md}"
+    );
 }

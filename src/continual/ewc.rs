@@ -135,6 +135,23 @@ impl FisherSum {
         self.n += 1;
     }
 
+    /// The mean over the examples of every rank of a data-parallel job: sums and counts
+    /// added up over ranks (one all-reduce; `layout` names every parameter, since a rank may
+    /// have had no example).
+    pub fn mean_over(
+        mut self,
+        comm: &dyn crate::dist::Comm,
+        layout: &[(String, usize)],
+        device: &Device,
+    ) -> ParamMap {
+        if comm.size() > 1 {
+            let mut n = [self.n as f64];
+            crate::dist::all_reduce_grads(comm, layout, &mut self.sum, &mut n, device);
+            self.n = n[0] as usize;
+        }
+        self.mean()
+    }
+
     pub fn mean(self) -> ParamMap {
         let n = self.n.max(1) as f64;
         self.sum.into_iter().map(|(k, s)| (k, s / n)).collect()

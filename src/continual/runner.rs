@@ -26,6 +26,7 @@ use super::{
 use crate::config::{AdapterKind, Config};
 use crate::data::dataset::Dataset;
 use crate::data::loader::Loader;
+use crate::dist::decide;
 use crate::error::{Error, Result};
 use crate::model::io::{
     HostTensor, load_state_dict, load_state_dict_keeping, read_safetensors, state_dict,
@@ -41,6 +42,7 @@ use crate::rng::{Rng, stream};
 use crate::train::checkpoint::{self, Checkpoint, TrainingState};
 use crate::train::optim::{AdamW, AdamWConfig, global_grad_norm};
 use crate::train::schedule::WarmupCosine;
+use crate::train::step::StepOutput;
 use crate::train::trainer::{INTERRUPTS, write_json};
 
 pub const STATE_FILE: &str = "continual_state.json";
@@ -147,15 +149,19 @@ fn indices_of(data: &Dataset, classes: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Accuracy of `model` on every batch of `loader`, logits masked to `mask_classes` (task-IL).
+/// (correct, images) of `model` on every batch of `loader` (this rank's shard), logits
+/// masked to `mask_classes` (task-IL).
 fn accuracy(
     model: &VisionTransformer,
     loader: &Loader,
     mask_classes: Option<&[usize]>,
     device: &Device,
-) -> f64 {
+) -> [f64; 2] {
     let (mut correct, mut n) = (0usize, 0usize);
     for batch in loader.epoch(0, 0) {
+        if batch.is_empty() {
+            continue; // the end of a shorter shard
+        }
         let mut logits = model.forward(batch.images_tensor(device), &Ctx::eval());
         if let Some(classes) = mask_classes {
             let tasks = [classes.to_vec()];
@@ -169,7 +175,7 @@ fn accuracy(
         correct += crate::train::step::count_correct(logits, &batch.labels);
         n += batch.len();
     }
-    correct as f64 / n.max(1) as f64
+    [correct as f64, n as f64]
 }
 
 pub struct Outcome {
@@ -187,6 +193,9 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         Some(dir) => Some(ContinualState::load(dir)?),
         None => None,
     };
+    // Data-parallel under mpirun/srun: each rank trains on its shard of every batch, and the
+    // gradients, counts, accuracies and the Fisher are summed over ranks (see the README).
+    let dist = crate::dist::world();
     let run = crate::train::prepare(cfg)?;
     let cfg = run.config.clone();
     let vit: VitConfig = run.vit_config.clone();
@@ -211,7 +220,13 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     let task_il = cl.scenario == Scenario::TaskIl;
     let joint = cl.strategy == Strategy::Joint;
     let phases = if joint { 1 } else { t_count };
-    eprintln!(
+    // Only rank 0 talks (and writes); the others print nothing but errors.
+    let say = |line: String| {
+        if dist.is_main() {
+            eprintln!("{line}");
+        }
+    };
+    say(format!(
         "continual: {} tasks of {} classes ({}), strategy {}, {}; class order {:?}",
         t_count,
         tasks[0].len(),
@@ -219,12 +234,12 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         cl.strategy.name(),
         cl.scenario.name(),
         order
-    );
+    ));
     if cfg.warmup_epochs >= cl.epochs_per_task as f64 {
-        eprintln!(
+        say(format!(
             "note: --warmup-epochs {} is not shorter than --epochs-per-task {}: every task is all warmup (the LR never reaches --lr)",
             cfg.warmup_epochs, cl.epochs_per_task
-        );
+        ));
     }
 
     // The model, as `train` builds it.
@@ -317,17 +332,24 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         if ad_path.exists() {
             task_adapters = load_task_adapters(&read_safetensors(&ad_path)?, &device);
         }
-        eprintln!(
+        say(format!(
             "resuming from {} after task {} of {}",
             dir.display(),
             s.tasks_done,
             phases
-        );
+        ));
         state = s;
     }
+    // Every rank starts from rank 0's weights (every rank built or read the same ones; this
+    // makes it certain).
+    model = crate::dist::broadcast_params(dist, model);
     let (total_params, trainable_params_n) = count_params(&model);
     let ckpt_root = run.run_dir.join("checkpoints");
-    let mut tb = EventWriter::create(&run.run_dir)?;
+    let mut tb = match dist.is_main() {
+        true => Some(EventWriter::create(&run.run_dir)?),
+        false => None,
+    };
+    let mut last_report = None;
 
     // Test splits per task, built once.
     let test_loaders: Vec<Loader> = tasks
@@ -369,6 +391,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             )
         });
         let steps_per_epoch = task_loader.num_batches();
+        let layout = crate::dist::grad_layout(&model);
         let schedule = WarmupCosine::new(
             cfg.lr,
             cfg.warmup_start_lr,
@@ -377,7 +400,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             cl.epochs_per_task,
             steps_per_epoch,
         );
-        eprintln!(
+        say(format!(
             "task {}/{}: classes {:?}, {} train images{}, {} steps/epoch",
             t + 1,
             phases,
@@ -392,7 +415,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 String::new()
             },
             steps_per_epoch
-        );
+        ));
         let mut task_step = 0u64;
         for e in 0..cl.epochs_per_task {
             let epoch_id = t * cl.epochs_per_task + e;
@@ -403,7 +426,13 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 if let Some(rl) = &replay_loader {
                     let mut rng =
                         Rng::at(cfg.seed, stream::REPLAY, &[t as u64, e as u64, b as u64]);
-                    let idx = sample_indices(rl.dataset().len(), replay_n, &mut rng);
+                    // The global batch's draw, the same on every rank; each takes its share.
+                    let all = sample_indices(rl.dataset().len(), replay_n * dist.size(), &mut rng);
+                    let idx: Vec<usize> = all
+                        .into_iter()
+                        .skip(dist.rank())
+                        .step_by(dist.size())
+                        .collect();
                     batch = concat_batches(batch, rl.make_batch(epoch_id, b, &idx));
                 }
                 let mask = task_il.then(|| {
@@ -417,19 +446,33 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                     );
                     task_masks(&rows, &tasks, batch.num_classes)
                 });
-                let ctx = Ctx::train(cfg.seed, &[state.global_step, 0, 0])
+                // Dropout masks differ between ranks (as between the samples of one batch).
+                let ctx = Ctx::train(cfg.seed, &[state.global_step, 0, dist.rank() as u64])
                     .with_precision(cfg.precision, 1.0);
-                let out = masked_step(&model, &batch, mask.as_deref(), &ad, &ctx);
+                let n = batch.len();
+                let out = match n {
+                    0 => StepOutput::default(), // this rank's shard ran out; it still joins
+                    _ => masked_step(&model, &batch, mask.as_deref(), &ad, &ctx),
+                };
                 let mut grads = out.grads;
+                // [images, Σ loss, correct] of the global batch.
+                let mut counts = [n as f64, out.loss * n as f64, out.correct as f64];
+                if dist.size() > 1 {
+                    // Σ n_r·g_r over ranks / Σ n_r: the mean gradient of the global batch.
+                    grads = grads.into_iter().map(|(k, g)| (k, g * n as f64)).collect();
+                    crate::dist::all_reduce_grads(dist, &layout, &mut grads, &mut counts, &device);
+                    grads = grads.into_iter().map(|(k, g)| (k, g / counts[0])).collect();
+                }
+                let step_loss = counts[1] / counts[0].max(1.0);
                 if ewc.is_active() {
                     ewc.add_grads(&mut grads, &trainable_params(&model));
                 }
                 let lr = schedule.lr(task_step);
                 let norm = global_grad_norm(&grads);
-                if !out.loss.is_finite() || !norm.is_finite() {
+                if !step_loss.is_finite() || !norm.is_finite() {
                     return Err(Error::Training(format!(
                         "loss became {} (gradient norm {norm}) in task {}, step {}; lower --lr or --ewc-lambda, clip harder (--grad-clip 0.5)",
-                        out.loss,
+                        step_loss,
                         t + 1,
                         state.global_step
                     )));
@@ -442,19 +485,23 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 model = optim.step(model, &grads, lr, scale);
                 state.global_step += 1;
                 task_step += 1;
-                loss_sum += out.loss * batch.len() as f64;
-                correct += out.correct;
-                seen += batch.len();
-                if state.global_step.is_multiple_of(cfg.log_every as u64) {
+                loss_sum += counts[1];
+                correct += counts[2] as usize;
+                seen += counts[0] as usize;
+                if let Some(tb) = tb
+                    .as_mut()
+                    .filter(|_| state.global_step.is_multiple_of(cfg.log_every as u64))
+                {
                     let step = state.global_step as i64;
-                    tb.scalar("train/loss", step, out.loss as f32, now_secs())?;
+                    tb.scalar("train/loss", step, step_loss as f32, now_secs())?;
                     tb.scalar("train/lr", step, lr as f32, now_secs())?;
                     if ewc.is_active() {
                         let p = ewc.penalty(&trainable_params(&model));
                         tb.scalar("train/ewc_penalty", step, p as f32, now_secs())?;
                     }
                 }
-                if INTERRUPTS.load(Ordering::SeqCst) > 0 {
+                // Rank 0 decides for everyone, so that all ranks stop after the same step.
+                if decide(dist, u32::from(INTERRUPTS.load(Ordering::SeqCst) > 0)) == 1 {
                     return Err(Error::Training(format!(
                         "interrupted in task {}; resume from the last after_task_K checkpoint in {}",
                         t + 1,
@@ -462,7 +509,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                     )));
                 }
             }
-            eprintln!(
+            say(format!(
                 "task {}/{} epoch {}/{}: train loss {:.4} acc {:.2}% | {:.0} img/s",
                 t + 1,
                 phases,
@@ -471,7 +518,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 loss_sum / seen.max(1) as f64,
                 100.0 * correct as f64 / seen.max(1) as f64,
                 seen as f64 / epoch_start.elapsed().as_secs_f64()
-            );
+            ));
         }
         let last = t + 1 == phases;
         if buffer.capacity > 0 {
@@ -483,13 +530,19 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             let mut rng = Rng::at(cfg.seed, stream::FISHER, &[t as u64]);
             let pick = sample_indices(task_ds.len(), cl.ewc_samples, &mut rng);
             let mut sum = FisherSum::default();
+            // Each rank takes every N-th example of the one global draw; the sums and the
+            // count are added up over ranks, so the mean is the one-process Fisher.
             for (k, &i) in pick.iter().enumerate() {
+                if k % dist.size() != dist.rank() {
+                    continue;
+                }
                 let b = fisher_loader.make_batch(0, k, &[i]);
                 let y = b.labels[0];
                 let mask = task_il.then(|| task_masks(&[task_of[y]], &tasks, b.num_classes));
                 sum.add(masked_step(&model, &b, mask.as_deref(), &ad, &Ctx::eval()).grads);
             }
-            ewc.consolidate(sum.mean(), trainable_params(&model));
+            let fisher = sum.mean_over(dist, &layout, &device);
+            ewc.consolidate(fisher, trainable_params(&model));
         }
         if cl.lora_per_task {
             task_adapters.push(adapter_params(&model));
@@ -499,10 +552,11 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         // Every task's test split, seen or not. Under task-IL with one adapter per task, a
         // trained task is tested with its own adapter (the task id is given).
         let eval_model = model.valid();
-        let row: Vec<f64> = test_loaders
+        // [correct, images] of every task on this rank's shard, then summed over ranks.
+        let mut counts: Vec<f64> = test_loaders
             .iter()
             .enumerate()
-            .map(|(j, l)| {
+            .flat_map(|(j, l)| {
                 let mask = task_il.then_some(&tasks[j][..]);
                 match task_adapters.get(j).filter(|_| task_il) {
                     Some(a) => {
@@ -513,13 +567,17 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 }
             })
             .collect();
-        for (j, a) in row.iter().enumerate() {
-            tb.scalar(
-                &format!("task_{}/acc", j + 1),
-                (t + 1) as i64,
-                *a as f32,
-                now_secs(),
-            )?;
+        dist.all_reduce_sum_f64(&mut counts);
+        let row: Vec<f64> = counts.chunks(2).map(|c| c[0] / c[1].max(1.0)).collect();
+        if let Some(tb) = &mut tb {
+            for (j, a) in row.iter().enumerate() {
+                tb.scalar(
+                    &format!("task_{}/acc", j + 1),
+                    (t + 1) as i64,
+                    *a as f32,
+                    now_secs(),
+                )?;
+            }
         }
         state.acc_matrix.push(row.clone());
         state.task_seconds.push(task_secs);
@@ -529,9 +587,11 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         } else {
             metrics(&state.acc_matrix)
         };
-        tb.scalar("avg_acc", (t + 1) as i64, m.avg_acc as f32, now_secs())?;
-        tb.flush()?;
-        eprintln!(
+        if let Some(tb) = &mut tb {
+            tb.scalar("avg_acc", (t + 1) as i64, m.avg_acc as f32, now_secs())?;
+            tb.flush()?;
+        }
+        say(format!(
             "after task {}: accuracy per task [{}] | average over seen tasks {:.2}%{} ({:.0} s)",
             t + 1,
             row.iter()
@@ -543,7 +603,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 .map(|f| format!(", forgetting {:.2}", f))
                 .unwrap_or_default(),
             task_secs
-        );
+        ));
 
         let dest = ckpt_root.join(format!("after_task_{}", t + 1));
         let ck = Checkpoint {
@@ -562,28 +622,31 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             // The continual checkpoint keeps the whole model (adapters included).
             adapter: None,
         };
-        checkpoint::save_with(&dest, &ck, |dir| {
-            let s = serde_json::to_vec_pretty(&state).map_err(|e| Error::Io(e.to_string()))?;
-            crate::util::write_file_synced(&dir.join(STATE_FILE), &s)?;
-            if ewc.is_active() {
-                crate::model::io::write_safetensors(
-                    &dir.join("ewc.safetensors"),
-                    &ewc.state_dict(),
-                    None,
-                )?;
-            }
-            if buffer.capacity > 0 {
-                buffer.save(dir)?;
-            }
-            if !task_adapters.is_empty() {
-                crate::model::io::write_safetensors(
-                    &dir.join("task_adapters.safetensors"),
-                    &task_adapters_state(&task_adapters),
-                    None,
-                )?;
-            }
-            Ok(())
-        })?;
+        // Only rank 0 writes (every rank holds the same weights, Fisher and buffer).
+        if dist.is_main() {
+            checkpoint::save_with(&dest, &ck, |dir| {
+                let s = serde_json::to_vec_pretty(&state).map_err(|e| Error::Io(e.to_string()))?;
+                crate::util::write_file_synced(&dir.join(STATE_FILE), &s)?;
+                if ewc.is_active() {
+                    crate::model::io::write_safetensors(
+                        &dir.join("ewc.safetensors"),
+                        &ewc.state_dict(),
+                        None,
+                    )?;
+                }
+                if buffer.capacity > 0 {
+                    buffer.save(dir)?;
+                }
+                if !task_adapters.is_empty() {
+                    crate::model::io::write_safetensors(
+                        &dir.join("task_adapters.safetensors"),
+                        &task_adapters_state(&task_adapters),
+                        None,
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
         let report = ContinualReport {
             strategy: cl.strategy.name().into(),
             scenario: cl.scenario.name().into(),
@@ -605,21 +668,28 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             ewc_lambda: cl.strategy.uses_ewc().then_some(cl.ewc_lambda),
             run_dir: run.run_dir.clone(),
         };
-        write_outputs(&run.run_dir, &report)?;
+        if dist.is_main() {
+            write_outputs(&run.run_dir, &report)?;
+        }
+        last_report = Some(report);
         if cl.stop_after_task == t + 1 && !last {
-            eprintln!(
+            say(format!(
                 "stopped after task {} (--stop-after-task); continue with --resume-from {}",
                 t + 1,
                 dest.display()
-            );
+            ));
             stopped_at = Some(dest);
             break;
         }
     }
-    let report: ContinualReport = {
-        let p = run.run_dir.join(REPORT_JSON);
-        let s = std::fs::read(&p).map_err(|e| Error::io(&p, "reading", e))?;
-        serde_json::from_slice(&s).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?
+    // Nothing left to train (a finished run resumed): the report it wrote.
+    let report: ContinualReport = match last_report {
+        Some(r) => r,
+        None => {
+            let p = run.run_dir.join(REPORT_JSON);
+            let s = std::fs::read(&p).map_err(|e| Error::io(&p, "reading", e))?;
+            serde_json::from_slice(&s).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?
+        }
     };
     Ok(Outcome { report, stopped_at })
 }

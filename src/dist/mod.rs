@@ -11,10 +11,11 @@
 #[cfg(feature = "mpi")]
 mod mpi_comm;
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use burn::module::Module;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::model::params::{map_params, named_params};
@@ -87,6 +88,11 @@ fn launched() -> Option<Option<usize>> {
                 .iter()
                 .find_map(|v| std::env::var(v).ok()?.parse().ok())
         })
+}
+
+/// Whether this process is not one of several launched ones (no launcher, or a job of one).
+pub fn launched_alone() -> bool {
+    matches!(launched(), None | Some(Some(1)))
 }
 
 /// Refuse to run `command` as one of several launched processes: it is not data-parallel,
@@ -186,6 +192,48 @@ pub fn to_vec(t: Tensor<1>) -> Vec<f32> {
         .convert::<f32>()
         .try_into_vec::<f32>()
         .unwrap_or_default()
+}
+
+/// Sum `grads` (by path, laid out as `layout`: (path, elements); a path missing on this rank,
+/// e.g. one whose shard ran out, counts as zeros) and `scalars` (counts, loss sums) over all
+/// ranks, in place: one all-reduce of one flat f32 buffer, whatever the number of tensors.
+pub fn all_reduce_grads(
+    comm: &dyn Comm,
+    layout: &[(String, usize)],
+    grads: &mut BTreeMap<String, Tensor<1>>,
+    scalars: &mut [f64],
+    device: &Device,
+) {
+    let total: usize = layout.iter().map(|(_, n)| n).sum();
+    let mut buf = Vec::with_capacity(total + scalars.len());
+    for (path, n) in layout {
+        match grads.remove(path) {
+            Some(g) => buf.extend(to_vec(g)),
+            None => buf.extend(std::iter::repeat_n(0.0, *n)),
+        }
+    }
+    // Counts up to 2^24 are exact in f32; sums of losses need no more than f32's precision.
+    buf.extend(scalars.iter().map(|&v| v as f32));
+    comm.all_reduce_sum(&mut buf);
+    let mut offset = 0;
+    for (path, n) in layout {
+        let g = TensorData::new(buf[offset..offset + n].to_vec(), [*n]);
+        grads.insert(path.clone(), Tensor::from_data(g, device));
+        offset += n;
+    }
+    for (s, v) in scalars.iter_mut().zip(&buf[total..]) {
+        *s = *v as f64;
+    }
+}
+
+/// (path, elements) of every trainable parameter of `model`: the layout of a gradient
+/// all-reduce.
+pub fn grad_layout<M: Module>(model: &M) -> Vec<(String, usize)> {
+    named_params(model)
+        .into_iter()
+        .filter(|p| p.trainable)
+        .map(|p| (p.path, p.shape.iter().product()))
+        .collect()
 }
 
 /// One broadcast decision from rank 0 (stop, keep going, ...), as a small integer.

@@ -113,6 +113,15 @@ pub struct DistillParts {
     pub extra: BTreeMap<String, f64>,
 }
 
+/// The log values [`distill_loss`] returns (a data-parallel step sums them over ranks).
+pub const EXTRA_KEYS: [&str; 5] = [
+    "loss_ce",
+    "loss_distill",
+    "teacher_acc",
+    "agreement",
+    "teacher_s",
+];
+
 /// The loss of one batch with a teacher. `out` is the student's forward (its distillation
 /// head, when it has one, takes the distillation term; otherwise the class head takes both),
 /// `targets` the smoothed and mixed true-label targets.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -255,35 +255,35 @@ impl Accumulator {
         self.micro += 1;
     }
 
-    /// Sum the step's gradients and counts over all ranks (one all-reduce of one flat
-    /// buffer, in `params` order, zeros for a rank whose shard ran out), so that the mean
-    /// below is over every image of the global batch, however unevenly they were spread.
-    fn all_reduce(&mut self, dist: &dyn Comm, params: &[(String, usize)], device: &Device) {
-        let total: usize = params.iter().map(|(_, n)| n).sum();
-        let mut buf = Vec::with_capacity(total + 3);
-        for (path, n) in params {
-            match self.grads.remove(path) {
-                Some(g) => buf.extend(crate::dist::to_vec(g)),
-                None => buf.extend(std::iter::repeat_n(0.0, *n)),
-            }
+    /// Sum the step's gradients, counts and `extra_keys` over all ranks (one all-reduce of
+    /// one flat buffer, zeros for a rank whose shard ran out), so that the means below are
+    /// over every image of the global batch, however unevenly they were spread.
+    fn all_reduce(
+        &mut self,
+        dist: &dyn Comm,
+        params: &[(String, usize)],
+        extra_keys: &[&str],
+        device: &Device,
+    ) {
+        let mut scalars = vec![self.images as f64, self.loss_sum, self.correct as f64];
+        scalars.extend(
+            extra_keys
+                .iter()
+                .map(|k| self.extra.get(*k).copied().unwrap_or(0.0)),
+        );
+        crate::dist::all_reduce_grads(dist, params, &mut self.grads, &mut scalars, device);
+        self.images = scalars[0] as usize;
+        self.loss_sum = scalars[1];
+        self.correct = scalars[2] as usize;
+        for (k, v) in extra_keys.iter().zip(&scalars[3..]) {
+            // Teacher seconds: the mean over ranks (they run side by side), not their sum.
+            let v = if *k == "teacher_s" {
+                v / dist.size() as f64
+            } else {
+                *v
+            };
+            self.extra.insert(k.to_string(), v);
         }
-        buf.extend([
-            self.images as f32,
-            self.loss_sum as f32,
-            self.correct as f32,
-        ]);
-        dist.all_reduce_sum(&mut buf);
-        let mut offset = 0;
-        for (path, n) in params {
-            let g = TensorData::new(buf[offset..offset + n].to_vec(), [*n]);
-            self.grads
-                .insert(path.clone(), Tensor::from_data(g, device));
-            offset += n;
-        }
-        // Counts up to 2^24 are exact in f32.
-        self.images = buf[total] as usize;
-        self.loss_sum = buf[total + 1] as f64;
-        self.correct = buf[total + 2] as usize;
     }
 
     /// The running statistics to set after the step: the mean over its micro-batches.
@@ -486,11 +486,7 @@ pub fn train(run: Run) -> Result<Summary> {
         e.model = crate::dist::broadcast_params(dist, e.model.clone());
     }
     // (path, elements) of every trainable parameter: the all-reduce buffer's layout.
-    let grad_layout: Vec<(String, usize)> = named_params(&model)
-        .into_iter()
-        .filter(|p| p.trainable)
-        .map(|p| (p.path, p.shape.iter().product()))
-        .collect();
+    let grad_layout = crate::dist::grad_layout(&model);
     let teacher = match &cfg.teacher {
         Some(spec) => Some(distill::load_teacher(
             spec,
@@ -501,6 +497,11 @@ pub fn train(run: Run) -> Result<Summary> {
             &device,
         )?),
         None => None,
+    };
+    // The per-image log values every rank sums (the same keys on all, even an idle one).
+    let extra_keys: &[&str] = match teacher {
+        Some(_) => &distill::EXTRA_KEYS,
+        None => &[],
     };
     // The teacher is fixed: its validation predictions are computed once.
     let teacher_val = match &teacher {
@@ -678,7 +679,7 @@ pub fn train(run: Run) -> Result<Summary> {
             }
             if dist.size() > 1 {
                 let t = Instant::now();
-                acc.all_reduce(dist, &grad_layout, &device);
+                acc.all_reduce(dist, &grad_layout, extra_keys, &device);
                 reduce_secs += t.elapsed().as_secs_f64();
             }
             // One optimizer step over everything accumulated (on every rank alike).
