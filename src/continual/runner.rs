@@ -408,7 +408,8 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             train_idx.len(),
             if replay_n > 0 {
                 format!(
-                    " + {replay_n} replayed per batch from {} stored",
+                    " + {replay_n} replayed per {}batch from {} stored",
+                    if dist.size() > 1 { "process's " } else { "" },
                     buffer.len()
                 )
             } else {
