@@ -522,3 +522,48 @@ fn compare_finetune_runs_every_method_under_mpirun() {
         "{md}"
     );
 }
+
+/// BatchNorm's running statistics are averaged over the ranks every step, so every rank
+/// evaluates its shard with the same statistics: the run's last validation loss (reduced over
+/// 2 ranks, each with the model it holds) equals what one process gets from the saved weights.
+#[test]
+fn batchnorm_statistics_are_the_same_on_every_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cnn");
+    let mut args = train_args(&dir, 16, 1, 193);
+    args.extend(
+        [
+            "--model",
+            "cnn-fast",
+            "--cnn-widths",
+            "8,16",
+            "--patience",
+            "0",
+        ]
+        .map(String::from),
+    );
+    run_ok(mpirun(2, &args));
+    let last_val = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|r| r["split"] == "val")
+        .expect("a validation record");
+    let out = Command::new(BIN)
+        .args(["eval", "--checkpoint"])
+        .arg(dir.join("checkpoints/last"))
+        .args(["--json", "--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (run_loss, eval_loss) = (value(&last_val, "loss"), eval["loss"].as_f64().unwrap());
+    assert!(
+        (run_loss - eval_loss).abs() < 1e-5,
+        "validation loss during the run {run_loss} vs one process on the saved weights {eval_loss}"
+    );
+}

@@ -236,6 +236,16 @@ pub fn grad_layout<M: Module>(model: &M) -> Vec<(String, usize)> {
         .collect()
 }
 
+/// (path, elements) of every BatchNorm running statistic of `model` (empty for a ViT): the
+/// layout of the statistics' all-reduce.
+pub fn buffer_layout<M: Module>(model: &M) -> Vec<(String, usize)> {
+    named_params(model)
+        .into_iter()
+        .filter(|p| p.path.ends_with(".running_mean") || p.path.ends_with(".running_var"))
+        .map(|p| (p.path, p.shape.iter().product()))
+        .collect()
+}
+
 /// One broadcast decision from rank 0 (stop, keep going, ...), as a small integer.
 pub fn decide(comm: &dyn Comm, mine: u32) -> u32 {
     let mut v = [mine as f64];

@@ -221,8 +221,10 @@ struct Accumulator {
     loss_sum: f64,
     correct: usize,
     micro: usize,
-    /// Σ over micro-batches of the new BatchNorm running statistics.
+    /// Σ over micro-batches of the new BatchNorm running statistics, and how many
+    /// micro-batches produced them (an empty shard produces none).
     buffers: BTreeMap<String, Tensor<1>>,
+    buffer_micro: usize,
     /// Σ n_i · extra_i (distillation losses, agreement, ...).
     extra: BTreeMap<String, f64>,
 }
@@ -237,6 +239,7 @@ impl Accumulator {
             };
             self.grads.insert(k, sum);
         }
+        self.buffer_micro += usize::from(!out.buffers.is_empty());
         for (k, b) in out.buffers {
             let sum = match self.buffers.remove(&k) {
                 Some(acc) => acc + b,
@@ -286,9 +289,18 @@ impl Accumulator {
         }
     }
 
+    /// Sum the BatchNorm running statistics over all ranks, so that every rank sets the same
+    /// ones (their mean over every micro-batch of the global step; without this each rank
+    /// would keep the statistics of its own shard and evaluate its share with them).
+    fn all_reduce_buffers(&mut self, dist: &dyn Comm, layout: &[(String, usize)], device: &Device) {
+        let mut count = [self.buffer_micro as f64];
+        crate::dist::all_reduce_grads(dist, layout, &mut self.buffers, &mut count, device);
+        self.buffer_micro = count[0] as usize;
+    }
+
     /// The running statistics to set after the step: the mean over its micro-batches.
     fn mean_buffers(&mut self) -> BTreeMap<String, Tensor<1>> {
-        let m = self.micro.max(1) as f64;
+        let m = self.buffer_micro.max(1) as f64;
         std::mem::take(&mut self.buffers)
             .into_iter()
             .map(|(k, b)| (k, b / m))
@@ -487,6 +499,7 @@ pub fn train(run: Run) -> Result<Summary> {
     }
     // (path, elements) of every trainable parameter: the all-reduce buffer's layout.
     let grad_layout = crate::dist::grad_layout(&model);
+    let buffer_layout = crate::dist::buffer_layout(&model);
     let teacher = match &cfg.teacher {
         Some(spec) => Some(distill::load_teacher(
             spec,
@@ -680,6 +693,9 @@ pub fn train(run: Run) -> Result<Summary> {
             if dist.size() > 1 {
                 let t = Instant::now();
                 acc.all_reduce(dist, &grad_layout, extra_keys, &device);
+                if !buffer_layout.is_empty() {
+                    acc.all_reduce_buffers(dist, &buffer_layout, &device);
+                }
                 reduce_secs += t.elapsed().as_secs_f64();
             }
             // One optimizer step over everything accumulated (on every rank alike).
