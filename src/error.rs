@@ -45,3 +45,18 @@ impl Error {
         Error::Io(format!("{doing} {}: {err}", path.display()))
     }
 }
+
+/// `s` with its control characters escaped (`\n`, `\u{1b}`): text taken from a file (a tensor
+/// name, a pickled module name) can then be quoted in a message without breaking it over lines
+/// or sending escape sequences to the terminal.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// Images are 32x32 RGB, stored planar (all R, then G, then B), row-major.
 const SIDE: usize = 32;
 const PIXELS: usize = SIDE * SIDE;
-const IMAGE_BYTES: usize = 3 * PIXELS;
+pub const IMAGE_BYTES: usize = 3 * PIXELS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CifarKind {
@@ -283,23 +283,7 @@ fn read_class_names(
                 .map(String::from)
                 .collect()
         }
-        Format::Python => {
-            let key = match (kind, label_type) {
-                (CifarKind::Ten, _) => "label_names",
-                (CifarKind::Hundred, LabelType::Fine) => "fine_label_names",
-                (CifarKind::Hundred, LabelType::Coarse) => "coarse_label_names",
-            };
-            let meta = read_pickle(&path)?;
-            let list = meta
-                .get(key)
-                .ok_or_else(|| corrupt(&path, format!("the pickle has no '{key}' entry")))?;
-            pickle::text_list(&list)
-                .map_err(|e| corrupt(&path, format!("'{key}': {e}")))?
-                .iter()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-        }
+        Format::Python => parse_pickle_class_names(&path, &read_bytes(&path)?, kind, label_type)?,
     };
     let expected = kind.num_classes(label_type);
     if names.len() != expected {
@@ -314,6 +298,31 @@ fn read_class_names(
         ));
     }
     Ok(names)
+}
+
+/// The class names in a pickled `meta` / `batches.meta` file (not yet checked against the
+/// expected count); public so the fuzz target drives exactly this code.
+pub fn parse_pickle_class_names(
+    path: &Path,
+    bytes: &[u8],
+    kind: CifarKind,
+    label_type: LabelType,
+) -> Result<Vec<String>> {
+    let key = match (kind, label_type) {
+        (CifarKind::Ten, _) => "label_names",
+        (CifarKind::Hundred, LabelType::Fine) => "fine_label_names",
+        (CifarKind::Hundred, LabelType::Coarse) => "coarse_label_names",
+    };
+    let meta = pickle::load(bytes).map_err(|e| corrupt(path, e))?;
+    let list = meta
+        .get(key)
+        .ok_or_else(|| corrupt(path, format!("the pickle has no '{key}' entry")))?;
+    Ok(pickle::text_list(&list)
+        .map_err(|e| corrupt(path, format!("'{key}': {e}")))?
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
 }
 
 /// A data error for a file that is not what it should be; the fix is always a fresh copy.
@@ -334,6 +343,19 @@ fn read_binary(
     labels: &mut Vec<u16>,
 ) -> Result<()> {
     let bytes = fs::read(path).map_err(|e| Error::io(path, "reading", e))?;
+    parse_binary(path, &bytes, kind, label_type, images, labels)
+}
+
+/// [`read_binary`] on bytes already in memory (`path` only names the file in errors); public
+/// so the fuzz target drives exactly this code.
+pub fn parse_binary(
+    path: &Path,
+    bytes: &[u8],
+    kind: CifarKind,
+    label_type: LabelType,
+    images: &mut Vec<u8>,
+    labels: &mut Vec<u16>,
+) -> Result<()> {
     let record = kind.record_bytes();
     if bytes.is_empty() || bytes.len() % record != 0 {
         return Err(corrupt(
@@ -391,9 +413,8 @@ fn planar_to_hwc(planar: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-fn read_pickle(path: &Path) -> Result<pickle::Value> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, "reading", e))?;
-    pickle::load(&bytes).map_err(|e| corrupt(path, e))
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io(path, "reading", e))
 }
 
 /// Appends one pickled batch (`{b'data': uint8 (N, 3072), b'labels': [..], ...}`).
@@ -404,7 +425,21 @@ fn read_pickle_batch(
     images: &mut Vec<u8>,
     labels: &mut Vec<u16>,
 ) -> Result<()> {
-    let batch = read_pickle(path)?;
+    let bytes = read_bytes(path)?;
+    parse_pickle_batch(path, &bytes, kind, label_type, images, labels)
+}
+
+/// [`read_pickle_batch`] on bytes already in memory (`path` only names the file in errors);
+/// public so the fuzz target drives exactly this code.
+pub fn parse_pickle_batch(
+    path: &Path,
+    bytes: &[u8],
+    kind: CifarKind,
+    label_type: LabelType,
+    images: &mut Vec<u8>,
+    labels: &mut Vec<u16>,
+) -> Result<()> {
+    let batch = pickle::load(bytes).map_err(|e| corrupt(path, e))?;
     let key = match (kind, label_type) {
         (CifarKind::Ten, _) => "labels",
         (CifarKind::Hundred, LabelType::Fine) => "fine_labels",
@@ -460,6 +495,8 @@ mod pickle {
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::rc::Rc;
+
+    use crate::error::printable;
 
     type Res<T> = std::result::Result<T, String>;
     type List = Rc<Seq>;
@@ -1016,7 +1053,9 @@ mod pickle {
             ("_codecs", "encode") => Global::CodecsEncode,
             _ => {
                 return Err(format!(
-                    "pickle references {module}.{name}, refusing to execute code"
+                    "pickle references {}.{}, refusing to execute code",
+                    printable(module),
+                    printable(name)
                 ));
             }
         })

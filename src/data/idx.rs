@@ -45,8 +45,28 @@ pub fn load_idx(dir: &Path, split: Split, class_names: &[&str]) -> Result<Datase
     };
     let images_path = find_file(dir, prefix, "images", 3)?;
     let labels_path = find_file(dir, prefix, "labels", 1)?;
-    let (dims, images) = read_idx(&images_path, IMAGES_MAGIC)?;
-    let (label_dims, labels) = read_idx(&labels_path, LABELS_MAGIC)?;
+    let open = |path: &Path| File::open(path).map_err(|e| Error::io(path, "opening", e));
+    parse_idx(
+        open(&images_path)?,
+        &images_path,
+        open(&labels_path)?,
+        &labels_path,
+        class_names,
+    )
+}
+
+/// [`load_idx`] on an image and a label stream (raw or gzipped IDX); the paths only name the
+/// files in errors. Public so the fuzz target drives exactly this code.
+pub fn parse_idx(
+    images: impl Read,
+    images_path: &Path,
+    labels: impl Read,
+    labels_path: &Path,
+    class_names: &[&str],
+) -> Result<Dataset> {
+    let (images_path, labels_path) = (images_path.to_path_buf(), labels_path.to_path_buf());
+    let (dims, images) = read_idx(images, &images_path, IMAGES_MAGIC)?;
+    let (label_dims, labels) = read_idx(labels, &labels_path, LABELS_MAGIC)?;
     let (n, height, width) = (dims[0], dims[1], dims[2]);
     if label_dims[0] != n {
         return Err(Error::data(
@@ -111,25 +131,25 @@ fn find_file(dir: &Path, prefix: &str, what: &str, ndims: usize) -> Result<PathB
         })
 }
 
-/// Opens `path`, transparently decompressing when it starts with the gzip magic.
-fn open(path: &Path) -> Result<Box<dyn Read>> {
-    let mut head = [0u8; 2];
-    let mut file = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
-    let n = file
-        .read(&mut head)
+/// `r`, transparently decompressed when it starts with the gzip magic.
+fn decompress<'a>(mut r: impl Read + 'a, path: &Path) -> Result<Box<dyn Read + 'a>> {
+    let mut head = Vec::with_capacity(2);
+    r.by_ref()
+        .take(2)
+        .read_to_end(&mut head)
         .map_err(|e| Error::io(path, "reading", e))?;
-    let file = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
-    let reader = BufReader::new(file);
-    Ok(if n == 2 && head == GZIP_MAGIC {
-        Box::new(MultiGzDecoder::new(reader))
+    let gzip = head == GZIP_MAGIC;
+    let r = std::io::Cursor::new(head).chain(BufReader::new(r));
+    Ok(if gzip {
+        Box::new(MultiGzDecoder::new(r))
     } else {
-        Box::new(reader)
+        Box::new(r)
     })
 }
 
 /// Reads a whole IDX file of u8 values: its dimensions and data. The data must be exactly as
 /// long as the header says.
-fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
+fn read_idx(r: impl Read, path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
     let bad = |problem: String| {
         Error::data(
             path,
@@ -137,7 +157,7 @@ fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
             "the file is truncated or not an IDX file; download it again",
         )
     };
-    let mut r = open(path)?;
+    let mut r = decompress(r, path)?;
     let found = read_u32(&mut r, path)?.ok_or_else(|| bad("too short for an IDX header".into()))?;
     if found != magic {
         let hint = match found {

@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, TensorView};
 
 use super::params::{map_params, named_params};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, printable};
 
 /// A host tensor: PyTorch layout, f32.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,9 +109,17 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
 pub fn parse_safetensors(
     bytes: &[u8],
 ) -> std::result::Result<BTreeMap<String, HostTensor>, String> {
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    // The crate's errors may quote a tensor name from the file.
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| printable(&e.to_string()))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
+        // Names end up in error messages and reports; no real checkpoint has such a name.
+        if name.chars().any(char::is_control) {
+            return Err(format!(
+                "tensor name \"{}\" contains control characters",
+                printable(&name)
+            ));
+        }
         let raw = view.data();
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => raw

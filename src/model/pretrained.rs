@@ -249,12 +249,23 @@ pub fn from_files(
     let raw = read_safetensors(weights)?;
     let config = config.map(read_json).transpose()?;
     let pre = preprocessor.map(read_json).transpose()?;
+    from_state_dict(raw, config.as_ref(), pre.as_ref(), weights)
+}
+
+/// [`from_files`] after reading: the model from the tensors of `weights` (named in errors)
+/// and the parsed JSON configs. Public so the safetensors fuzz target drives exactly this code.
+pub fn from_state_dict(
+    raw: BTreeMap<String, HostTensor>,
+    config: Option<&Value>,
+    pre: Option<&Value>,
+    weights: &Path,
+) -> Result<Pretrained> {
     if super::resnet::is_timm_resnet(&raw) {
-        return from_timm_resnet(raw, config.as_ref(), weights);
+        return from_timm_resnet(raw, config, weights);
     }
     let mut p = match detect(&raw, weights)? {
-        Origin::Hf => from_hf(raw, config.as_ref(), pre.as_ref(), weights)?,
-        _ => from_timm(raw, config.as_ref(), weights)?,
+        Origin::Hf => from_hf(raw, config, pre, weights)?,
+        _ => from_timm(raw, config, weights)?,
     };
     p.source = weights.to_path_buf();
     Ok(p)
@@ -314,13 +325,18 @@ pub fn detect(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<Origin> 
 }
 
 /// Concatenate rank-2 `[out, in]` (or rank-1) tensors along dimension 0.
-fn cat0(parts: &[&HostTensor]) -> HostTensor {
+/// `None` when they are scalars or differ in any dimension but the first.
+fn cat0(parts: &[&HostTensor]) -> Option<HostTensor> {
     let mut shape = parts[0].shape.clone();
+    let same = |t: &&HostTensor| !t.shape.is_empty() && t.shape[1..] == shape[1..];
+    if shape.is_empty() || !parts.iter().all(same) {
+        return None;
+    }
     shape[0] = parts.iter().map(|t| t.shape[0]).sum();
-    HostTensor {
+    Some(HostTensor {
         shape,
         data: parts.iter().flat_map(|t| t.data.iter().copied()).collect(),
-    }
+    })
 }
 
 /// Split along dimension 0 into `n` equal parts.
@@ -423,7 +439,13 @@ pub fn hf_to_timm(
     for ((i, param), parts) in qkv {
         match parts {
             [Some(q), Some(k), Some(v)] => {
-                out.insert(format!("blocks.{i}.attn.qkv.{param}"), cat0(&[&q, &k, &v]));
+                let qkv = cat0(&[&q, &k, &v]).ok_or_else(|| {
+                    err(format!(
+                        "HF weights of layer {i}: query/key/value .{param} have shapes {:?}, {:?}, {:?}, which cannot be stacked",
+                        q.shape, k.shape, v.shape
+                    ))
+                })?;
+                out.insert(format!("blocks.{i}.attn.qkv.{param}"), qkv);
             }
             _ => {
                 return Err(err(format!(
@@ -531,7 +553,17 @@ fn infer_shapes(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<Shapes
     if depth == 0 {
         return Err(err(format!("{}: no transformer blocks", path.display())));
     }
-    let mlp_dim = get("blocks.0.mlp.fc1.weight")?.shape[0];
+    // Rank 0 would have no first dimension; a file can say anything.
+    let rows = |k: &str| -> Result<usize> {
+        let t = get(k)?;
+        t.shape.first().copied().ok_or_else(|| {
+            err(format!(
+                "{}: {k} is a scalar, expected a matrix",
+                path.display()
+            ))
+        })
+    };
+    let mlp_dim = rows("blocks.0.mlp.fc1.weight")?;
     let dist_token = sd.contains_key("dist_token");
     let pos = get("pos_embed")?;
     let prefix = 1 + dist_token as usize;
@@ -552,7 +584,10 @@ fn infer_shapes(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<Shapes
         mlp_dim,
         qkv_bias: sd.contains_key("blocks.0.attn.qkv.bias"),
         dist_token,
-        num_classes: sd.get("head.weight").map(|t| t.shape[0]),
+        num_classes: sd
+            .contains_key("head.weight")
+            .then(|| rows("head.weight"))
+            .transpose()?,
         img_size: g * p,
     })
 }

@@ -206,6 +206,14 @@ pub fn infer_config(
             )));
         }
     };
+    // Rank 0 would have no first dimension; a file can say anything.
+    let rows = |k: &str| {
+        sd[k]
+            .shape
+            .first()
+            .copied()
+            .ok_or_else(|| bad(format!("{k} is a scalar")))
+    };
     let bottleneck = sd.contains_key("layer1.0.conv3.weight");
     let mut layers = Vec::new();
     let mut widths = Vec::new();
@@ -217,9 +225,13 @@ pub fn infer_config(
             return Err(bad(format!("no layer{s}: not a 4-stage ResNet")));
         }
         layers.push(n);
-        widths.push(sd[&format!("layer{s}.0.conv1.weight")].shape[0]);
+        let first = format!("layer{s}.0.conv1.weight");
+        widths.push(rows(&first)?);
     }
-    let num_classes = sd.get("fc.weight").map(|w| w.shape[0]);
+    let num_classes = sd
+        .contains_key("fc.weight")
+        .then(|| rows("fc.weight"))
+        .transpose()?;
     Ok((
         CnnConfig::Resnet {
             bottleneck,
