@@ -140,3 +140,25 @@ fn pickled_global_names_are_quoted_without_control_characters() {
         "{e}"
     );
 }
+
+#[test]
+fn zero_size_tensors_with_huge_dimensions_are_errors_not_overflows() {
+    // A tensor with a zero dimension holds no data whatever its other dimensions are, so a
+    // file can claim 2^62-pixel patches; grid × patch used to wrap (and panic in debug).
+    let mut w = sd(&TIMM_STEM);
+    w.insert(
+        "patch_embed.proj.weight".into(),
+        t(&[0, 3, 1 << 62, 1 << 62]),
+    );
+    w.insert("blocks.0.mlp.fc1.weight".into(), t(&[8, 4]));
+    w.insert("pos_embed".into(), t(&[1, 17, 0]));
+    let e = convert_err(w.clone(), None);
+    assert!(
+        e.contains("a 4×4 grid of 4611686018427387904-pixel patches is impossibly large"),
+        "{e}"
+    );
+    // usize::MAX - 1 patch positions: the square root squared overflowed.
+    w.insert("pos_embed".into(), t(&[1, usize::MAX, 0]));
+    let e = convert_err(w, None);
+    assert!(e.contains("not a square grid"), "{e}");
+}

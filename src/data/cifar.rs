@@ -704,8 +704,9 @@ mod pickle {
                     dtype.kind, dtype.size
                 ));
             }
-            let per_row: usize = self.shape.iter().skip(1).product();
-            if self.shape.is_empty() || per_row != row_bytes {
+            // Checked: with a zero first dimension the rest of the shape can be anything.
+            let per_row = (self.shape.iter().skip(1)).try_fold(1usize, |a, &d| a.checked_mul(d));
+            if self.shape.is_empty() || per_row != Some(row_bytes) {
                 return Err(format!(
                     "shape is {:?}, expected (N, {row_bytes})",
                     self.shape
@@ -1531,7 +1532,8 @@ mod tests {
             match v {
                 0..=255 => self.op(&[b'K', v as u8]),
                 256..=65535 => self.op(b"M").op(&(v as u16).to_le_bytes()),
-                _ => self.op(b"J").op(&(v as i32).to_le_bytes()),
+                _ if i32::try_from(v).is_ok() => self.op(b"J").op(&(v as i32).to_le_bytes()),
+                _ => self.op(&[0x8a, 8]).op(&v.to_le_bytes()),
             }
         }
 
@@ -1708,6 +1710,32 @@ mod tests {
             LabelType::Fine,
         ));
         assert!(e.contains("cifar-100-python") && e.contains("test"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_array_whose_other_dimensions_overflow_is_an_error() {
+        // (0, 4, 2^62 + 768) holds no bytes, but 4 * (2^62 + 768) wraps to 3072 in u64, so an
+        // unchecked product took it for a batch of 3072-byte images (and panicked in debug).
+        let mut p = Pickler::new();
+        p.dict().string(b"labels").int_list(&[]);
+        p.string(b"data")
+            .ndarray(&[0, 4, (1 << 62) + 768], "u1", b"");
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        let path = Path::new("data_batch_1");
+        let (kind, label_type) = (CifarKind::Ten, LabelType::Fine);
+        let r = parse_pickle_batch(
+            path,
+            &p.finish(),
+            kind,
+            label_type,
+            &mut images,
+            &mut labels,
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("'data': shape is [0, 4, 4611686018427388672], expected (N, 3072)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -570,12 +570,19 @@ fn infer_shapes(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<Shapes
     let tokens = pos.shape.get(1).copied().unwrap_or(0);
     let patches = tokens.saturating_sub(prefix);
     let g = (patches as f64).sqrt().round() as usize;
-    if g * g != patches || g == 0 {
+    if g.checked_mul(g) != Some(patches) || g == 0 {
         return Err(err(format!(
             "{}: pos_embed holds {patches} patch positions, not a square grid",
             path.display()
         )));
     }
+    // Tensors with a zero dimension hold no data whatever their other dimensions say.
+    let img_size = g.checked_mul(p).ok_or_else(|| {
+        err(format!(
+            "{}: a {g}×{g} grid of {p}-pixel patches is impossibly large",
+            path.display()
+        ))
+    })?;
     Ok(Shapes {
         embed_dim: d,
         in_chans: c,
@@ -588,7 +595,7 @@ fn infer_shapes(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<Shapes
             .contains_key("head.weight")
             .then(|| rows("head.weight"))
             .transpose()?,
-        img_size: g * p,
+        img_size,
     })
 }
 
