@@ -357,7 +357,7 @@ pub fn parse_binary(
     labels: &mut Vec<u16>,
 ) -> Result<()> {
     let record = kind.record_bytes();
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         return Err(corrupt(
             path,
             format!(
