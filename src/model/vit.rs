@@ -274,9 +274,13 @@ impl VisionTransformer {
                     .reshape([b, dim])
             }
         };
-        let logits = self
-            .head
-            .forward_ctx(dropout(pooled, self.drop_rate, ctx), ctx);
+        // DeiT's distilled model (and timm's) feeds both heads without dropout; only the
+        // plain ViT drops its head input (timm's `head_drop`).
+        let pooled = match self.head_dist {
+            Some(_) => pooled,
+            None => dropout(pooled, self.drop_rate, ctx),
+        };
+        let logits = self.head.forward_ctx(pooled, ctx);
         let dist_logits = self
             .head_dist
             .as_ref()
@@ -411,6 +415,36 @@ mod tests {
             for (g, e) in got.iter().zip(&expect) {
                 assert!((g - e).abs() < 1e-6, "{head:?}");
             }
+        }
+    }
+
+    /// With a distillation token the two heads read the final class and distillation tokens
+    /// as they are, with no dropout before either (DeiT's `DistilledVisionTransformer`), even
+    /// in training with a dropout rate: they differ only by their weights.
+    #[test]
+    fn dist_token_heads_get_no_dropout() {
+        let device = Device::flex();
+        let c = VitConfig {
+            dist_token: true,
+            drop_rate: 0.5,
+            ..cfg(8, 4, [8, 1, 2, 16], 3)
+        };
+        let m = VisionTransformer::new(&c, 0, &device).unwrap();
+        let x = Tensor::<4>::ones([2, 3, 8, 8], &device);
+        // Same seed and coordinates: the same dropout masks inside the blocks.
+        let ctx = || Ctx::train(7, &[1, 2]);
+        let feats = m.forward_features(x.clone(), &ctx());
+        let out = m.forward_heads(x, &ctx());
+        let token = |i: usize| feats.clone().narrow(1, i, 1).reshape([2, 8]);
+        for (got, expect) in [
+            (out.logits, m.head.forward(token(0))),
+            (
+                out.dist_logits.unwrap(),
+                m.head_dist.as_ref().unwrap().forward(token(1)),
+            ),
+        ] {
+            let d: f32 = (got - expect).abs().max().into_scalar();
+            assert!(d < 1e-6, "head input was changed: {d}");
         }
     }
 
