@@ -258,27 +258,45 @@ impl Accumulator {
         self.micro += 1;
     }
 
-    /// Sum the step's gradients, counts and `extra_keys` over all ranks (one all-reduce of
-    /// one flat buffer, zeros for a rank whose shard ran out), so that the means below are
-    /// over every image of the global batch, however unevenly they were spread.
+    /// Sum the step's gradients, BatchNorm running statistics, counts and `extra_keys` over
+    /// all ranks (one all-reduce of one flat buffer, zeros for a rank whose shard ran out),
+    /// so that the means below are over every image of the global batch, however unevenly
+    /// they were spread, and every rank sets the same running statistics (without this each
+    /// would keep its own shard's and evaluate its share with them).
+    ///
+    /// `layout` is the gradients' layout followed by the statistics' (`grads` entries first).
     fn all_reduce(
         &mut self,
         dist: &dyn Comm,
-        params: &[(String, usize)],
+        layout: &[(String, usize)],
+        grads: usize,
         extra_keys: &[&str],
         device: &Device,
     ) {
-        let mut scalars = vec![self.images as f64, self.loss_sum, self.correct as f64];
+        let mut scalars = vec![
+            self.images as f64,
+            self.loss_sum,
+            self.correct as f64,
+            self.buffer_micro as f64,
+        ];
         scalars.extend(
             extra_keys
                 .iter()
                 .map(|k| self.extra.get(*k).copied().unwrap_or(0.0)),
         );
-        crate::dist::all_reduce_grads(dist, params, &mut self.grads, &mut scalars, device);
+        // Statistics' paths are not parameters' paths: they can share the map for the call.
+        self.grads.append(&mut self.buffers);
+        crate::dist::all_reduce_grads(dist, layout, &mut self.grads, &mut scalars, device);
+        for (path, _) in &layout[grads..] {
+            if let Some(b) = self.grads.remove(path) {
+                self.buffers.insert(path.clone(), b);
+            }
+        }
         self.images = scalars[0] as usize;
         self.loss_sum = scalars[1];
         self.correct = scalars[2] as usize;
-        for (k, v) in extra_keys.iter().zip(&scalars[3..]) {
+        self.buffer_micro = scalars[3] as usize;
+        for (k, v) in extra_keys.iter().zip(&scalars[4..]) {
             // Teacher seconds: the mean over ranks (they run side by side), not their sum.
             let v = if *k == "teacher_s" {
                 v / dist.size() as f64
@@ -287,15 +305,6 @@ impl Accumulator {
             };
             self.extra.insert(k.to_string(), v);
         }
-    }
-
-    /// Sum the BatchNorm running statistics over all ranks, so that every rank sets the same
-    /// ones (their mean over every micro-batch of the global step; without this each rank
-    /// would keep the statistics of its own shard and evaluate its share with them).
-    fn all_reduce_buffers(&mut self, dist: &dyn Comm, layout: &[(String, usize)], device: &Device) {
-        let mut count = [self.buffer_micro as f64];
-        crate::dist::all_reduce_grads(dist, layout, &mut self.buffers, &mut count, device);
-        self.buffer_micro = count[0] as usize;
     }
 
     /// The running statistics to set after the step: the mean over its micro-batches.
@@ -498,8 +507,10 @@ pub fn train(run: Run) -> Result<Summary> {
         e.model = crate::dist::broadcast_params(dist, e.model.clone());
     }
     // (path, elements) of every trainable parameter: the all-reduce buffer's layout.
+    // One all-reduce per step: the gradients, then the BatchNorm statistics (none for a ViT).
     let grad_layout = crate::dist::grad_layout(&model);
-    let buffer_layout = crate::dist::buffer_layout(&model);
+    let grads_in_layout = grad_layout.len();
+    let reduce_layout = [grad_layout, crate::dist::buffer_layout(&model)].concat();
     let teacher = match &cfg.teacher {
         Some(spec) => Some(distill::load_teacher(
             spec,
@@ -692,10 +703,7 @@ pub fn train(run: Run) -> Result<Summary> {
             }
             if dist.size() > 1 {
                 let t = Instant::now();
-                acc.all_reduce(dist, &grad_layout, extra_keys, &device);
-                if !buffer_layout.is_empty() {
-                    acc.all_reduce_buffers(dist, &buffer_layout, &device);
-                }
+                acc.all_reduce(dist, &reduce_layout, grads_in_layout, extra_keys, &device);
                 reduce_secs += t.elapsed().as_secs_f64();
             }
             // One optimizer step over everything accumulated (on every rank alike).
