@@ -70,6 +70,13 @@ fn tiny_args(out: &Path, batch: usize, size: usize) -> Vec<String> {
     .collect()
 }
 
+/// `vitrs ...` as one plain process.
+fn alone(args: &[String]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    c
+}
+
 /// `mpirun -np n vitrs ...`, allowed to run as root and on fewer cores than ranks.
 fn mpirun(n: usize, args: &[String]) -> Command {
     let mut c = Command::new("mpirun");
@@ -128,11 +135,7 @@ fn assert_same_weights(a: &Path, b: &Path) {
 fn two_processes_of_16_train_exactly_like_one_of_32() {
     let tmp = tempfile::tempdir().unwrap();
     let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-    run_ok({
-        let mut c = Command::new(BIN);
-        c.args(train_args(&one, 32, 2, 193));
-        c
-    });
+    run_ok(alone(&train_args(&one, 32, 2, 193)));
     let log = run_ok(mpirun(2, &train_args(&two, 16, 2, 193)));
     assert_same_training(&one, &two, log);
 }
@@ -278,11 +281,7 @@ fn a_killed_rank_ends_the_job_quickly_and_one_process_resumes() {
 fn distillation_two_processes_of_16_train_like_one_of_32() {
     let tmp = tempfile::tempdir().unwrap();
     let teacher = tmp.path().join("teacher");
-    run_ok({
-        let mut c = Command::new(BIN);
-        c.args(train_args(&teacher, 32, 1, 193));
-        c
-    });
+    run_ok(alone(&train_args(&teacher, 32, 1, 193)));
     let teacher = teacher.join("checkpoints/last").display().to_string();
     for (name, extra) in [
         ("hard", &["--distillation", "hard", "--dist-token"][..]),
@@ -301,11 +300,7 @@ fn distillation_two_processes_of_16_train_like_one_of_32() {
             a.extend(extra.iter().map(|s| s.to_string()));
             a
         };
-        run_ok({
-            let mut c = Command::new(BIN);
-            c.args(args(&one, 32));
-            c
-        });
+        run_ok(alone(&args(&one, 32)));
         let log = run_ok(mpirun(2, &args(&two, 16)));
         assert_same_training(&one, &two, log);
         let (sa, sb) = (summary(&one), summary(&two));
@@ -390,11 +385,7 @@ fn continual_two_processes_of_8_learn_like_one_of_16() {
             tmp.path().join(format!("{name}1")),
             tmp.path().join(format!("{name}2")),
         );
-        run_ok({
-            let mut c = Command::new(BIN);
-            c.args(args(&one, 16));
-            c
-        });
+        run_ok(alone(&args(&one, 16)));
         run_ok(mpirun(2, &args(&two, 8)));
         let report = |d: &Path| -> serde_json::Value {
             serde_json::from_str(&std::fs::read_to_string(d.join("continual.json")).unwrap())
@@ -452,11 +443,7 @@ fn compare_finetune_runs_every_method_under_mpirun() {
     let tmp = tempfile::tempdir().unwrap();
     // Fine-tuning starts from a checkpoint (head-only needs one).
     let base = tmp.path().join("base");
-    run_ok({
-        let mut c = Command::new(BIN);
-        c.args(train_args(&base, 32, 1, 96));
-        c
-    });
+    run_ok(alone(&train_args(&base, 32, 1, 96)));
     let base = base.join("checkpoints/last").display().to_string();
     let methods = "full,lora,sparselora,head-only";
     let args = |out: &Path, batch| {
@@ -480,11 +467,7 @@ fn compare_finetune_runs_every_method_under_mpirun() {
         a
     };
     let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
-    run_ok({
-        let mut c = Command::new(BIN);
-        c.args(args(&one, 32));
-        c
-    });
+    run_ok(alone(&args(&one, 32)));
     run_ok(mpirun(2, &args(&two, 16)));
     let compare = |d: &Path| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(d.join("compare.json")).unwrap()).unwrap()
