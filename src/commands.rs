@@ -56,7 +56,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 return Ok(());
             }
             println!("{md}");
-            eprintln!("compare.json, compare.md and plots in {}", out.display());
+            crate::log_line!("compare.json, compare.md and plots in {}", out.display());
             Ok(())
         }
         Command::Continual(args) => {
@@ -75,7 +75,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 None
             };
             println!("{}", crate::report::write_report(&run_dir, eval.as_ref())?);
-            eprintln!("plots in {}", run_dir.join("plots").display());
+            crate::log_line!("plots in {}", run_dir.join("plots").display());
             Ok(())
         }
         Command::Compare { run_dirs, plot } => {
@@ -83,7 +83,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 "{}",
                 crate::report::compare::compare(&run_dirs, Some(&plot))?
             );
-            eprintln!("validation curves: {}", plot.display());
+            crate::log_line!("validation curves: {}", plot.display());
             Ok(())
         }
         Command::Bench(args) => {
@@ -107,11 +107,11 @@ fn install_interrupt_handler() {
     let _ = ctrlc::set_handler(|| {
         let n = trainer::INTERRUPTS.fetch_add(1, Ordering::SeqCst) + 1;
         if n == 1 {
-            eprintln!(
+            crate::log_line!(
                 "\ninterrupt: finishing the current step and writing a checkpoint (again to quit at once)"
             );
         } else {
-            eprintln!("\ninterrupt: quitting now");
+            crate::log_line!("\ninterrupt: quitting now");
             std::process::exit(130);
         }
     });
@@ -346,7 +346,7 @@ fn cmd_logits(args: LogitsArgs) -> Result<()> {
         p.merge_adapter(&crate::model::lora::read_peft(dir)?)?;
     }
     for n in &p.notes {
-        eprintln!("note: {n}");
+        crate::log_line!("note: {n}");
     }
     let input = read_safetensors(&args.input)?;
     let pixels = input.get("pixel_values").ok_or_else(|| {

@@ -236,7 +236,7 @@ pub fn run(base: &Config, methods: &[String], out: &Path) -> Result<String> {
         }
         if in_process {
             if dist.is_main() {
-                eprintln!(
+                crate::log_line!(
                     "== {method}: vitrs train --config {} (in this process, {} ranks)",
                     toml_path.display(),
                     dist.size()
@@ -244,7 +244,7 @@ pub fn run(base: &Config, methods: &[String], out: &Path) -> Result<String> {
             }
             crate::train::train(crate::train::prepare(cfg.clone())?)?;
         } else {
-            eprintln!("== {method}: vitrs train --config {}", toml_path.display());
+            crate::log_line!("== {method}: vitrs train --config {}", toml_path.display());
             train_child(method, &toml_path, out)?;
         }
     }

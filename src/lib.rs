@@ -4,6 +4,18 @@
 //! The data path is one-way: CLI → [`config::Config`] → data + model → [`train::step`] →
 //! [`train::trainer`] → sinks ([`report`]).
 
+/// `crate::log_line!` as one `write`: stderr is unbuffered, so `crate::log_line!` writes each formatted piece
+/// on its own, and the lines of MPI ranks sharing one stderr pipe interleave mid-line.
+#[macro_export]
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }};
+}
+
 pub mod bench;
 pub mod cli;
 pub mod commands;

@@ -223,7 +223,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     // Only rank 0 talks (and writes); the others print nothing but errors.
     let say = |line: String| {
         if dist.is_main() {
-            eprintln!("{line}");
+            crate::log_line!("{line}");
         }
     };
     say(format!(

@@ -58,7 +58,7 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<Dataset> {
         DatasetKind::Imagefolder => {
             let (d, skipped) = imagefolder::load_imagefolder(&dir, split, cfg.strict)?;
             if skipped > 0 {
-                eprintln!(
+                crate::log_line!(
                     "warning: skipped {skipped} unreadable images in {} (use --strict to fail instead)",
                     dir.display()
                 );

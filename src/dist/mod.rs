@@ -258,10 +258,10 @@ pub fn decide(comm: &dyn Comm, mine: u32) -> u32 {
 pub fn fail(e: &Error) -> ! {
     let w = world();
     if w.size() > 1 {
-        eprintln!("error on rank {} of {}: {e}", w.rank(), w.size());
+        crate::log_line!("error on rank {} of {}: {e}", w.rank(), w.size());
         w.abort(1)
     }
-    eprintln!("error: {e}");
+    crate::log_line!("error: {e}");
     std::process::exit(1)
 }
 

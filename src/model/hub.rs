@@ -256,7 +256,7 @@ impl Repo {
             let mut out = fs::File::create(&part).map_err(|e| local(e, &part, "creating"))?;
             let mut reader = response.body_mut().as_reader();
             let mut buf = vec![0u8; 1 << 16];
-            eprintln!("downloading {}/{file}", self.id);
+            crate::log_line!("downloading {}/{file}", self.id);
             loop {
                 let n = reader
                     .read(&mut buf)

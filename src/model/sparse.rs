@@ -772,7 +772,7 @@ pub fn setup(model: &VisionTransformer, cfg: &Config, device: &Device) -> Result
     let config = SparseConfig::from_config(cfg)?;
     let depth = model.blocks.len();
     if config.dense_first + config.dense_last >= depth && (config.mlp > 0.0 || config.attn > 0.0) {
-        eprintln!(
+        crate::log_line!(
             "note: --sparse-layers {},{} keeps all {depth} blocks dense: SparseLoRA is plain LoRA here",
             config.dense_first, config.dense_last
         );

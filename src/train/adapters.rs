@@ -55,7 +55,7 @@ pub fn setup(
         Some(dir) => {
             let mut a = lora::read_peft(dir)?;
             if (a.config.rank, &a.config.targets) != (lcfg.rank, &lcfg.targets) {
-                eprintln!(
+                crate::log_line!(
                     "note: the adapter in {} has rank {} on {:?}: using it (ignoring --lora-rank/--lora-targets)",
                     dir.display(),
                     a.config.rank,

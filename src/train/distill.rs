@@ -67,7 +67,7 @@ pub fn load_teacher(
     // The teacher sees the student's input resolution (a ViT's position embeddings are
     // resampled as at fine-tuning; a CNN takes any size).
     if let Some(note) = p.set_img_size(student.img_size).map_err(wrap)? {
-        eprintln!("note: teacher: {note}");
+        crate::log_line!("note: teacher: {note}");
     }
     let model = p.build(0, &plain).map_err(wrap)?;
     Ok(Teacher {

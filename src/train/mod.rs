@@ -145,7 +145,7 @@ fn pretrained_start(
         }
     }
     for n in notes {
-        eprintln!("note: {n}");
+        crate::log_line!("note: {n}");
     }
     Ok((p.config, Some(p.weights)))
 }

@@ -489,7 +489,7 @@ pub fn train(run: Run) -> Result<Summary> {
         if !cfg.precision.scales_loss() {
             state.loss_scaler = None;
         }
-        eprintln!(
+        crate::log_line!(
             "resuming from {} at epoch {} (step {})",
             dir.display(),
             state.epoch + 1,
@@ -553,7 +553,7 @@ pub fn train(run: Run) -> Result<Summary> {
     });
     if let Some(s) = &sparse {
         let c = &s.config;
-        eprintln!(
+        crate::log_line!(
             "SparseLoRA: {:.0}% of MLP and {:.0}% of attention channels skipped in blocks {}..{} (rank-{} SVD estimators), dense for the first {dense_steps} steps",
             100.0 * c.mlp,
             100.0 * c.attn,
@@ -591,7 +591,7 @@ pub fn train(run: Run) -> Result<Summary> {
     }
     let global_batch = cfg.batch_size * accum * dist.size();
     if dist.size() > 1 {
-        eprintln!(
+        crate::log_line!(
             "rank {} of {}: {} threads, device {device:?}, {} images per epoch",
             dist.rank(),
             dist.size(),
@@ -600,7 +600,7 @@ pub fn train(run: Run) -> Result<Summary> {
         );
     }
     if dist.is_main() {
-        eprintln!(
+        crate::log_line!(
             "training {} on {:?} ({} train / {} val images, {} classes) for {} epochs: {} params, {} steps/epoch (global batch {global_batch} = {} per process × {accum} accumulation × {} processes), run dir {}",
             cfg.pretrained.as_deref().unwrap_or(&cfg.model),
             cfg.dataset,
@@ -827,7 +827,7 @@ pub fn train(run: Run) -> Result<Summary> {
                     ckpt_root.join("last")
                 };
                 save("last", &model, &optim, &ema, &state)?;
-                eprintln!(
+                crate::log_line!(
                     "{}: checkpoint written to {}; continue with --resume-from {}",
                     if out_of_time {
                         "time limit reached"
@@ -897,13 +897,13 @@ pub fn train(run: Run) -> Result<Summary> {
         }
         let eval_secs = eval_start.elapsed().as_secs_f64();
         if dist.is_main() {
-            eprintln!("{line}");
+            crate::log_line!("{line}");
         }
         if dist.size() > 1 {
             // Training time only (validation excluded), and the part spent in the all-reduce
             // (which includes waiting for the slowest rank).
             let secs = epoch_start.elapsed().as_secs_f64() - eval_secs;
-            eprintln!(
+            crate::log_line!(
                 "rank {}: epoch {epoch}: {:.1} img/s on this rank, all-reduce {:.1}% of training time",
                 dist.rank(),
                 local_images as f64 / secs,
@@ -921,7 +921,7 @@ pub fn train(run: Run) -> Result<Summary> {
         }
         save("last", &model, &optim, &ema, &state)?;
         if stop_early {
-            eprintln!(
+            crate::log_line!(
                 "early stopping: validation loss has not improved for {} evaluations (best {:.4})",
                 state.evals_since_best, state.best_val_loss
             );
@@ -941,7 +941,7 @@ pub fn train(run: Run) -> Result<Summary> {
             model = load_state_dict_keeping(model, &best.model, &ad, is_frozen_base)?;
         }
         model = crate::dist::broadcast_params(dist, model);
-        eprintln!(
+        crate::log_line!(
             "restored the best weights (epoch {}, val acc {:.2}%)",
             state.best_epoch,
             100.0 * state.best_val_acc
@@ -998,7 +998,7 @@ pub fn train(run: Run) -> Result<Summary> {
         return Ok(summary);
     }
     if let (Some(t), Some(a)) = (&teacher, summary.teacher_agreement) {
-        eprintln!(
+        crate::log_line!(
             "teacher {}: val acc {:.2}%, agreement with the student {:.2}%",
             t.source,
             100.0 * summary.teacher_val_acc.unwrap_or(f64::NAN),
@@ -1012,10 +1012,10 @@ pub fn train(run: Run) -> Result<Summary> {
     match crate::report::write_report(&run_dir, final_eval.as_ref()) {
         Ok(md) => {
             if !cfg.quiet {
-                eprintln!("{md}");
+                crate::log_line!("{md}");
             }
         }
-        Err(e) => eprintln!("warning: could not write the report: {e}"),
+        Err(e) => crate::log_line!("warning: could not write the report: {e}"),
     }
     Ok(summary)
 }
