@@ -103,32 +103,141 @@ impl SparseConfig {
     }
 }
 
-/// `x·a·b + bias`: a rank-k stand-in for a frozen `[in, out]` weight, on the plain device.
+/// `x·a·b + bias`: a rank-k stand-in for a frozen `[in, out]` weight. `a` is on the plain
+/// device (the `[tokens, in]·[in, k]` product is the one large matmul of an estimate); `b` and
+/// the bias are on the host, where the per-channel norms are formed without ever
+/// materialising the `[tokens, out]` estimate (see [`linear_norms`], [`gelu_norms`]).
 pub struct LowRank {
     a: Tensor<2>,
-    b: Tensor<2>,
-    bias: Option<Tensor<1>>,
+    /// `[k + 1, out]`: `b` with the bias (0 without one) as its last row.
+    b_bias: Vec<f32>,
 }
 
 impl LowRank {
     /// The estimator of a weight `[m, n]` from its truncated SVD.
     fn from_svd(s: &Svd, m: usize, n: usize, bias: Option<Vec<f64>>, device: &Device) -> Self {
         let k = s.sigma.len();
-        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let a: Vec<f32> = s.u.iter().map(|&x| x as f32).collect();
+        let bias = bias.unwrap_or_else(|| vec![0.0; n]);
         LowRank {
-            a: Tensor::from_data(TensorData::new(f32s(&s.u), [m, k]), device),
-            b: Tensor::from_data(TensorData::new(f32s(&s.ut_w), [k, n]), device),
-            bias: bias.map(|b| Tensor::from_data(TensorData::new(f32s(&b), [n]), device)),
+            a: Tensor::from_data(TensorData::new(a, [m, k]), device),
+            b_bias: s.ut_w.iter().chain(&bias).map(|&x| x as f32).collect(),
         }
     }
 
-    pub fn apply(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.a.clone()).matmul(self.b.clone());
-        match &self.bias {
-            Some(b) => y + b.clone().unsqueeze(),
-            None => y,
+    fn rank(&self) -> usize {
+        self.a.dims()[1]
+    }
+
+    fn out_dim(&self) -> usize {
+        self.b_bias.len() / (self.rank() + 1)
+    }
+
+    /// The estimate `x·a·b + bias` as a tensor (the tests' reference for the norms).
+    #[cfg(test)]
+    fn apply(&self, x: Tensor<2>) -> Tensor<2> {
+        let (k, n) = (self.rank(), self.out_dim());
+        let bb = Tensor::<2>::from_data(TensorData::new(self.b_bias.clone(), [k + 1, n]), &x.device());
+        let b = bb.clone().narrow(0, 0, k);
+        x.matmul(self.a.clone()).matmul(b) + bb.narrow(0, k, 1)
+    }
+}
+
+/// `x·a` on the host (`[tokens, in]·[in, width]`).
+fn project(x: Tensor<2>, a: &Tensor<2>) -> Vec<f32> {
+    x.matmul(a.clone())
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// Σ_t ‖u_t·b + bias‖² per output channel, for the part of `u` (`[tokens, width]`) in columns
+/// `from..from + k`. Exact and cheap: with ũ_t = [u_t, 1] and the Gram matrix G = Σ_t ũ_tᵀũ_t
+/// (`(k+1)²`), the norm of channel c is b̃_cᵀ·G·b̃_c — the `[tokens, out]` estimate is never
+/// formed.
+fn linear_norms(u: &[f32], width: usize, from: usize, est: &LowRank) -> Vec<f64> {
+    let (k, n) = (est.rank(), est.out_dim());
+    let mut g = vec![0.0f64; (k + 1) * (k + 1)];
+    for row in u.chunks_exact(width) {
+        let row = &row[from..from + k];
+        for i in 0..=k {
+            let ui = if i < k { row[i] as f64 } else { 1.0 };
+            for j in 0..=k {
+                let uj = if j < k { row[j] as f64 } else { 1.0 };
+                g[i * (k + 1) + j] += ui * uj;
+            }
         }
     }
+    let bb = &est.b_bias;
+    (0..n)
+        .map(|c| {
+            let mut s = 0.0;
+            for i in 0..=k {
+                let bi = bb[i * n + c] as f64;
+                for j in 0..=k {
+                    s += bi * g[i * (k + 1) + j] * bb[j * n + c] as f64;
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+/// Σ_t GELU(u_t·b + bias)² per output channel (`u`: `[tokens, k]`), on the cores: the MLP
+/// score. The GELU here is [`gelu_fast`] (within 1e-6 of the exact one): this is the estimate's
+/// hottest loop (`tokens × mlp_dim` activations per block) and only ranks channels.
+fn gelu_norms(u: &[f32], est: &LowRank) -> Vec<f64> {
+    let (k, n) = (est.rank(), est.out_dim());
+    let bb = &est.b_bias;
+    let tokens = u.len() / k;
+    let chunk_rows = tokens.div_ceil(4 * rayon::current_num_threads()).max(8);
+    let sums = u
+        .par_chunks(chunk_rows * k)
+        .map(|rows| {
+            let (mut h, mut acc) = (vec![0.0f32; n], vec![0.0f64; n]);
+            let mut part = vec![0.0f32; n];
+            for row in rows.chunks_exact(k) {
+                h.copy_from_slice(&bb[k * n..]);
+                for (r, &ur) in row.iter().enumerate() {
+                    for (hc, &bc) in h.iter_mut().zip(&bb[r * n..(r + 1) * n]) {
+                        *hc += ur * bc;
+                    }
+                }
+                for (p, &hc) in part.iter_mut().zip(&h) {
+                    let g = gelu_fast(hc);
+                    *p += g * g;
+                }
+            }
+            for (a, p) in acc.iter_mut().zip(&part) {
+                *a += *p as f64;
+            }
+            acc
+        })
+        .reduce(
+            || vec![0.0f64; n],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    sums
+}
+
+/// GELU with erf from a rational approximation (Eigen's `generic_fast_erf_float`, absolute
+/// error ≈ 1e-7 in f32): branch-free, so the loop above vectorises, unlike libm's `erff`.
+fn gelu_fast(x: f32) -> f32 {
+    let z = (x * std::f32::consts::FRAC_1_SQRT_2).clamp(-4.0, 4.0);
+    let z2 = z * z;
+    let mut p = z2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    for c in [-2.101_024e-6, -5.692_506_4e-5, -7.349_906_3e-4, -2.954_600_1e-3, -1.609_603_3e-2] {
+        p = p * z2 + c;
+    }
+    let mut q = z2 * -1.456_607_2e-5 - 2.133_740_6e-4;
+    for c in [-1.682_827e-3, -7.373_329_2e-3, -1.426_474e-2] {
+        q = q * z2 + c;
+    }
+    0.5 * x * (1.0 + z * p / q)
 }
 
 /// A rank-k truncated SVD `W ≈ U·Uᵀ·W` (best rank-k approximation, Eckart–Young).
@@ -289,6 +398,8 @@ pub struct BlockEstimator {
     q: LowRank,
     k: LowRank,
     v: LowRank,
+    /// `[q.a, k.a, v.a]` side by side: one matmul projects the tokens for all three.
+    qkv_a: Tensor<2>,
     fc1: LowRank,
 }
 
@@ -440,10 +551,16 @@ impl SparseLora {
             };
             let [q, kk, v, f] = svd;
             let lr = |s: Svd, n: usize, b| LowRank::from_svd(&s, c, n, b, device);
+            let (q, k, v) = (
+                lr(q, c, bias(qkv_b, 0, c)),
+                lr(kk, c, bias(qkv_b, c, c)),
+                lr(v, c, bias(qkv_b, 2 * c, c)),
+            );
             blocks[i] = Some(BlockEstimator {
-                q: lr(q, c, bias(qkv_b, 0, c)),
-                k: lr(kk, c, bias(qkv_b, c, c)),
-                v: lr(v, c, bias(qkv_b, 2 * c, c)),
+                qkv_a: Tensor::cat(vec![q.a.clone(), k.a.clone(), v.a.clone()], 1),
+                q,
+                k,
+                v,
                 fc1: lr(f, mlp_dim, bias(fc1_b, 0, mlp_dim)),
             });
         }
@@ -473,16 +590,6 @@ impl SparseLora {
             .cast(DType::F32)
     }
 
-    /// Squared L2 norm of every column of `[tokens, ch]`, over all tokens of the batch.
-    fn column_norms(x: Tensor<2>) -> Vec<f64> {
-        x.square()
-            .sum_dim(0)
-            .into_data()
-            .convert::<f64>()
-            .try_into_vec::<f64>()
-            .unwrap_or_default()
-    }
-
     /// The attention channels block `i` keeps for this batch (`None`: keep them all).
     pub fn attn_plan(&self, i: usize, h: &Tensor<3>) -> Option<AttnPlan> {
         let est = self.block(i)?;
@@ -492,10 +599,11 @@ impl SparseLora {
         if keep >= dh {
             return None;
         }
-        let x = self.patch_rows(h);
-        let q = Self::column_norms(est.q.apply(x.clone()));
-        let k = Self::column_norms(est.k.apply(x.clone()));
-        let v = Self::column_norms(est.v.apply(x));
+        let u = project(self.patch_rows(h), &est.qkv_a);
+        let r = est.q.rank();
+        let q = linear_norms(&u, 3 * r, 0, &est.q);
+        let k = linear_norms(&u, 3 * r, r, &est.k);
+        let v = linear_norms(&u, 3 * r, 2 * r, &est.v);
         // ‖q̂_c‖·‖k̂_c‖ ranks like ‖q̂_c‖²·‖k̂_c‖².
         let qk: Vec<f64> = q.iter().zip(&k).map(|(a, b)| a * b).collect();
         let top_per_head = |score: &[f64]| -> Vec<usize> {
@@ -535,12 +643,12 @@ impl SparseLora {
     /// The MLP hidden channels block `i` keeps for this batch (`None`: keep them all).
     pub fn mlp_plan(&self, i: usize, h: &Tensor<3>) -> Option<Keep> {
         let est = self.block(i)?;
-        let m = est.fc1.b.dims()[1];
+        let m = est.fc1.out_dim();
         let keep = ((1.0 - self.config.mlp) * m as f64).round().max(1.0) as usize;
         if keep >= m {
             return None;
         }
-        let score = Self::column_norms(gelu(est.fc1.apply(self.patch_rows(h))));
+        let score = gelu_norms(&project(self.patch_rows(h), &est.fc1.a), &est.fc1);
         let mut ch: Vec<usize> = (0..m).collect();
         ch.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
         ch.truncate(keep);
@@ -607,6 +715,18 @@ impl SparseLora {
     }
 }
 
+/// `rows` (`[b, n, d]`) with its first `prefix` token rows replaced by `dense` (`[b, prefix, d]`).
+/// The sparse paths run over every row, prefix included (1 row in ~200 of extra work), and
+/// the prefix rows are then overwritten: cheaper than splitting the input and concatenating
+/// the output, which copies the whole activation both ways, forward and backward.
+fn with_dense_prefix(rows: Tensor<3>, dense: impl FnOnce() -> Tensor<3>, prefix: usize) -> Tensor<3> {
+    if prefix == 0 {
+        return rows;
+    }
+    let [b, _, d] = rows.dims();
+    rows.slice_assign([0..b, 0..prefix, 0..d], dense())
+}
+
 /// For the patch rows (after the `prefix` dense rows): `x·W[:, kept] + b[kept]` scattered
 /// back to all of W's columns (skipped ones 0); the prefix rows and the adapter dense.
 pub fn forward_out_sparse(
@@ -616,27 +736,23 @@ pub fn forward_out_sparse(
     keep: &Keep,
     prefix: usize,
 ) -> Tensor<3> {
-    let [b, n, _] = x.dims();
+    let [b, n, d_in] = x.dims();
     let device = x.device();
     let d_out = lin.d_out();
     let idx = keep.kept_index(&device);
     let w = lin.weight.val();
     let bias = lin.bias.as_ref().map(|b| b.val());
-    let dense = linear(x.clone().narrow(1, 0, prefix), w.clone(), bias.clone());
-    let rows = b * (n - prefix);
     let kept = linear(
-        x.clone()
-            .narrow(1, prefix, n - prefix)
-            .reshape([rows, lin.d_in()]),
-        w.select(1, idx.clone()),
-        bias.map(|b| b.select(0, idx.clone())),
+        x.clone().reshape([b * n, d_in]),
+        w.clone().select(1, idx.clone()),
+        bias.clone().map(|b| b.select(0, idx.clone())),
     );
     // 2-D: burn-flex scatters (and gathers, in backward) 2-D tensors row by row, N-D ones
     // element by element with index arithmetic (several times slower).
-    let sparse = Tensor::zeros([rows, d_out], (&device, kept.dtype()))
+    let sparse = Tensor::zeros([b * n, d_out], (&device, kept.dtype()))
         .select_assign(1, idx, kept, IndexingUpdateOp::Assign)
-        .reshape([b, n - prefix, d_out]);
-    let base = Tensor::cat(vec![dense, sparse], 1);
+        .reshape([b, n, d_out]);
+    let base = with_dense_prefix(sparse, || linear(x.clone().narrow(1, 0, prefix), w, bias), prefix);
     match (&lin.lora_A, &lin.lora_B) {
         (Some(a), Some(bb)) => base + lin.adapter_delta(x, &a.weight.val(), &bb.weight.val(), ctx),
         _ => base,
@@ -652,19 +768,17 @@ pub fn forward_in_sparse(
     keep: &Keep,
     prefix: usize,
 ) -> Tensor<3> {
-    let n = x.dims()[1];
+    let [b, n, d_in] = x.dims();
     let idx = keep.kept_index(&x.device());
     let w = lin.weight.val();
     let bias = lin.bias.as_ref().map(|b| b.val());
-    let dense = linear(x.clone().narrow(1, 0, prefix), w.clone(), bias.clone());
     let kept = linear(
-        x.clone()
-            .narrow(1, prefix, n - prefix)
-            .select(2, idx.clone()),
-        w.select(0, idx),
-        bias,
-    );
-    let base = Tensor::cat(vec![dense, kept], 1);
+        x.clone().reshape([b * n, d_in]).select(1, idx.clone()),
+        w.clone().select(0, idx),
+        bias.clone(),
+    )
+    .reshape([b, n, lin.d_out()]);
+    let base = with_dense_prefix(kept, || linear(x.clone().narrow(1, 0, prefix), w, bias), prefix);
     match (&lin.lora_A, &lin.lora_B) {
         (Some(a), Some(bb)) => base + lin.adapter_delta(x, &a.weight.val(), &bb.weight.val(), ctx),
         _ => base,
@@ -709,11 +823,9 @@ impl Mlp {
         let Some(keep) = keep else {
             return self.forward(x, ctx);
         };
-        let n = x.dims()[1];
         let device = x.device();
         let (k, s) = (keep.kept_index(&device), keep.skipped_index(&device));
-        let dense = self.forward(x.clone().narrow(1, 0, prefix), ctx);
-        let x = x.narrow(1, prefix, n - prefix);
+        let dense = || self.forward(x.clone().narrow(1, 0, prefix), ctx);
         let (fc1, fc2) = (&self.fc1, &self.fc2);
         let mut h = linear(
             x.clone(),
@@ -723,7 +835,7 @@ impl Mlp {
         let mut skipped = None;
         if let (Some(a1), Some(b1)) = (&fc1.lora_A, &fc1.lora_B) {
             let xa =
-                linear(dropout(x, fc1.lora_dropout, ctx), a1.weight.val(), None) * fc1.lora_scaling;
+                linear(dropout(x.clone(), fc1.lora_dropout, ctx), a1.weight.val(), None) * fc1.lora_scaling;
             h = h + linear(xa.clone(), b1.weight.val().select(1, k.clone()), None);
             if fc2.has_adapter() {
                 let hs = linear(xa, b1.weight.val().select(1, s.clone()), None);
@@ -748,7 +860,7 @@ impl Mlp {
             }
             out = out + linear(z, b2.weight.val(), None) * fc2.lora_scaling;
         }
-        Tensor::cat(vec![dense, dropout(out, self.drop, ctx)], 1)
+        with_dense_prefix(dropout(out, self.drop, ctx), dense, prefix)
     }
 }
 
@@ -1124,6 +1236,66 @@ mod tests {
         assert!(eval.sparse.is_none());
     }
 
+    /// Squared L2 norm of every column of `[tokens, ch]`.
+    fn column_norms(x: Tensor<2>) -> Vec<f64> {
+        x.square()
+            .sum_dim(0)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .unwrap()
+    }
+
+    fn assert_rel_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (c, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol * scale, "{what}: channel {c}: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn gelu_fast_is_the_exact_gelu_to_1e6() {
+        let xs: Vec<f32> = (-1600..=1600).map(|i| i as f32 / 100.0).collect();
+        let exact: Vec<f32> = gelu(Tensor::<1>::from_data(
+            TensorData::new(xs.clone(), [xs.len()]),
+            &Device::flex(),
+        ))
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+        for (x, e) in xs.iter().zip(exact) {
+            let err = (gelu_fast(*x) - e).abs();
+            assert!(err <= 1e-6 * x.abs().max(1.0), "gelu({x}): {} vs {e}", gelu_fast(*x));
+        }
+    }
+
+    #[test]
+    fn host_norms_equal_the_norms_of_the_materialised_estimate() {
+        // A random estimator (rank 3, 40 outputs, with bias) and 50 tokens of width 12.
+        let device = Device::flex();
+        let mut rng = Rng::seed(5);
+        let mut rand = |n: usize| (0..n).map(|_| rng.normal()).collect::<Vec<f64>>();
+        let svd = Svd {
+            u: rand(12 * 3),
+            sigma: vec![1.0; 3],
+            ut_w: rand(3 * 40),
+        };
+        let est = LowRank::from_svd(&svd, 12, 40, Some(rand(40)), &device);
+        let x: Vec<f32> = rand(50 * 12).into_iter().map(|v| v as f32).collect();
+        let x = Tensor::<2>::from_data(TensorData::new(x, [50, 12]), &device);
+        let u = project(x.clone(), &est.a);
+        let want = column_norms(est.apply(x.clone()));
+        assert_rel_close(&linear_norms(&u, 3, 0, &est), &want, 1e-5, "linear");
+        let want = column_norms(gelu(est.apply(x.clone())));
+        assert_rel_close(&gelu_norms(&u, &est), &want, 1e-5, "gelu");
+        // A column block of a wider projection (how q, k and v share one matmul).
+        let wide = Tensor::cat(vec![est.a.clone(), est.a.clone().mul_scalar(2.0)], 1);
+        let u = project(x.clone(), &wide);
+        let want = column_norms(est.apply(x.mul_scalar(2.0)));
+        assert_rel_close(&linear_norms(&u, 6, 3, &est), &want, 1e-5, "part");
+    }
+
     #[test]
     fn the_estimator_keeps_the_truly_largest_channels_of_a_low_rank_layer() {
         // fc1 of rank ≤ 2 = the estimator's rank: its estimate is exact, so the kept
@@ -1149,7 +1321,7 @@ mod tests {
             fc1.weight.val(),
             fc1.bias.as_ref().map(|b| b.val()),
         ));
-        let norms = SparseLora::column_norms(h.inner().reshape([8, 16]));
+        let norms = column_norms(h.inner().reshape([8, 16]));
         let mut order: Vec<usize> = (0..16).collect();
         order.sort_by(|&a, &b| norms[b].total_cmp(&norms[a]));
         let mut want = order[..4].to_vec();
