@@ -85,3 +85,51 @@ pub fn set_threads(threads: usize) {
             .build_global();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::activation::gelu;
+    use burn::tensor::{Tensor, TensorData};
+
+    use crate::rng::Rng;
+
+    /// vendor/burn-flex runs large f32 element-wise ops in chunks on the rayon pool: the result
+    /// must be bit for bit the serial one (below the parallel threshold), in every code path:
+    /// in place into either operand, and into a fresh buffer when both are shared.
+    #[test]
+    fn parallel_element_wise_ops_are_bit_identical_to_small_serial_ones() {
+        let device = burn::tensor::Device::flex();
+        let n = 1 << 17; // 4× the vendored PAR_MIN
+        let piece = 1 << 10; // far below it
+        let mut rng = Rng::seed(3);
+        let mut rand = || -> Tensor<1> {
+            let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+            Tensor::from_data(TensorData::new(v, [n]), &device)
+        };
+        let (a, b, c) = (rand(), rand(), rand());
+        let f = |a: Tensor<1>, b: Tensor<1>, c: Tensor<1>| -> Tensor<1> {
+            // unique lhs (in place), shared lhs + unique rhs, both shared, and unary.
+            let shared = a.clone() * b.clone();
+            let t = c.clone() - shared.clone();
+            let u = shared.clone() / (b.clone().abs() + 1.0);
+            let keep = (t.clone(), u.clone());
+            gelu(keep.0 + keep.1) + gelu(t) * u
+        };
+        let whole: Vec<f32> = f(a.clone(), b.clone(), c.clone())
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let mut pieces = Vec::with_capacity(n);
+        for i in (0..n).step_by(piece) {
+            let s = |t: &Tensor<1>| t.clone().narrow(0, i, piece);
+            let p = f(s(&a), s(&b), s(&c));
+            pieces.extend(p.into_data().try_to_vec::<f32>().unwrap());
+        }
+        assert!(
+            whole
+                .iter()
+                .zip(&pieces)
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        );
+    }
+}

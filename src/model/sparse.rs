@@ -137,7 +137,10 @@ impl LowRank {
     #[cfg(test)]
     fn apply(&self, x: Tensor<2>) -> Tensor<2> {
         let (k, n) = (self.rank(), self.out_dim());
-        let bb = Tensor::<2>::from_data(TensorData::new(self.b_bias.clone(), [k + 1, n]), &x.device());
+        let bb = Tensor::<2>::from_data(
+            TensorData::new(self.b_bias.clone(), [k + 1, n]),
+            &x.device(),
+        );
         let b = bb.clone().narrow(0, 0, k);
         x.matmul(self.a.clone()).matmul(b) + bb.narrow(0, k, 1)
     }
@@ -192,11 +195,9 @@ fn gelu_norms(u: &[f32], est: &LowRank) -> Vec<f64> {
     let bb = &est.b_bias;
     let tokens = u.len() / k;
     let chunk_rows = tokens.div_ceil(4 * rayon::current_num_threads()).max(8);
-    let sums = u
-        .par_chunks(chunk_rows * k)
+    u.par_chunks(chunk_rows * k)
         .map(|rows| {
-            let (mut h, mut acc) = (vec![0.0f32; n], vec![0.0f64; n]);
-            let mut part = vec![0.0f32; n];
+            let (mut h, mut part) = (vec![0.0f32; n], vec![0.0f32; n]);
             for row in rows.chunks_exact(k) {
                 h.copy_from_slice(&bb[k * n..]);
                 for (r, &ur) in row.iter().enumerate() {
@@ -209,10 +210,7 @@ fn gelu_norms(u: &[f32], est: &LowRank) -> Vec<f64> {
                     *p += g * g;
                 }
             }
-            for (a, p) in acc.iter_mut().zip(&part) {
-                *a += *p as f64;
-            }
-            acc
+            part.into_iter().map(f64::from).collect::<Vec<f64>>()
         })
         .reduce(
             || vec![0.0f64; n],
@@ -220,8 +218,7 @@ fn gelu_norms(u: &[f32], est: &LowRank) -> Vec<f64> {
                 a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
                 a
             },
-        );
-    sums
+        )
 }
 
 /// GELU with erf from a rational approximation (Eigen's `generic_fast_erf_float`, absolute
@@ -230,7 +227,13 @@ fn gelu_fast(x: f32) -> f32 {
     let z = (x * std::f32::consts::FRAC_1_SQRT_2).clamp(-4.0, 4.0);
     let z2 = z * z;
     let mut p = z2 * -2.726_142_3e-10 + 2.770_681_4e-8;
-    for c in [-2.101_024e-6, -5.692_506_4e-5, -7.349_906_3e-4, -2.954_600_1e-3, -1.609_603_3e-2] {
+    for c in [
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_600_1e-3,
+        -1.609_603_3e-2,
+    ] {
         p = p * z2 + c;
     }
     let mut q = z2 * -1.456_607_2e-5 - 2.133_740_6e-4;
@@ -719,7 +722,11 @@ impl SparseLora {
 /// The sparse paths run over every row, prefix included (1 row in ~200 of extra work), and
 /// the prefix rows are then overwritten: cheaper than splitting the input and concatenating
 /// the output, which copies the whole activation both ways, forward and backward.
-fn with_dense_prefix(rows: Tensor<3>, dense: impl FnOnce() -> Tensor<3>, prefix: usize) -> Tensor<3> {
+fn with_dense_prefix(
+    rows: Tensor<3>,
+    dense: impl FnOnce() -> Tensor<3>,
+    prefix: usize,
+) -> Tensor<3> {
     if prefix == 0 {
         return rows;
     }
@@ -752,7 +759,11 @@ pub fn forward_out_sparse(
     let sparse = Tensor::zeros([b * n, d_out], (&device, kept.dtype()))
         .select_assign(1, idx, kept, IndexingUpdateOp::Assign)
         .reshape([b, n, d_out]);
-    let base = with_dense_prefix(sparse, || linear(x.clone().narrow(1, 0, prefix), w, bias), prefix);
+    let base = with_dense_prefix(
+        sparse,
+        || linear(x.clone().narrow(1, 0, prefix), w, bias),
+        prefix,
+    );
     match (&lin.lora_A, &lin.lora_B) {
         (Some(a), Some(bb)) => base + lin.adapter_delta(x, &a.weight.val(), &bb.weight.val(), ctx),
         _ => base,
@@ -778,7 +789,11 @@ pub fn forward_in_sparse(
         bias.clone(),
     )
     .reshape([b, n, lin.d_out()]);
-    let base = with_dense_prefix(kept, || linear(x.clone().narrow(1, 0, prefix), w, bias), prefix);
+    let base = with_dense_prefix(
+        kept,
+        || linear(x.clone().narrow(1, 0, prefix), w, bias),
+        prefix,
+    );
     match (&lin.lora_A, &lin.lora_B) {
         (Some(a), Some(bb)) => base + lin.adapter_delta(x, &a.weight.val(), &bb.weight.val(), ctx),
         _ => base,
@@ -834,8 +849,11 @@ impl Mlp {
         );
         let mut skipped = None;
         if let (Some(a1), Some(b1)) = (&fc1.lora_A, &fc1.lora_B) {
-            let xa =
-                linear(dropout(x.clone(), fc1.lora_dropout, ctx), a1.weight.val(), None) * fc1.lora_scaling;
+            let xa = linear(
+                dropout(x.clone(), fc1.lora_dropout, ctx),
+                a1.weight.val(),
+                None,
+            ) * fc1.lora_scaling;
             h = h + linear(xa.clone(), b1.weight.val().select(1, k.clone()), None);
             if fc2.has_adapter() {
                 let hs = linear(xa, b1.weight.val().select(1, s.clone()), None);
@@ -886,7 +904,8 @@ pub fn setup(model: &VisionTransformer, cfg: &Config, device: &Device) -> Result
     if config.dense_first + config.dense_last >= depth && (config.mlp > 0.0 || config.attn > 0.0) {
         crate::log_line!(
             "note: --sparse-layers {},{} keeps all {depth} blocks dense: SparseLoRA is plain LoRA here",
-            config.dense_first, config.dense_last
+            config.dense_first,
+            config.dense_last
         );
     }
     Ok(Arc::new(SparseLora::new(model, config, device)))
@@ -1250,7 +1269,10 @@ mod tests {
         assert_eq!(got.len(), want.len(), "{what}");
         let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         for (c, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!((g - w).abs() <= tol * scale, "{what}: channel {c}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= tol * scale,
+                "{what}: channel {c}: {g} vs {w}"
+            );
         }
     }
 
@@ -1266,7 +1288,11 @@ mod tests {
         .unwrap();
         for (x, e) in xs.iter().zip(exact) {
             let err = (gelu_fast(*x) - e).abs();
-            assert!(err <= 1e-6 * x.abs().max(1.0), "gelu({x}): {} vs {e}", gelu_fast(*x));
+            assert!(
+                err <= 1e-6 * x.abs().max(1.0),
+                "gelu({x}): {} vs {e}",
+                gelu_fast(*x)
+            );
         }
     }
 

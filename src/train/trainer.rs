@@ -923,7 +923,8 @@ pub fn train(run: Run) -> Result<Summary> {
         if stop_early {
             crate::log_line!(
                 "early stopping: validation loss has not improved for {} evaluations (best {:.4})",
-                state.evals_since_best, state.best_val_loss
+                state.evals_since_best,
+                state.best_val_loss
             );
             stopped_reason = "early_stopping".into();
             break;

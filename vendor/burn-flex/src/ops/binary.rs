@@ -35,7 +35,7 @@ pub fn binary_op<F32Op, F64Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    F32Op: Fn(f32, f32) -> f32 + Copy,
+    F32Op: Fn(f32, f32) -> f32 + Copy + Send + Sync,
     F64Op: Fn(f64, f64) -> f64 + Copy,
 {
     debug_assert_eq!(lhs.dtype(), rhs.dtype(), "binary_op: dtype mismatch");
@@ -67,7 +67,7 @@ fn binary_op_f32<Op>(
     simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Send + Sync,
 {
     // In-place SIMD fast path: lhs unique contiguous at offset 0, rhs
     // contiguous (no broadcast).
@@ -82,12 +82,12 @@ where
         let lhs_storage: &mut [f32] = lhs.storage_mut();
         let l_slice = &mut lhs_storage[..l_end];
 
-        match simd_op {
-            BinaryOp::Add => simd::add_inplace_f32(l_slice, r_slice),
-            BinaryOp::Sub => simd::sub_inplace_f32(l_slice, r_slice),
-            BinaryOp::Mul => simd::mul_inplace_f32(l_slice, r_slice),
-            BinaryOp::Div => simd::div_inplace_f32(l_slice, r_slice),
-        }
+        crate::par::zip_chunks(l_slice, r_slice, |l, r| match simd_op {
+            BinaryOp::Add => simd::add_inplace_f32(l, r),
+            BinaryOp::Sub => simd::sub_inplace_f32(l, r),
+            BinaryOp::Mul => simd::mul_inplace_f32(l, r),
+            BinaryOp::Div => simd::div_inplace_f32(l, r),
+        });
         return lhs;
     }
 
@@ -107,13 +107,50 @@ where
         let rhs_storage: &mut [f32] = rhs.storage_mut();
         let r_slice = &mut rhs_storage[..r_end];
 
-        match simd_op {
-            BinaryOp::Add => simd::add_inplace_f32(r_slice, l_slice),
-            BinaryOp::Sub => simd::rsub_inplace_f32(r_slice, l_slice),
-            BinaryOp::Mul => simd::mul_inplace_f32(r_slice, l_slice),
-            BinaryOp::Div => simd::rdiv_inplace_f32(r_slice, l_slice),
-        }
+        crate::par::zip_chunks(r_slice, l_slice, |r, l| match simd_op {
+            BinaryOp::Add => simd::add_inplace_f32(r, l),
+            BinaryOp::Sub => simd::rsub_inplace_f32(r, l),
+            BinaryOp::Mul => simd::mul_inplace_f32(r, l),
+            BinaryOp::Div => simd::rdiv_inplace_f32(r, l),
+        });
         return rhs;
+    }
+
+    // vitrs patch: same-shape contiguous operands on the rayon pool (see `crate::par`),
+    // in place into a unique lhs or into a fresh buffer.
+    if let (Some((l_start, l_end)), Some((r_start, r_end))) = (
+        lhs.layout().contiguous_offsets(),
+        rhs.layout().contiguous_offsets(),
+    ) && l_end - l_start >= crate::par::PAR_MIN
+        && l_end - l_start == r_end - r_start
+    {
+        if lhs.is_unique() && l_start == 0 {
+            let r_slice: &[f32] = &rhs.storage()[r_start..r_end];
+            let l_slice: &mut [f32] = &mut lhs.storage_mut()[..l_end];
+            crate::par::zip_chunks(l_slice, r_slice, |l, r| {
+                for (a, &b) in l.iter_mut().zip(r) {
+                    *a = op(*a, b);
+                }
+            });
+            return lhs;
+        }
+        if rhs.is_unique() && r_start == 0 {
+            let l_slice: &[f32] = &lhs.storage()[l_start..l_end];
+            let r_slice: &mut [f32] = &mut rhs.storage_mut()[..r_end];
+            crate::par::zip_chunks(r_slice, l_slice, |r, l| {
+                for (b, &a) in r.iter_mut().zip(l) {
+                    *b = op(a, *b);
+                }
+            });
+            return rhs;
+        }
+        let shape = lhs.layout().shape().clone();
+        let result = crate::par::map2(
+            &lhs.storage::<f32>()[l_start..l_end],
+            &rhs.storage::<f32>()[r_start..r_end],
+            &op,
+        );
+        return make_tensor(result, shape, DType::F32);
     }
 
     // Broadcast operands fall through to `binary_op_typed`, whose
@@ -138,7 +175,7 @@ fn binary_op_f32<Op>(
     _simd_hint: Option<BinaryOp>,
 ) -> FlexTensor
 where
-    Op: Fn(f32, f32) -> f32,
+    Op: Fn(f32, f32) -> f32 + Send + Sync,
 {
     binary_op_typed(lhs, rhs, op)
 }

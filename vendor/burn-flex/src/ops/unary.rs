@@ -55,18 +55,46 @@ where
 /// Apply a unary operation element-wise to a tensor.
 pub fn unary_op<F32Op, F64Op>(tensor: FlexTensor, f32_op: F32Op, f64_op: F64Op) -> FlexTensor
 where
-    F32Op: Fn(f32) -> f32 + Copy,
+    F32Op: Fn(f32) -> f32 + Copy + Send + Sync,
     F64Op: Fn(f64) -> f64 + Copy,
 {
     let dtype = tensor.dtype();
 
     match dtype {
-        DType::F32 => unary_op_typed(tensor, f32_op),
+        DType::F32 => unary_op_f32(tensor, f32_op),
         DType::F64 => unary_op_typed(tensor, f64_op),
         DType::F16 => unary_op_typed(tensor, |x: f16| f16::from_f32(f32_op(x.to_f32()))),
         DType::BF16 => unary_op_typed(tensor, |x: bf16| bf16::from_f32(f32_op(x.to_f32()))),
         _ => panic!("unary_op: unsupported dtype {:?}", dtype),
     }
+}
+
+/// vitrs patch: the f32 unary op on the rayon pool for large contiguous tensors (see
+/// `crate::par`); other layouts take the serial [`unary_op_typed`].
+fn unary_op_f32<Op>(mut tensor: FlexTensor, op: Op) -> FlexTensor
+where
+    Op: Fn(f32) -> f32 + Send + Sync,
+{
+    let layout = tensor.layout().clone();
+    let n = layout.num_elements();
+    if n < crate::par::PAR_MIN || layout.start_offset() != 0 {
+        return unary_op_typed(tensor, op);
+    }
+    if tensor.is_unique() && layout.is_contiguous() {
+        let storage: &mut [f32] = tensor.storage_mut();
+        crate::par::for_each_chunk(&mut storage[..n], |c| {
+            for x in c.iter_mut() {
+                *x = op(*x);
+            }
+        });
+        return tensor;
+    }
+    let src: &[f32] = tensor.storage();
+    if layout.is_contiguous() && src.len() >= n {
+        let result = crate::par::map(&src[..n], &op);
+        return FlexTensor::new(Bytes::from_elems(result), layout, DType::F32);
+    }
+    unary_op_typed(tensor, op)
 }
 
 /// Generic unary operation for any element type.
