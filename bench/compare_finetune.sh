@@ -4,7 +4,8 @@
 #   bench/compare_finetune.sh vit-s16-224   # ViT-S/16 at 224, batch 16, 100 classes
 #   bench/compare_finetune.sh vit-s8-32     # ViT-S/8 at 32 (CIFAR-sized), batch 64, 100 classes
 # Env: THREADS (default nproc), STEPS (default 8, 2 of them warm-up), METHODS (vitrs, default
-# full,lora,sparselora), TARGETS (LoRA targets, default qkv), OUT (default /tmp/cf-<case>).
+# full,lora,sparselora), TARGETS (LoRA targets, default qkv), OUT (default /tmp/cf-<case>),
+# VITRS_ARGS (more vitrs flags, e.g. "--sparsity-attn 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CASE=${1:-vit-s16-224}
@@ -26,7 +27,7 @@ rm -rf "$OUT"
   --img-size $IMG --patch-size $PATCH --batch-size $BATCH --steps "$STEPS" --warmup-epochs 0 \
   --epochs 100 --label-smoothing 0.1 --grad-clip 1.0 --weight-decay 0.05 --lr 1e-4 \
   --lora-rank 8 --lora-alpha 16 --lora-targets "$TARGETS" --threads "$THREADS" \
-  --save-every 0 --quiet --out-dir "$OUT" >/dev/null
+  --save-every 0 --quiet --out-dir "$OUT" ${VITRS_ARGS:-} >/dev/null
 python3 "$YARDSTICK" --model $TIMM --img-size $IMG --classes 100 --batch-size $BATCH \
   --steps "$STEPS" --warmup 2 --threads "$THREADS" --lora-targets "$TARGETS" >"$OUT/pytorch.jsonl"
 python3 - "$OUT" <<'PY'

@@ -57,9 +57,12 @@ pub struct BenchArgs {
     /// With --adapter: the adapted linears (qkv, attn.proj, fc1, fc2).
     #[arg(long, value_delimiter = ',', default_value = "qkv")]
     pub lora_targets: Vec<String>,
-    /// With --adapter sparselora: fraction of channels skipped (MLP and attention).
+    /// With --adapter sparselora: fraction of MLP channels skipped.
     #[arg(long, default_value_t = 0.5)]
     pub sparsity: f64,
+    /// With --adapter sparselora: fraction of attention channels skipped.
+    #[arg(long, default_value_t = 0.0, alias = "sparsity_attn")]
+    pub sparsity_attn: f64,
     /// With --adapter sparselora: blocks kept dense, first,last.
     #[arg(long, value_delimiter = ',', default_value = "2,1")]
     pub sparse_layers: Vec<usize>,
@@ -191,6 +194,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
         if a.adapter == AdapterKind::Sparselora {
             let c = crate::config::Config {
                 sparsity: a.sparsity,
+                sparsity_attn: a.sparsity_attn,
                 sparse_layers: a.sparse_layers.clone(),
                 sparse_dense_steps: 0.0,
                 ..crate::config::Config::default()

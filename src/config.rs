@@ -220,9 +220,10 @@ pub struct Config {
     /// SparseLoRA: fraction of each MLP's hidden channels skipped per batch.
     #[arg(long, default_value_t = 0.5)]
     pub sparsity: f64,
-    /// SparseLoRA: fraction of each attention's q/k and v channels skipped per batch (default: --sparsity).
-    #[arg(long, alias = "sparsity_attn")]
-    pub sparsity_attn: Option<f64>,
+    /// SparseLoRA: fraction of each attention's q/k and v channels skipped per batch (0: attention
+    /// dense; measured: no faster, 2 points less accurate at 0.5, RESULTS.md).
+    #[arg(long, default_value_t = 0.0, alias = "sparsity_attn")]
+    pub sparsity_attn: f64,
     /// SparseLoRA: blocks kept dense, as "first,last" counts: 2,1 keeps the first 2 blocks and the last one dense.
     #[arg(
         long,

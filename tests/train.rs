@@ -233,6 +233,7 @@ fn sparselora_runs_dense_first_then_logs_its_sparsity_per_layer() {
         lora_targets: vec!["qkv".into(), "fc1".into(), "fc2".into()],
         sparse_layers: vec![0, 1],
         sparse_dense_steps: 2.0,
+        sparsity_attn: 0.5,
         ..tiny(dir.path())
     };
     let s = run(cfg);

@@ -55,7 +55,7 @@ pub struct SparseConfig {
 impl SparseConfig {
     pub fn from_config(cfg: &Config) -> Result<Self> {
         let bad = |m: String| Err(Error::Config(m));
-        let attn = cfg.sparsity_attn.unwrap_or(cfg.sparsity);
+        let attn = cfg.sparsity_attn;
         for (flag, s) in [("--sparsity", cfg.sparsity), ("--sparsity-attn", attn)] {
             if !(0.0..1.0).contains(&s) {
                 return bad(format!(
@@ -1382,7 +1382,7 @@ mod tests {
             ),
             (
                 Config {
-                    sparsity_attn: Some(-0.1),
+                    sparsity_attn: -0.1,
                     ..Config::default()
                 },
                 "--sparsity-attn",
