@@ -11,6 +11,13 @@ use vitrs::model::io::read_safetensors;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vitrs");
 
+/// One process trains 1 epoch (batch 32, `images` synthetic images) into `out`: the path of
+/// its last checkpoint, a teacher or a base to fine-tune.
+fn trained_checkpoint(out: &Path, images: usize) -> String {
+    run_ok(alone(&train_args(out, 32, 1, images)));
+    out.join("checkpoints/last").display().to_string()
+}
+
 /// A tiny model on 193 synthetic images: with 2 ranks × 16 one rank's shard is one image
 /// shorter, so its last batch is empty and the global last batch holds a single image.
 fn train_args(out: &Path, batch: usize, epochs: usize, size: usize) -> Vec<String> {
@@ -280,9 +287,7 @@ fn a_killed_rank_ends_the_job_quickly_and_one_process_resumes() {
 #[test]
 fn distillation_two_processes_of_16_train_like_one_of_32() {
     let tmp = tempfile::tempdir().unwrap();
-    let teacher = tmp.path().join("teacher");
-    run_ok(alone(&train_args(&teacher, 32, 1, 193)));
-    let teacher = teacher.join("checkpoints/last").display().to_string();
+    let teacher = trained_checkpoint(&tmp.path().join("teacher"), 193);
     for (name, extra) in [
         ("hard", &["--distillation", "hard", "--dist-token"][..]),
         (
@@ -442,9 +447,7 @@ fn continual_two_processes_of_8_learn_like_one_of_16() {
 fn compare_finetune_runs_every_method_under_mpirun() {
     let tmp = tempfile::tempdir().unwrap();
     // Fine-tuning starts from a checkpoint (head-only needs one).
-    let base = tmp.path().join("base");
-    run_ok(alone(&train_args(&base, 32, 1, 96)));
-    let base = base.join("checkpoints/last").display().to_string();
+    let base = trained_checkpoint(&tmp.path().join("base"), 96);
     let methods = "full,lora,sparselora,head-only";
     let args = |out: &Path, batch| {
         let mut a = vec!["compare-finetune".to_string()];

@@ -342,8 +342,7 @@ fn read_binary(
     images: &mut Vec<u8>,
     labels: &mut Vec<u16>,
 ) -> Result<()> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, "reading", e))?;
-    parse_binary(path, &bytes, kind, label_type, images, labels)
+    parse_binary(path, &read_bytes(path)?, kind, label_type, images, labels)
 }
 
 /// [`read_binary`] on bytes already in memory (`path` only names the file in errors); public

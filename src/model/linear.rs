@@ -73,14 +73,25 @@ impl Linear {
             down(self.weight.val(), p),
             self.bias.as_ref().map(|b| down(b.val(), p)),
         );
-        let y = match (&self.lora_A, &self.lora_B) {
+        up(self.plus_adapter(base, x, ctx), p)
+    }
+
+    /// `base` plus the adapter's contribution for input `x` (`base` alone without an
+    /// adapter), the low-rank products in `ctx.precision`.
+    pub fn plus_adapter<const D: usize>(
+        &self,
+        base: Tensor<D>,
+        x: Tensor<D>,
+        ctx: &Ctx,
+    ) -> Tensor<D> {
+        match (&self.lora_A, &self.lora_B) {
             (Some(a), Some(b)) => {
+                let p = ctx.precision;
                 let (a, b) = (down(a.weight.val(), p), down(b.weight.val(), p));
                 base + self.adapter_delta(x, &a, &b, ctx)
             }
             _ => base,
-        };
-        up(y, p)
+        }
     }
 
     /// `scaling·dropout(x)·A·B`: the adapter's contribution, the low-rank branch kept

@@ -764,10 +764,7 @@ pub fn forward_out_sparse(
         || linear(x.clone().narrow(1, 0, prefix), w, bias),
         prefix,
     );
-    match (&lin.lora_A, &lin.lora_B) {
-        (Some(a), Some(bb)) => base + lin.adapter_delta(x, &a.weight.val(), &bb.weight.val(), ctx),
-        _ => base,
-    }
+    lin.plus_adapter(base, x, ctx)
 }
 
 /// For the patch rows: `x[:, kept]·W[kept, :] + b` (the skipped input channels contribute
@@ -794,10 +791,7 @@ pub fn forward_in_sparse(
         || linear(x.clone().narrow(1, 0, prefix), w, bias),
         prefix,
     );
-    match (&lin.lora_A, &lin.lora_B) {
-        (Some(a), Some(bb)) => base + lin.adapter_delta(x, &a.weight.val(), &bb.weight.val(), ctx),
-        _ => base,
-    }
+    lin.plus_adapter(base, x, ctx)
 }
 
 impl Attention {
@@ -1031,17 +1025,6 @@ mod tests {
         )
     }
 
-    fn delta(lin: &Linear, x: Tensor<3>, ctx: &Ctx) -> Option<Tensor<3>> {
-        match (&lin.lora_A, &lin.lora_B) {
-            (Some(a), Some(b)) => Some(lin.adapter_delta(x, &a.weight.val(), &b.weight.val(), ctx)),
-            _ => None,
-        }
-    }
-
-    fn plus(y: Tensor<3>, d: Option<Tensor<3>>) -> Tensor<3> {
-        d.map_or(y.clone(), |d| y + d)
-    }
-
     /// The dense computation with the skipped channels' frozen weights zeroed on the patch
     /// rows: the masked reference SparseLoRA must equal.
     fn masked_mlp(mlp: &Mlp, x: Tensor<3>, keep: &Keep, ctx: &Ctx) -> Tensor<3> {
@@ -1052,14 +1035,14 @@ mod tests {
             mlp.fc1.weight.val(),
             mlp.fc1.bias.as_ref().map(|b| b.val()),
         );
-        let h = plus(h * m.clone(), delta(&mlp.fc1, x, ctx));
+        let h = mlp.fc1.plus_adapter(h * m.clone(), x, ctx);
         let g = gelu(h);
         let y = linear(
             g.clone() * m,
             mlp.fc2.weight.val(),
             mlp.fc2.bias.as_ref().map(|b| b.val()),
         );
-        plus(y, delta(&mlp.fc2, g, ctx))
+        mlp.fc2.plus_adapter(y, g, ctx)
     }
 
     fn masked_attn(attn: &Attention, x: Tensor<3>, plan: &AttnPlan, ctx: &Ctx) -> Tensor<3> {
@@ -1070,7 +1053,7 @@ mod tests {
             lin.weight.val(),
             lin.bias.as_ref().map(|b| b.val()),
         );
-        let qkv = plus(qkv * mask(&plan.qkv, n, 3 * c, &x), delta(lin, x, ctx));
+        let qkv = lin.plus_adapter(qkv * mask(&plan.qkv, n, 3 * c, &x), x, ctx);
         let o = attn.attend(qkv, ctx);
         let p = &attn.proj;
         let y = linear(
@@ -1078,7 +1061,7 @@ mod tests {
             p.weight.val(),
             p.bias.as_ref().map(|b| b.val()),
         );
-        plus(y, delta(p, o, ctx))
+        p.plus_adapter(y, o, ctx)
     }
 
     fn assert_close(a: Tensor<3>, b: Tensor<3>, what: &str) {
