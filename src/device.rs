@@ -132,4 +132,32 @@ mod tests {
                 .all(|(x, y)| x.to_bits() == y.to_bits())
         );
     }
+
+    /// The vendored GELU and its backward use a vectorisable rational erf and a Cephes exp in
+    /// f32 (vendor/README.md): both must match the exact GELU and its derivative (computed in
+    /// f64 from the tensor `erf`, libm's `erff`, within an ulp) over the whole range.
+    #[test]
+    fn gelu_and_its_gradient_match_the_exact_f64_ones() {
+        let device = burn::tensor::Device::flex().autodiff();
+        let n = 1 << 16; // above the parallel threshold: the chunked loops run
+        let xs: Vec<f32> = (0..n).map(|i| -12.0 + 24.0 * i as f32 / n as f32).collect();
+        let x = Tensor::<1>::from_data(TensorData::new(xs.clone(), [n]), &device).require_grad();
+        let y = gelu(x.clone());
+        let grads = y.clone().sum().backward();
+        let dy: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
+        let y: Vec<f32> = y.into_data().try_to_vec().unwrap();
+        let erf: Vec<f32> = (x.inner() / std::f32::consts::SQRT_2)
+            .erf()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        for (((&x, &y), &dy), &erf) in xs.iter().zip(&y).zip(&dy).zip(&erf) {
+            let xd = x as f64;
+            let cdf = 0.5 * (1.0 + erf as f64);
+            let pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            let tol = 1e-6 * xd.abs().max(1.0);
+            assert!((y as f64 - xd * cdf).abs() < tol, "gelu({x}) = {y}");
+            assert!((dy as f64 - (cdf + xd * pdf)).abs() < tol, "gelu'({x}) = {dy}");
+        }
+    }
 }

@@ -42,34 +42,74 @@ pub(crate) fn zip_chunks<E: Send, S: Sync>(
     f(dst, src)
 }
 
-/// `src.map(op)` collected, in parallel when large.
+/// `f` on matching chunks of `dst`, `a` and `b` (same length), in parallel when large.
 #[inline]
-pub(crate) fn map<S: Copy + Sync, R: Send>(src: &[S], op: impl Fn(S) -> R + Send + Sync) -> alloc::vec::Vec<R> {
+pub(crate) fn zip2_chunks<E: Send, S: Sync>(
+    dst: &mut [E],
+    a: &[S],
+    b: &[S],
+    f: impl Fn(&mut [E], &[S], &[S]) + Send + Sync,
+) {
+    debug_assert!(dst.len() == a.len() && dst.len() == b.len());
     #[cfg(feature = "rayon")]
-    if src.len() >= PAR_MIN {
+    if dst.len() >= PAR_MIN {
         use rayon::prelude::*;
-        return src.par_iter().with_min_len(CHUNK).map(|&x| op(x)).collect();
+        dst.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(d, (a, b))| f(d, a, b));
+        return;
     }
-    src.iter().map(|&x| op(x)).collect()
+    f(dst, a, b)
 }
 
-/// `op(l, r)` over two equal-length slices, collected, in parallel when large.
+/// A vector of `n` elements written by `fill` into its uninitialised storage.
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+#[inline]
+pub(crate) unsafe fn filled_vec<R>(
+    n: usize,
+    fill: impl FnOnce(&mut [core::mem::MaybeUninit<R>]),
+) -> alloc::vec::Vec<R> {
+    let mut out = alloc::vec::Vec::with_capacity(n);
+    fill(&mut out.spare_capacity_mut()[..n]);
+    // SAFETY: the caller's contract: all of `0..n` was written.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// `src.map(op)` collected, in parallel when large; each chunk is a plain loop the compiler
+/// vectorises.
+#[inline]
+pub(crate) fn map<S: Copy + Sync, R: Send>(
+    src: &[S],
+    op: impl Fn(S) -> R + Send + Sync,
+) -> alloc::vec::Vec<R> {
+    let fill = |dst: &mut [core::mem::MaybeUninit<R>]| {
+        zip_chunks(dst, src, |d, s| {
+            for (d, &x) in d.iter_mut().zip(s) {
+                d.write(op(x));
+            }
+        })
+    };
+    // SAFETY: `zip_chunks` covers the whole slice and the loop writes every element.
+    unsafe { filled_vec(src.len(), fill) }
+}
+
+/// `op(l, r)` over two equal-length slices, collected, in parallel when large (as [`map`]).
 #[inline]
 pub(crate) fn map2<S: Copy + Sync, R: Send>(
     l: &[S],
     r: &[S],
     op: impl Fn(S, S) -> R + Send + Sync,
 ) -> alloc::vec::Vec<R> {
-    debug_assert_eq!(l.len(), r.len());
-    #[cfg(feature = "rayon")]
-    if l.len() >= PAR_MIN {
-        use rayon::prelude::*;
-        return l
-            .par_iter()
-            .zip(r.par_iter())
-            .with_min_len(CHUNK)
-            .map(|(&a, &b)| op(a, b))
-            .collect();
-    }
-    l.iter().zip(r).map(|(&a, &b)| op(a, b)).collect()
+    let fill = |dst: &mut [core::mem::MaybeUninit<R>]| {
+        zip2_chunks(dst, l, r, |d, l, r| {
+            for ((d, &a), &b) in d.iter_mut().zip(l).zip(r) {
+                d.write(op(a, b));
+            }
+        })
+    };
+    // SAFETY: as in `map`.
+    unsafe { filled_vec(l.len(), fill) }
 }

@@ -67,8 +67,13 @@ impl ActivationOps<Flex> for Flex {
     }
 
     fn gelu(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
+        // vitrs patch: f32 through the vectorised kernels of `ops::gelu`.
+        if tensor.dtype() == DType::F32 {
+            return crate::ops::gelu::forward(tensor);
+        }
         // 0.5 * x * (1 + erf(x / sqrt(2)))
-        use crate::ops::unary::{erf_f32, erf_f64};
+        use crate::ops::gelu::erf_f32;
+        use crate::ops::unary::erf_f64;
         let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
         unary_op(
@@ -79,8 +84,13 @@ impl ActivationOps<Flex> for Flex {
     }
 
     fn gelu_backward(x: FloatTensor<Flex>, grad: FloatTensor<Flex>) -> FloatTensor<Flex> {
+        // vitrs patch: f32 through the vectorised kernels of `ops::gelu`.
+        if x.dtype() == DType::F32 && grad.dtype() == DType::F32 && x.shape() == grad.shape() {
+            return crate::ops::gelu::backward(x, grad);
+        }
         // d/dx[gelu(x)] = 0.5 * (1 + erf(x/sqrt(2))) + x * (1/sqrt(2*pi)) * exp(-x^2/2)
-        use crate::ops::unary::{erf_f32, erf_f64};
+        use crate::ops::gelu::{erf_f32, exp_f32};
+        use crate::ops::unary::erf_f64;
         let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
         let inv_sqrt_2pi_f32: f32 = 1.0 / (2.0 * core::f32::consts::PI).sqrt();
@@ -90,7 +100,7 @@ impl ActivationOps<Flex> for Flex {
             grad,
             move |x: f32, g| {
                 let cdf = 0.5 * (1.0 + erf_f32(x / sqrt2_f32));
-                let pdf = inv_sqrt_2pi_f32 * (-0.5 * x * x).exp();
+                let pdf = inv_sqrt_2pi_f32 * exp_f32(-0.5 * x * x);
                 g * (cdf + x * pdf)
             },
             move |x: f64, g| {

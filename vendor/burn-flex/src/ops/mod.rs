@@ -106,6 +106,7 @@ pub mod fft;
 pub mod flip;
 mod float;
 pub mod gather_scatter;
+mod gelu; // vitrs patch
 pub mod grid_sample;
 mod int;
 pub mod interpolate;
