@@ -133,6 +133,42 @@ mod tests {
         );
     }
 
+    /// The vendored flex applies a row broadcast over a large unique tensor (a bias add) row
+    /// chunk by row chunk on the rayon pool: bit for bit what the serial loop gives on slices.
+    #[test]
+    fn parallel_row_broadcast_ops_are_bit_identical_to_small_serial_ones() {
+        let device = burn::tensor::Device::flex();
+        let (rows, cols) = (1024, 192); // 4.5× the vendored PAR_MIN
+        let mut rng = Rng::seed(5);
+        let mut rand = |r: usize| -> Tensor<2> {
+            let v: Vec<f32> = (0..r * cols).map(|_| rng.normal() as f32).collect();
+            Tensor::from_data(TensorData::new(v, [r, cols]), &device)
+        };
+        let (x, row) = (rand(rows), rand(1));
+        // Each op consumes a fresh unique lhs: add/sub/mul/div, and a closure op (max_pair).
+        let f = |x: Tensor<2>| -> Vec<Tensor<2>> {
+            vec![
+                x.clone() * 1.0 + row.clone(),
+                x.clone() * 1.0 - row.clone(),
+                x.clone() * 1.0 * row.clone(),
+                x.clone() * 1.0 / row.clone(),
+                (x * 1.0).max_pair(row.clone()),
+            ]
+        };
+        let whole: Vec<Vec<f32>> = f(x.clone())
+            .into_iter()
+            .map(|t| t.into_data().try_to_vec().unwrap())
+            .collect();
+        for (k, want) in whole.iter().enumerate() {
+            let mut pieces = Vec::with_capacity(rows * cols);
+            for i in (0..rows).step_by(8) {
+                let p = f(x.clone().narrow(0, i, 8)).swap_remove(k);
+                pieces.extend(p.into_data().try_to_vec::<f32>().unwrap());
+            }
+            assert!(want.iter().zip(&pieces).all(|(a, b)| a.to_bits() == b.to_bits()), "op {k}");
+        }
+    }
+
     /// The vendored GELU and its backward use a vectorisable rational erf and a Cephes exp in
     /// f32 (vendor/README.md): both must match the exact GELU and its derivative (computed in
     /// f64 from the tensor `erf`, libm's `erff`, within an ulp) over the whole range.

@@ -23,6 +23,23 @@ pub(crate) fn for_each_chunk<E: Send>(dst: &mut [E], f: impl Fn(&mut [E]) + Send
     f(dst)
 }
 
+/// `f` on chunks of whole `row_len`-long rows of `dst`, in parallel when `dst` is large.
+#[inline]
+pub(crate) fn for_each_rows<E: Send>(
+    dst: &mut [E],
+    row_len: usize,
+    f: impl Fn(&mut [E]) + Send + Sync,
+) {
+    #[cfg(feature = "rayon")]
+    if dst.len() >= PAR_MIN && row_len > 0 {
+        use rayon::prelude::*;
+        let rows = (CHUNK / row_len).max(1);
+        dst.par_chunks_mut(rows * row_len).for_each(|c| f(c));
+        return;
+    }
+    f(dst)
+}
+
 /// `f` on matching chunks of `dst` and `src` (same length), in parallel when large.
 #[inline]
 pub(crate) fn zip_chunks<E: Send, S: Sync>(

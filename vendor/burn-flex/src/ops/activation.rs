@@ -67,12 +67,12 @@ impl ActivationOps<Flex> for Flex {
     }
 
     fn gelu(tensor: FloatTensor<Flex>) -> FloatTensor<Flex> {
-        // vitrs patch: f32 through the vectorised kernels of `ops::gelu`.
+        // vitrs patch: f32 through the vectorised kernels of `ops::kernels_f32`.
         if tensor.dtype() == DType::F32 {
-            return crate::ops::gelu::forward(tensor);
+            return crate::ops::kernels_f32::forward(tensor);
         }
         // 0.5 * x * (1 + erf(x / sqrt(2)))
-        use crate::ops::gelu::erf_f32;
+        use crate::ops::kernels_f32::erf_f32;
         use crate::ops::unary::erf_f64;
         let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;
@@ -84,12 +84,12 @@ impl ActivationOps<Flex> for Flex {
     }
 
     fn gelu_backward(x: FloatTensor<Flex>, grad: FloatTensor<Flex>) -> FloatTensor<Flex> {
-        // vitrs patch: f32 through the vectorised kernels of `ops::gelu`.
+        // vitrs patch: f32 through the vectorised kernels of `ops::kernels_f32`.
         if x.dtype() == DType::F32 && grad.dtype() == DType::F32 && x.shape() == grad.shape() {
-            return crate::ops::gelu::backward(x, grad);
+            return crate::ops::kernels_f32::backward(x, grad);
         }
         // d/dx[gelu(x)] = 0.5 * (1 + erf(x/sqrt(2))) + x * (1/sqrt(2*pi)) * exp(-x^2/2)
-        use crate::ops::gelu::{erf_f32, exp_f32};
+        use crate::ops::kernels_f32::{erf_f32, exp_f32};
         use crate::ops::unary::erf_f64;
         let sqrt2_f32: f32 = core::f32::consts::SQRT_2;
         let sqrt2_f64: f64 = core::f64::consts::SQRT_2;

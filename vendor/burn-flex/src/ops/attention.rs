@@ -956,7 +956,20 @@ fn naive_attention_head<T: FlashGemm>(
         });
     }
 
-    for qi in 0..seq_q {
+    // vitrs patch: plain (unmasked, unbiased, uncapped) f32 attention takes the vectorised
+    // softmax rows of `kernels_f32` (upstream: a scalar loop calling libm's `expf`).
+    // A 4-byte `Float` is f32.
+    let plain_f32 = softcap.is_none()
+        && mask.is_none()
+        && causal_offset.is_none()
+        && bias.is_none()
+        && core::mem::size_of::<T>() == 4;
+    if plain_f32 {
+        let rows: &mut [f32] = bytemuck::cast_slice_mut(&mut scores[..seq_q * seq_kv]);
+        crate::ops::kernels_f32::softmax_rows_scaled(rows, seq_kv, scale.to_f32().unwrap());
+    }
+    let loop_rows = if plain_f32 { 0 } else { seq_q };
+    for qi in 0..loop_rows {
         let row = &mut scores[qi * seq_kv..(qi + 1) * seq_kv];
 
         let mut row_max = neg_inf;

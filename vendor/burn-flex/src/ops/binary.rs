@@ -153,6 +153,34 @@ where
         return make_tensor(result, shape, DType::F32);
     }
 
+    // vitrs patch: a unique contiguous lhs and an rhs that is one row broadcast over all of
+    // lhs's rows (a bias add): rows on the rayon pool, in place.
+    let row = lhs.layout().shape().last().copied().unwrap_or(0);
+    if lhs.layout().num_elements() >= crate::par::PAR_MIN
+        && lhs.is_unique()
+        && let Some((0, l_end)) = lhs.layout().contiguous_offsets()
+        && let Some(r_start) = broadcast_row_start(rhs.layout())
+    {
+        let r_row: &[f32] = &rhs.storage()[r_start..r_start + row];
+        let l_slice: &mut [f32] = &mut lhs.storage_mut()[..l_end];
+        crate::par::for_each_rows(l_slice, row, |rows| {
+            for l in rows.chunks_exact_mut(row) {
+                match simd_hint {
+                    Some(BinaryOp::Add) => simd::add_inplace_f32(l, r_row),
+                    Some(BinaryOp::Sub) => simd::sub_inplace_f32(l, r_row),
+                    Some(BinaryOp::Mul) => simd::mul_inplace_f32(l, r_row),
+                    Some(BinaryOp::Div) => simd::div_inplace_f32(l, r_row),
+                    None => {
+                        for (a, &b) in l.iter_mut().zip(r_row) {
+                            *a = op(*a, b);
+                        }
+                    }
+                }
+            }
+        });
+        return lhs;
+    }
+
     // Broadcast operands fall through to `binary_op_typed`, whose
     // collapsed loop nest handles every stride pattern in a single pass
     // — reusing a uniquely owned operand as the destination when it can
@@ -164,6 +192,17 @@ where
     // read-modify-write pass, while the nest reads both operands and
     // writes the output once.
     binary_op_typed(lhs, rhs, op)
+}
+
+/// vitrs patch: where a (broadcast-expanded) layout reads one contiguous last-dim row for
+/// every row — stride 1 on the last dim (or a single column), 0 on all others.
+#[cfg(feature = "simd")]
+fn broadcast_row_start(layout: &Layout) -> Option<usize> {
+    let strides = layout.strides();
+    let (&last, lead) = strides.split_last()?;
+    let row = *layout.shape().last()?;
+    (row > 0 && (last == 1 || row == 1) && lead.iter().all(|&s| s == 0))
+        .then(|| layout.start_offset())
 }
 
 /// Fallback when SIMD is disabled.

@@ -106,7 +106,7 @@ pub mod fft;
 pub mod flip;
 mod float;
 pub mod gather_scatter;
-mod gelu; // vitrs patch
+mod kernels_f32; // vitrs patch
 pub mod grid_sample;
 mod int;
 pub mod interpolate;

@@ -1,8 +1,8 @@
-//! vitrs patch: the f32 GELU and its backward as slice kernels.
+//! vitrs patch: vectorised f32 kernels — the GELU, its backward, and the softmax rows of
+//! the naive attention.
 //!
-//! Upstream computes them element by element through a closure calling libm's scalar
-//! `erff` (and `expf` in the backward): nothing vectorises, and in a ViT train step they
-//! were ~12% of the CPU time. Here erf is a branch-free rational function and exp a
+//! Upstream computes them element by element, calling libm's scalar `erff` / `expf`:
+//! nothing vectorises, and in a ViT train step the GELU alone was ~12% of the CPU time. Here erf is a branch-free rational function and exp a
 //! Cephes-style polynomial (both within f32 rounding, see `erf_f32` / `exp_f32`), and each
 //! kernel is compiled three times — AVX-512, AVX2+FMA, baseline — with the widest the CPU has
 //! picked at run time, since the crate itself is built for baseline x86-64. Large tensors
@@ -121,6 +121,49 @@ multiversion! {
         for ((d, &x), &g) in dst.iter_mut().zip(x).zip(g) {
             d.write(gelu_grad_f32(x, g));
         }
+    }
+    fn softmax_rows_scaled_impl(rows: &mut [f32], row_len: usize, scale: f32) {
+        // 16 partial maxima / sums, so the reductions vectorise (the sum's order differs
+        // from a sequential one by rounding only).
+        const W: usize = 16;
+        for row in rows.chunks_exact_mut(row_len) {
+            let body = row_len / W * W;
+            let mut m = [f32::NEG_INFINITY; W];
+            for c in row[..body].chunks_exact_mut(W) {
+                for i in 0..W {
+                    c[i] *= scale;
+                    m[i] = m[i].max(c[i]);
+                }
+            }
+            for x in &mut row[body..] {
+                *x *= scale;
+                m[0] = m[0].max(*x);
+            }
+            let max = m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut s = [0.0f32; W];
+            for c in row[..body].chunks_exact_mut(W) {
+                for i in 0..W {
+                    c[i] = exp_f32(c[i] - max);
+                    s[i] += c[i];
+                }
+            }
+            for x in &mut row[body..] {
+                *x = exp_f32(*x - max);
+                s[0] += *x;
+            }
+            let inv = 1.0 / s.iter().sum::<f32>();
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
+        }
+    }
+}
+
+/// softmax(scale · row) of each `row_len`-long row of `rows`, in place (no mask, bias or
+/// softcap: the attention paths that have them keep upstream's loop).
+pub(crate) fn softmax_rows_scaled(rows: &mut [f32], row_len: usize, scale: f32) {
+    if row_len > 0 {
+        softmax_rows_scaled_impl(rows, row_len, scale);
     }
 }
 
