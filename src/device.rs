@@ -196,4 +196,42 @@ mod tests {
             assert!((dy as f64 - (cdf + xd * pdf)).abs() < tol, "gelu'({x}) = {dy}");
         }
     }
+
+    /// The vendored flex computes plain f32 attention's softmax rows with a vectorised exp
+    /// (16 lanes, then a scalar tail): `attention` must equal softmax(q·kᵀ/√d)·v computed in
+    /// f64 on the host, for a token count that is not a multiple of 16 (body and tail) and
+    /// scores large enough to need the max subtraction.
+    #[test]
+    fn fused_attention_softmax_matches_an_f64_reference() {
+        use burn::tensor::module::attention;
+        use burn::tensor::ops::AttentionModuleOptions;
+        let device = burn::tensor::Device::flex();
+        let (b, h, n, d) = (2, 3, 37, 8);
+        let mut rng = Rng::seed(11);
+        let mut draw = |s: f64| -> Vec<f32> {
+            (0..b * h * n * d).map(|_| (s * rng.normal()) as f32).collect()
+        };
+        let (q, k, v) = (draw(4.0), draw(4.0), draw(1.0));
+        let t = |x: &Vec<f32>| Tensor::<4>::from_data(TensorData::new(x.clone(), [b, h, n, d]), &device);
+        let out = attention(t(&q), t(&k), t(&v), None, None, AttentionModuleOptions::default());
+        let out: Vec<f32> = out.into_data().try_to_vec().unwrap();
+        let scale = (d as f64).powf(-0.5);
+        let mut worst = 0.0f64;
+        for bh in 0..b * h {
+            let at = |x: &Vec<f32>, i: usize, j: usize| x[(bh * n + i) * d + j] as f64;
+            for i in 0..n {
+                let s: Vec<f64> = (0..n)
+                    .map(|j| (0..d).map(|c| at(&q, i, c) * at(&k, j, c)).sum::<f64>() * scale)
+                    .collect();
+                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for c in 0..d {
+                    let want: f64 = (0..n).map(|j| e[j] / z * at(&v, j, c)).sum();
+                    worst = worst.max((out[(bh * n + i) * d + c] as f64 - want).abs());
+                }
+            }
+        }
+        assert!(worst < 1e-5, "max |attention - reference| = {worst}");
+    }
 }
