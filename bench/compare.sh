@@ -5,6 +5,8 @@
 # and --amp none|bf16|fp16 (vitrs reads it as --precision). Per-framework extras go in VITRS_ARGS
 # and TORCH_ARGS, e.g. on a GPU: VITRS_ARGS="--device vulkan" TORCH_ARGS="--device cuda"
 # bench/compare.sh 3 --amp bf16 --batch 512
+# BASELINE=path/to/another/vitrs adds a third contender to every round (an older build, say, to
+# measure a change against the same PyTorch runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${1:-3}
@@ -14,6 +16,10 @@ YARDSTICK=${YARDSTICK:-../shared/bench/pytorch_vit_bench.py}
 cargo build --release -q
 out=$(mktemp -d)
 for i in $(seq "$REPEATS"); do
+  if [ -n "${BASELINE:-}" ]; then
+    # shellcheck disable=SC2086
+    "$BASELINE" bench --what train,infer --threads "$THREADS" "$@" ${VITRS_ARGS:-} >>"$out/baseline.jsonl"
+  fi
   # shellcheck disable=SC2086
   ./target/release/vitrs bench --what train,infer --threads "$THREADS" "$@" ${VITRS_ARGS:-} >>"$out/vitrs.jsonl"
   # shellcheck disable=SC2086
@@ -29,6 +35,13 @@ print(f"runs: {len(v)} each, params vitrs {v[0]['params']} / pytorch {p[0]['para
 for k in ["train_img_s", "infer_img_s", "peak_rss_mb"]:
     a, b = med(v, k), med(p, k)
     print(f"{k:12s} vitrs {a:9.1f}  pytorch {b:9.1f}  ratio {a / b:5.2f}")
-ratios = [x["train_img_s"] / y["train_img_s"] for x, y in zip(v, p)]
-print("per-pair train ratios:", ", ".join(f"{r:.2f}" for r in ratios), "median", f"{statistics.median(ratios):.2f}")
+for k in ["train_img_s", "infer_img_s"]:
+    ratios = [x[k] / y[k] for x, y in zip(v, p)]
+    print(f"per-pair {k} ratios:", ", ".join(f"{r:.2f}" for r in ratios), "median", f"{statistics.median(ratios):.2f}")
+try:
+    b = [json.loads(l) for l in open(f"{d}/baseline.jsonl")]
+except FileNotFoundError:
+    b = []
+for k in ["train_img_s", "infer_img_s", "peak_rss_mb"] if b else []:
+    print(f"{k:12s} baseline {med(b, k):9.1f}  vitrs / baseline {med(v, k) / med(b, k):5.2f}  baseline / pytorch {med(b, k) / med(p, k):5.2f}")
 PY

@@ -165,7 +165,12 @@ mod tests {
                 let p = f(x.clone().narrow(0, i, 8)).swap_remove(k);
                 pieces.extend(p.into_data().try_to_vec::<f32>().unwrap());
             }
-            assert!(want.iter().zip(&pieces).all(|(a, b)| a.to_bits() == b.to_bits()), "op {k}");
+            assert!(
+                want.iter()
+                    .zip(&pieces)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "op {k}"
+            );
         }
     }
 
@@ -193,7 +198,10 @@ mod tests {
             let pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
             let tol = 1e-6 * xd.abs().max(1.0);
             assert!((y as f64 - xd * cdf).abs() < tol, "gelu({x}) = {y}");
-            assert!((dy as f64 - (cdf + xd * pdf)).abs() < tol, "gelu'({x}) = {dy}");
+            assert!(
+                (dy as f64 - (cdf + xd * pdf)).abs() < tol,
+                "gelu'({x}) = {dy}"
+            );
         }
     }
 
@@ -209,11 +217,22 @@ mod tests {
         let (b, h, n, d) = (2, 3, 37, 8);
         let mut rng = Rng::seed(11);
         let mut draw = |s: f64| -> Vec<f32> {
-            (0..b * h * n * d).map(|_| (s * rng.normal()) as f32).collect()
+            (0..b * h * n * d)
+                .map(|_| (s * rng.normal()) as f32)
+                .collect()
         };
         let (q, k, v) = (draw(4.0), draw(4.0), draw(1.0));
-        let t = |x: &Vec<f32>| Tensor::<4>::from_data(TensorData::new(x.clone(), [b, h, n, d]), &device);
-        let out = attention(t(&q), t(&k), t(&v), None, None, AttentionModuleOptions::default());
+        let t = |x: &Vec<f32>| {
+            Tensor::<4>::from_data(TensorData::new(x.clone(), [b, h, n, d]), &device)
+        };
+        let out = attention(
+            t(&q),
+            t(&k),
+            t(&v),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        );
         let out: Vec<f32> = out.into_data().try_to_vec().unwrap();
         let scale = (d as f64).powf(-0.5);
         let mut worst = 0.0f64;
