@@ -26,7 +26,7 @@ for i in $(seq "$REPEATS"); do
   python3 "$YARDSTICK" --threads "$THREADS" "$@" ${TORCH_ARGS:-} >>"$out/pytorch.jsonl"
 done
 python3 - "$out" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 d = sys.argv[1]
 v = [json.loads(l) for l in open(f"{d}/vitrs.jsonl")]
 p = [json.loads(l) for l in open(f"{d}/pytorch.jsonl")]
@@ -38,10 +38,8 @@ for k in ["train_img_s", "infer_img_s", "peak_rss_mb"]:
 for k in ["train_img_s", "infer_img_s"]:
     ratios = [x[k] / y[k] for x, y in zip(v, p)]
     print(f"per-pair {k} ratios:", ", ".join(f"{r:.2f}" for r in ratios), "median", f"{statistics.median(ratios):.2f}")
-try:
+if os.path.exists(f"{d}/baseline.jsonl"):
     b = [json.loads(l) for l in open(f"{d}/baseline.jsonl")]
-except FileNotFoundError:
-    b = []
-for k in ["train_img_s", "infer_img_s", "peak_rss_mb"] if b else []:
-    print(f"{k:12s} baseline {med(b, k):9.1f}  vitrs / baseline {med(v, k) / med(b, k):5.2f}  baseline / pytorch {med(b, k) / med(p, k):5.2f}")
+    for k in ["train_img_s", "infer_img_s", "peak_rss_mb"]:
+        print(f"{k:12s} baseline {med(b, k):9.1f}  vitrs / baseline {med(v, k) / med(b, k):5.2f}  baseline / pytorch {med(b, k) / med(p, k):5.2f}")
 PY
