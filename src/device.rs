@@ -174,6 +174,46 @@ mod tests {
         }
     }
 
+    /// A tensor whose rows are strided runs (a column block of a wider matrix, as a head of a
+    /// fused qkv) is made contiguous row by row (vendor/README.md): the values must be the
+    /// source's, below and above the parallel threshold of that copy.
+    #[test]
+    fn strided_row_copies_keep_every_value() {
+        let device = burn::tensor::Device::flex();
+        for (rows, cols, start, width) in [(7, 10, 3, 5), (1100, 1536, 64, 1000)] {
+            let v: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let x: Tensor<2> = Tensor::from_data(TensorData::new(v, [rows, cols]), &device);
+            // narrow → strided view; reshape of a non-contiguous view copies it.
+            let got: Vec<f32> = x
+                .narrow(1, start, width)
+                .reshape([rows * width])
+                .into_data()
+                .try_to_vec()
+                .unwrap();
+            let want: Vec<f32> = (0..rows)
+                .flat_map(|r| (start..start + width).map(move |c| (r * cols + c) as f32))
+                .collect();
+            assert_eq!(got, want, "{rows}×{cols}");
+        }
+    }
+
+    /// A sum over the leading dimension (every bias gradient) runs on the rayon pool with the
+    /// columns split (vendor/README.md): each column must still be summed in row order, bit
+    /// for bit the sequential sum, with column blocks that do not divide evenly.
+    #[test]
+    fn parallel_leading_dim_sums_are_bit_identical_to_sequential_ones() {
+        let device = burn::tensor::Device::flex();
+        let (rows, cols) = (600, 1000);
+        let mut rng = Rng::seed(9);
+        let v: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
+        let x: Tensor<2> = Tensor::from_data(TensorData::new(v.clone(), [rows, cols]), &device);
+        let got: Vec<f32> = x.sum_dim(0).into_data().try_to_vec().unwrap();
+        for (c, g) in got.iter().enumerate() {
+            let want = (0..rows).fold(0.0f32, |acc, r| acc + v[r * cols + c]);
+            assert_eq!(g.to_bits(), want.to_bits(), "column {c}");
+        }
+    }
+
     /// The vendored GELU and its backward use a vectorisable rational erf and a Cephes exp in
     /// f32 (vendor/README.md): both must match the exact GELU and its derivative (computed in
     /// f64 from the tensor `erf`, libm's `erff`, within an ulp) over the whole range.

@@ -16,6 +16,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::rng::Rng;
 
+use super::fused;
 pub use super::linear::{Factor, Linear};
 use super::precision::{Precision, down, up};
 use super::sparse::SparseLora;
@@ -110,6 +111,9 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if fused::applies(&x) {
+            return fused::layer_norm(x, self.weight.val(), self.bias.val(), self.eps);
+        }
         layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
     }
 }
@@ -238,6 +242,10 @@ impl Attention {
         let h = self.num_heads;
         let d = c / h;
         let p = ctx.precision;
+        let attn_dropout = ctx.train && self.attn_drop > 0.0;
+        if p == Precision::F32 && !attn_dropout && fused::applies(&qkv) {
+            return fused::qkv_attention(qkv, h);
+        }
         // [b, n, 3c] -> [3, b, h, n, d]
         let qkv = down(qkv, p)
             .reshape([b, n, 3, h, d])
@@ -245,7 +253,7 @@ impl Attention {
         let q: Tensor<4> = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, d]);
         let k: Tensor<4> = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, d]);
         let v: Tensor<4> = qkv.narrow(0, 2, 1).reshape([b, h, n, d]);
-        let out = if ctx.train && self.attn_drop > 0.0 {
+        let out = if attn_dropout {
             // Dropout on the attention matrix needs it materialised.
             let scale = (d as f64).powf(-0.5);
             let attn = softmax(up(q.matmul(k.swap_dims(2, 3)), p) * scale, 3);

@@ -3,6 +3,7 @@
 
 pub mod classifier;
 pub mod cnn;
+pub mod fused;
 pub mod hub;
 pub mod io;
 pub mod layers;

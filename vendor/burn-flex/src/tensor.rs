@@ -810,6 +810,31 @@ fn copy_2d_tiled<E: Copy + Send + Sync>(
 ) {
     const TILE: usize = 16;
 
+    // vitrs patch: rows that are contiguous runs (a head split out of a fused qkv, say) are
+    // copied whole, one memcpy per row, instead of element by element through the tiles.
+    if col_stride == 1 {
+        if rows * cols == 0 {
+            return;
+        }
+        let copy_rows = |first: usize, dst: &mut [E]| {
+            for (r, d) in dst.chunks_exact_mut(cols).enumerate() {
+                let s = (offset + (first + r) as isize * row_stride) as usize;
+                d.copy_from_slice(&src[s..s + cols]);
+            }
+        };
+        #[cfg(feature = "rayon")]
+        if rows * cols >= COPY_2D_PARALLEL_THRESHOLD {
+            use rayon::prelude::*;
+            let rows_per_task = rows.div_ceil(rayon::current_num_threads()).max(1);
+            dst.par_chunks_mut(rows_per_task * cols)
+                .enumerate()
+                .for_each(|(t, d)| copy_rows(t * rows_per_task, d));
+            return;
+        }
+        copy_rows(0, dst);
+        return;
+    }
+
     #[cfg(feature = "rayon")]
     if rows * cols >= COPY_2D_PARALLEL_THRESHOLD {
         use rayon::prelude::*;

@@ -161,7 +161,7 @@ multiversion! {
 
 /// softmax(scale · row) of each `row_len`-long row of `rows`, in place (no mask, bias or
 /// softcap: the attention paths that have them keep upstream's loop).
-pub(crate) fn softmax_rows_scaled(rows: &mut [f32], row_len: usize, scale: f32) {
+pub fn softmax_rows_scaled(rows: &mut [f32], row_len: usize, scale: f32) {
     if row_len > 0 {
         softmax_rows_scaled_impl(rows, row_len, scale);
     }

@@ -107,6 +107,7 @@ pub mod flip;
 mod float;
 pub mod gather_scatter;
 mod kernels_f32; // vitrs patch
+pub use kernels_f32::softmax_rows_scaled; // vitrs patch: for vitrs' fused training attention
 pub mod grid_sample;
 mod int;
 pub mod interpolate;

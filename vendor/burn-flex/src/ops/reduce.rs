@@ -1124,6 +1124,30 @@ fn reduce_first_dim_f32(
     {
         // Use aligned allocation for optimal SIMD scatter-add
         let mut result = aligned::alloc_aligned_zeroed::<f32>(inner_size);
+        // vitrs patch: split the columns over the rayon pool (autodiff sums every bias and
+        // broadcast gradient over the batch this way, and it ran on one thread). Each column
+        // is still summed by one task in row order, so the result is bit for bit the serial one.
+        #[cfg(feature = "rayon")]
+        if dim_size * inner_size >= crate::ops::PARALLEL_THRESHOLD && inner_size >= 256 {
+            use rayon::prelude::*;
+            let chunk = inner_size
+                .div_ceil(rayon::current_num_threads())
+                .next_multiple_of(64);
+            result
+                .par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, dst)| {
+                    let len = dst.len();
+                    kernels::scatter_add_f32(
+                        &data[start_offset + i * chunk..],
+                        dst,
+                        dim_size,
+                        len,
+                        dim_stride as usize,
+                    )
+                });
+            return aligned::to_vec(result);
+        }
         kernels::scatter_add_f32(
             &data[start_offset..],
             &mut result,
