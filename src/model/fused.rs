@@ -319,6 +319,10 @@ pub fn attention_forward(
 ) -> Vec<f32> {
     let [b, n, c3] = shape;
     let c = c3 / 3;
+    assert!(
+        c3 % 3 == 0 && heads > 0 && c.is_multiple_of(heads),
+        "qkv_attention: a [b, n, 3c] qkv with c divisible by the {heads} heads, got {shape:?}"
+    );
     let d = c / heads;
     assert_eq!(
         qkv.len(),
