@@ -240,6 +240,15 @@ struct Mat {
 }
 
 impl Mat {
+    /// Row-major rows of `buf` from element `at`, `stride` apart.
+    fn rows(buf: &[f32], at: usize, stride: usize) -> Mat {
+        Mat {
+            ptr: buf.as_ptr().wrapping_add(at),
+            rs: stride as isize,
+            cs: 1,
+        }
+    }
+
     fn t(self) -> Mat {
         Mat {
             ptr: self.ptr,
@@ -332,11 +341,7 @@ pub fn attention_forward(
     let scale = (d as f32).powf(-0.5);
     let mut out = Vec::with_capacity(b * n * c);
     let dst = Out(out.spare_capacity_mut().as_mut_ptr().cast());
-    let rows = |at: usize| Mat {
-        ptr: qkv.as_ptr().wrapping_add(at),
-        rs: c3 as isize,
-        cs: 1,
-    };
+    let rows = |at: usize| Mat::rows(qkv, at, c3);
     let task = |t: usize, p: &mut [f32]| {
         let hd = head(t, heads, n, c);
         // SAFETY: q, k, v are n × d blocks inside qkv; p is this task's n × n buffer and the
@@ -353,11 +358,7 @@ pub fn attention_forward(
                 scale,
             );
             burn_flex::ops::softmax_rows_scaled(p, n, 1.0);
-            let p = Mat {
-                ptr: p.as_ptr(),
-                rs: n as isize,
-                cs: 1,
-            };
+            let p = Mat::rows(p, 0, n);
             matmul(n, d, n, dst.at(hd.o), c as isize, p, rows(hd.v), 1.0);
         }
     };
@@ -399,26 +400,14 @@ pub fn attention_backward(
     let scale = (d as f32).powf(-0.5);
     let mut dqkv = Vec::with_capacity(b * n * c3);
     let dst = Out(dqkv.spare_capacity_mut().as_mut_ptr().cast());
-    let rows = |at: usize| Mat {
-        ptr: qkv.as_ptr().wrapping_add(at),
-        rs: c3 as isize,
-        cs: 1,
-    };
+    let rows = |at: usize| Mat::rows(qkv, at, c3);
     (0..b * heads).into_par_iter().for_each_init(
         || vec![0.0f32; n * n],
         |ds, t| {
             let hd = head(t, heads, n, c);
             let p = &probs[t * n * n..(t + 1) * n * n];
-            let pm = Mat {
-                ptr: p.as_ptr(),
-                rs: n as isize,
-                cs: 1,
-            };
-            let dout = Mat {
-                ptr: grad.as_ptr().wrapping_add(hd.o),
-                rs: c as isize,
-                cs: 1,
-            };
+            let pm = Mat::rows(p, 0, n);
+            let dout = Mat::rows(grad, hd.o, c);
             // SAFETY: all blocks lie inside their buffers; this task alone writes the head's
             // q, k and v columns of `dqkv` for this image.
             unsafe {
@@ -438,16 +427,12 @@ pub fn attention_backward(
             }
             // dS = P ⊙ (dP − rowsum(P ⊙ dP)), with the 1/√d of the scores folded in.
             for (dsr, pr) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
-                let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                let row_dot = dot(dsr, pr);
                 for (x, &pv) in dsr.iter_mut().zip(pr) {
-                    *x = pv * (*x - dot) * scale;
+                    *x = pv * (*x - row_dot) * scale;
                 }
             }
-            let dsm = Mat {
-                ptr: ds.as_ptr(),
-                rs: n as isize,
-                cs: 1,
-            };
+            let dsm = Mat::rows(ds, 0, n);
             unsafe {
                 // dQ = dS·K, dK = dSᵀ·Q
                 matmul(n, d, n, dst.at(hd.q), c3 as isize, dsm, rows(hd.k), 1.0);
@@ -458,6 +443,40 @@ pub fn attention_backward(
     // SAFETY: every element was written: the q, k and v columns of each (image, head).
     unsafe { dqkv.set_len(b * n * c3) };
     dqkv
+}
+
+/// Partial sums a reduction keeps, so it vectorises instead of waiting on one add after another.
+const LANES: usize = 16;
+
+/// Σ a, in [`LANES`] interleaved partial sums.
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Σ a ⊙ b, in [`LANES`] interleaved partial sums.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (ca, cb) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Rows per LayerNorm task: dγ and dβ are summed per block of this many rows, then over the
@@ -492,11 +511,14 @@ pub fn norm_forward(
                 .zip(x.chunks_exact(d))
                 .zip(st.chunks_exact_mut(2))
             {
-                let mean = x.iter().sum::<f32>() / d as f32;
-                let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                let mean = sum(x) / d as f32;
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x - mean;
+                }
+                let var = dot(y, y) / d as f32;
                 let rstd = 1.0 / (var as f64 + eps).sqrt() as f32;
-                for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                    *y = (x - mean) * rstd * g + b;
+                for ((y, &g), &b) in y.iter_mut().zip(gamma).zip(beta) {
+                    *y = *y * rstd * g + b;
                 }
                 st[0] = mean;
                 st[1] = rstd;
@@ -527,25 +549,22 @@ pub fn norm_backward(
         .zip(stats.par_chunks(2 * NORM_ROWS))
         .map(|(((dx, x), dy), st)| {
             let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
-            let mut xhat = vec![0.0f32; d];
+            let (mut xhat, mut g) = (vec![0.0f32; d], vec![0.0f32; d]);
             let rows = dx
                 .chunks_exact_mut(d)
                 .zip(x.chunks_exact(d))
                 .zip(dy.chunks_exact(d));
             for (((dx, x), dy), st) in rows.zip(st.chunks_exact(2)) {
                 let (mean, rstd) = (st[0], st[1]);
-                let (mut a, mut b) = (0.0f32, 0.0f32);
                 for j in 0..d {
                     xhat[j] = (x[j] - mean) * rstd;
-                    let g = dy[j] * gamma[j];
-                    a += g;
-                    b += g * xhat[j];
+                    g[j] = dy[j] * gamma[j];
                     dgamma[j] += dy[j] * xhat[j];
                     dbeta[j] += dy[j];
                 }
-                let (a, b) = (a / d as f32, b / d as f32);
+                let (a, b) = (sum(&g) / d as f32, dot(&g, &xhat) / d as f32);
                 for j in 0..d {
-                    dx[j] = (dy[j] * gamma[j] - a - xhat[j] * b) * rstd;
+                    dx[j] = (g[j] - a - xhat[j] * b) * rstd;
                 }
             }
             (dgamma, dbeta)
