@@ -582,25 +582,15 @@ pub fn norm_backward(
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::activation::softmax;
     use burn::tensor::{Device, Tensor, TensorData};
 
     use super::{applies, layer_norm, qkv_attention};
+    use crate::model::layers::{Ctx, attend_ops};
     use crate::rng::Rng;
 
-    /// The op-by-op attention the fused one replaces (`layers::Attention::attend` on other
-    /// backends), differentiated by burn's autodiff.
+    /// The op-by-op attention the fused one replaces, differentiated by burn's autodiff.
     fn reference(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
-        let [b, n, c3] = qkv.dims();
-        let (c, d) = (c3 / 3, c3 / 3 / heads);
-        let qkv = qkv.reshape([b, n, 3, heads, d]).permute([2, 0, 3, 1, 4]);
-        let part =
-            |i: usize| -> Tensor<4> { qkv.clone().narrow(0, i, 1).reshape([b, heads, n, d]) };
-        let scores = part(0).matmul(part(1).swap_dims(2, 3)) * (d as f64).powf(-0.5);
-        softmax(scores, 3)
-            .matmul(part(2))
-            .swap_dims(1, 2)
-            .reshape([b, n, c])
+        attend_ops(qkv, heads, 0.0, &Ctx::eval())
     }
 
     fn random(shape: [usize; 3], seed: u64, device: &Device) -> Tensor<3> {

@@ -236,33 +236,40 @@ impl Attention {
     }
 
     /// Multi-head attention of the fused `[b, n, 3c]` projections, heads merged: `[b, n, c]`.
+    /// On flex in f32 (without attention dropout) it is one fused kernel, else op by op.
     pub fn attend(&self, qkv: Tensor<3>, ctx: &Ctx) -> Tensor<3> {
-        let [b, n, c3] = qkv.dims();
-        let c = c3 / 3;
-        let h = self.num_heads;
-        let d = c / h;
-        let p = ctx.precision;
         let attn_dropout = ctx.train && self.attn_drop > 0.0;
-        if p == Precision::F32 && !attn_dropout && fused::applies(&qkv) {
-            return fused::qkv_attention(qkv, h);
+        if ctx.precision == Precision::F32 && !attn_dropout && fused::applies(&qkv) {
+            return fused::qkv_attention(qkv, self.num_heads);
         }
-        // [b, n, 3c] -> [3, b, h, n, d]
-        let qkv = down(qkv, p)
-            .reshape([b, n, 3, h, d])
-            .permute([2, 0, 3, 1, 4]);
-        let q: Tensor<4> = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, d]);
-        let k: Tensor<4> = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, d]);
-        let v: Tensor<4> = qkv.narrow(0, 2, 1).reshape([b, h, n, d]);
-        let out = if attn_dropout {
-            // Dropout on the attention matrix needs it materialised.
-            let scale = (d as f64).powf(-0.5);
-            let attn = softmax(up(q.matmul(k.swap_dims(2, 3)), p) * scale, 3);
-            down(dropout(attn, self.attn_drop, ctx), p).matmul(v)
-        } else {
-            attention(q, k, v, None, None, AttentionModuleOptions::default())
-        };
-        up(out, p).swap_dims(1, 2).reshape([b, n, c])
+        attend_ops(qkv, self.num_heads, self.attn_drop, ctx)
     }
+}
+
+/// [`Attention::attend`] op by op, in `ctx.precision`, with dropout `attn_drop` on the
+/// attention matrix in training: the form GPU backends and half precision run, and the
+/// reference the fused kernel is tested against.
+pub fn attend_ops(qkv: Tensor<3>, heads: usize, attn_drop: f64, ctx: &Ctx) -> Tensor<3> {
+    let [b, n, c3] = qkv.dims();
+    let c = c3 / 3;
+    let (h, d) = (heads, c / heads);
+    let p = ctx.precision;
+    // [b, n, 3c] -> [3, b, h, n, d]
+    let qkv = down(qkv, p)
+        .reshape([b, n, 3, h, d])
+        .permute([2, 0, 3, 1, 4]);
+    let q: Tensor<4> = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, d]);
+    let k: Tensor<4> = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, d]);
+    let v: Tensor<4> = qkv.narrow(0, 2, 1).reshape([b, h, n, d]);
+    let out = if ctx.train && attn_drop > 0.0 {
+        // Dropout on the attention matrix needs it materialised.
+        let scale = (d as f64).powf(-0.5);
+        let attn = softmax(up(q.matmul(k.swap_dims(2, 3)), p) * scale, 3);
+        down(dropout(attn, attn_drop, ctx), p).matmul(v)
+    } else {
+        attention(q, k, v, None, None, AttentionModuleOptions::default())
+    };
+    up(out, p).swap_dims(1, 2).reshape([b, n, c])
 }
 
 /// timm's `Mlp`: fc1 → GELU → dropout → fc2 → dropout.
