@@ -89,7 +89,7 @@ pub fn set_threads(threads: usize) {
 #[cfg(test)]
 mod tests {
     use burn::tensor::activation::gelu;
-    use burn::tensor::{Tensor, TensorData};
+    use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
     use crate::rng::Rng;
 
@@ -194,6 +194,53 @@ mod tests {
                 .flat_map(|r| (start..start + width).map(move |c| (r * cols + c) as f32))
                 .collect();
             assert_eq!(got, want, "{rows}×{cols}");
+        }
+    }
+
+    /// Selecting columns of a 2-D tensor and adding into selected columns (SparseLoRA's sliced
+    /// weights and scattered q/k/v) check their indices once and run row blocks on the pool
+    /// (vendor/README.md): every value must be the one a plain loop gives, repeated indices
+    /// accumulating in index order, below and above the parallel threshold.
+    #[test]
+    fn column_gathers_and_scatter_adds_equal_plain_loops() {
+        let device = burn::tensor::Device::flex();
+        for (rows, cols) in [(5, 9), (8000, 48)] {
+            let mut rng = Rng::seed(4);
+            let v: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
+            let idx: Vec<usize> = vec![cols - 1, 2, 0, 2, 5];
+            let k = idx.len();
+            let x: Tensor<2> = Tensor::from_data(TensorData::new(v.clone(), [rows, cols]), &device);
+            let ids: Tensor<1, Int> = Tensor::from_data(
+                TensorData::new(idx.iter().map(|&i| i as i64).collect::<Vec<_>>(), [k]),
+                &device,
+            );
+            let got: Vec<f32> = x
+                .clone()
+                .select(1, ids.clone())
+                .into_data()
+                .try_to_vec()
+                .unwrap();
+            let want: Vec<f32> = (0..rows)
+                .flat_map(|r| idx.iter().map(|&c| v[r * cols + c]).collect::<Vec<_>>())
+                .collect();
+            assert_eq!(got, want, "gather, {rows}×{cols}");
+
+            let add: Vec<f32> = (0..rows * k).map(|_| rng.normal() as f32).collect();
+            let vals: Tensor<2> =
+                Tensor::from_data(TensorData::new(add.clone(), [rows, k]), &device);
+            let got: Vec<f32> = x
+                .select_assign(1, ids, vals, IndexingUpdateOp::Add)
+                .into_data()
+                .try_to_vec()
+                .unwrap();
+            let mut want = v.clone();
+            for r in 0..rows {
+                for (j, &c) in idx.iter().enumerate() {
+                    want[r * cols + c] += add[r * k + j];
+                }
+            }
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "scatter-add, {rows}×{cols}");
         }
     }
 

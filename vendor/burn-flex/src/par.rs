@@ -130,3 +130,23 @@ pub(crate) fn map2<S: Copy + Sync, R: Send>(
     // SAFETY: as in `map`.
     unsafe { filled_vec(l.len(), fill) }
 }
+
+/// `f(first_row, rows)` on chunks of whole `row_len`-long rows of `dst`, in parallel when
+/// `dst` is large; `first_row` is the index of the chunk's first row in `dst`.
+#[inline]
+pub(crate) fn for_each_rows_at<E: Send>(
+    dst: &mut [E],
+    row_len: usize,
+    f: impl Fn(usize, &mut [E]) + Send + Sync,
+) {
+    #[cfg(feature = "rayon")]
+    if dst.len() >= PAR_MIN && row_len > 0 {
+        use rayon::prelude::*;
+        let rows = (CHUNK / row_len).max(1);
+        dst.par_chunks_mut(rows * row_len)
+            .enumerate()
+            .for_each(|(i, c)| f(i * rows, c));
+        return;
+    }
+    f(0, dst)
+}

@@ -883,46 +883,21 @@ fn select_2d<E: Element + Pod + Default + Copy + Send + Sync>(
         result
     } else {
         // dim == 1: gather individual elements per row (not contiguous).
-        // Zero-init is fine here since the inner loop is per-element anyway.
+        // vitrs patch: the indices are checked once, and the rows are split over the pool
+        // (each output row is written by one task, so the result does not depend on it).
+        let cols: Vec<usize> = indices_data
+            .iter()
+            .map(|&idx| checked_index(idx, dim_size))
+            .collect();
         let mut result = vec![E::default(); output_size];
-
-        #[cfg(feature = "rayon")]
-        if output_size * size_of::<E>() >= PARALLEL_THRESHOLD_BYTES {
-            let rows_per_chunk = (MIN_ELEMS_PER_TASK / output_cols).max(1);
-            let elems_per_chunk = rows_per_chunk * output_cols;
-            result.par_chunks_mut(elems_per_chunk).enumerate().for_each(
-                |(chunk_idx, dst_chunk)| {
-                    let start_row = chunk_idx * rows_per_chunk;
-                    let chunk_rows = dst_chunk.len() / output_cols;
-                    for r in 0..chunk_rows {
-                        let row = start_row + r;
-                        let dst_base = r * output_cols;
-                        for (j, &idx) in indices_data.iter().enumerate() {
-                            let src_col = checked_index(idx, dim_size);
-                            dst_chunk[dst_base + j] = tensor_data[row * tensor_cols + src_col];
-                        }
-                    }
-                },
-            );
-        } else {
-            for row in 0..output_rows {
-                for (j, &idx) in indices_data.iter().enumerate() {
-                    let src_col = checked_index(idx, dim_size);
-                    result[row * output_cols + j] = tensor_data[row * tensor_cols + src_col];
+        crate::par::for_each_rows_at(&mut result, output_cols, |first, dst| {
+            for (r, dst_row) in dst.chunks_exact_mut(output_cols).enumerate() {
+                let src_row = &tensor_data[(first + r) * tensor_cols..][..tensor_cols];
+                for (d, &c) in dst_row.iter_mut().zip(&cols) {
+                    *d = src_row[c];
                 }
             }
-        }
-
-        #[cfg(not(feature = "rayon"))]
-        {
-            for row in 0..output_rows {
-                for (j, &idx) in indices_data.iter().enumerate() {
-                    let src_col = checked_index(idx, dim_size);
-                    result[row * output_cols + j] = tensor_data[row * tensor_cols + src_col];
-                }
-            }
-        }
-
+        });
         result
     }
 }
@@ -1036,7 +1011,7 @@ fn select_update<E, F>(
 ) -> FlexTensor
 where
     E: Element + Pod + Default + Copy + Send + Sync,
-    F: Fn(&mut E, E) + Copy,
+    F: Fn(&mut E, E) + Copy + Send + Sync,
 {
     let indices = indices.to_contiguous();
     let value = value.to_contiguous();
@@ -1170,7 +1145,7 @@ where
 /// Optimized 2D select update.
 #[inline]
 #[allow(clippy::too_many_arguments)]
-fn select_update_2d<E: Copy, F: Fn(&mut E, E)>(
+fn select_update_2d<E: Copy + Send + Sync, F: Fn(&mut E, E) + Send + Sync>(
     result: &mut [E],
     indices_data: &[isize],
     value_data: &[E],
@@ -1191,15 +1166,20 @@ fn select_update_2d<E: Copy, F: Fn(&mut E, E)>(
             }
         }
     } else {
-        for row in 0..tensor_rows {
-            for (j, &idx) in indices_data.iter().enumerate() {
-                let dst_col = checked_index(idx, dim_size);
-                update(
-                    &mut result[row * tensor_cols + dst_col],
-                    value_data[row * num_indices + j],
-                );
+        // vitrs patch: indices checked once, rows split over the pool. Each row is updated by
+        // one task in index order, so repeated indices accumulate exactly as serially.
+        let cols: Vec<usize> = indices_data
+            .iter()
+            .map(|&idx| checked_index(idx, dim_size))
+            .collect();
+        crate::par::for_each_rows_at(result, tensor_cols, |first, dst| {
+            for (r, dst_row) in dst.chunks_exact_mut(tensor_cols).enumerate() {
+                let src_row = &value_data[(first + r) * num_indices..][..num_indices];
+                for (&c, &v) in cols.iter().zip(src_row) {
+                    update(&mut dst_row[c], v);
+                }
             }
-        }
+        });
     }
 }
 
