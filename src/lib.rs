@@ -29,5 +29,6 @@ pub mod error;
 pub mod model;
 pub mod report;
 pub mod rng;
+mod simd;
 pub mod train;
 pub mod util;
