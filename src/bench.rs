@@ -88,6 +88,11 @@ pub struct BenchResult {
     pub params: usize,
     pub batch: usize,
     pub train_img_s: Option<f64>,
+    /// With --adapter sparselora: the same model's step with sparsity off (plain LoRA), its
+    /// steps alternated with the sparse ones in this process, so that both see the same
+    /// machine state and the ratio `train_img_s / lora_train_img_s` is a paired measurement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_train_img_s: Option<f64>,
     pub infer_img_s: Option<f64>,
     pub train_tflops: Option<f64>,
     pub peak_rss_mb: Option<f64>,
@@ -103,18 +108,29 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn timed(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    timed_alternating(warmup, reps, 1, |_| f())[0]
+}
+
+/// Median seconds of `f(v)` for each of `variants` kinds of call, the kinds interleaved
+/// (0, 1, …, 0, 1, …) so that drifts of the machine's speed hit all of them alike.
+fn timed_alternating(
+    warmup: usize,
+    reps: usize,
+    variants: usize,
+    mut f: impl FnMut(usize),
+) -> Vec<f64> {
     for _ in 0..warmup {
-        f();
+        (0..variants).for_each(&mut f);
     }
-    median(
-        (0..reps.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
+    let mut times = vec![Vec::new(); variants];
+    for _ in 0..reps.max(1) {
+        for (v, t) in times.iter_mut().enumerate() {
+            let start = Instant::now();
+            f(v);
+            t.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.into_iter().map(median).collect()
 }
 
 /// Forward FLOPs per image, counted like the PyTorch yardstick.
@@ -206,6 +222,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
     let wants = |w: &str| a.what.iter().any(|x| x == w);
     let mut train_img_s = None;
     let mut train_tflops = None;
+    let mut lora_train_img_s = None;
     if wants("train") {
         let trainable: Vec<(String, usize)> = named_params(&model)
             .into_iter()
@@ -230,11 +247,14 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
         } else {
             1.0
         });
-        let t = timed(a.warmup, a.steps, || {
+        // Variant 0 is the configured step; with SparseLoRA, variant 1 is the same step with
+        // sparsity off (LoRA).
+        let variants = if sparse.is_some() { 2 } else { 1 };
+        let t = timed_alternating(a.warmup, a.steps, variants, |v| {
             // forward + label-smoothed CE + backward + clip(1.0) + AdamW, as the yardstick
             // (with its GradScaler under fp16).
             let ctx = Ctx::train(0, &[step])
-                .with_sparse(sparse.clone())
+                .with_sparse(if v == 0 { sparse.clone() } else { None })
                 .with_precision(a.precision, scaler.scale);
             let out = train_step(&model, &batch, &ad, &ctx);
             let norm = global_grad_norm(&out.grads);
@@ -244,6 +264,8 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
             }
             step += 1;
         });
+        lora_train_img_s = t.get(1).map(|t| a.batch as f64 / t);
+        let t = t[0];
         train_img_s = Some(a.batch as f64 / t);
         train_tflops = Some(3.0 * forward_flops(a) * a.batch as f64 / t / 1e12);
     }
@@ -288,6 +310,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
         params,
         batch: a.batch,
         train_img_s,
+        lora_train_img_s,
         infer_img_s,
         train_tflops,
         peak_rss_mb: crate::util::peak_rss_mb(),
