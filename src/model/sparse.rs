@@ -756,6 +756,8 @@ fn with_dense_prefix(
 
 /// For the patch rows (after the `prefix` dense rows): `x·W[:, kept] + b[kept]` scattered
 /// back to all of W's columns (skipped ones 0); the prefix rows and the adapter dense.
+/// (The adapter runs in f32 here, as all of the sparse path: config refuses SparseLoRA with
+/// half precision.)
 pub fn forward_out_sparse(
     lin: &Linear,
     x: Tensor<3>,
@@ -767,13 +769,11 @@ pub fn forward_out_sparse(
     let device = x.device();
     let d_out = lin.d_out();
     let idx = keep.kept_index(&device);
-    let w = lin.weight.val();
-    let bias = lin.bias.as_ref().map(|b| b.val());
     let rows = x.clone().reshape([b * n, d_in]);
     let kept = linear(
         rows.clone(),
-        w.clone().select(1, idx.clone()),
-        bias.clone().map(|b| b.select(0, idx.clone())),
+        lin.weight.val().select(1, idx.clone()),
+        lin.bias.as_ref().map(|b| b.val().select(0, idx.clone())),
     );
     // The kept columns are added into the adapter's (dense) output, or into zeros without
     // one: one scatter, no separate sum. 2-D: burn-flex scatters (and gathers, in backward)
