@@ -242,6 +242,18 @@ mod tests {
             let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "scatter-add, {rows}×{cols}");
         }
+        // No index at all: an empty selection, and a scatter that changes nothing.
+        let x: Tensor<2> = Tensor::ones([4, 3], &device);
+        let none: Tensor<1, Int> =
+            Tensor::from_data(TensorData::new(Vec::<i64>::new(), [0]), &device);
+        assert_eq!(x.clone().select(1, none.clone()).dims(), [4, 0]);
+        let empty: Tensor<2> = Tensor::zeros([4, 0], &device);
+        let same: Vec<f32> = x
+            .select_assign(1, none, empty, IndexingUpdateOp::Add)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        assert_eq!(same, vec![1.0; 12]);
     }
 
     /// A sum over the leading dimension (every bias gradient) runs on the rayon pool with the

@@ -890,6 +890,9 @@ fn select_2d<E: Element + Pod + Default + Copy + Send + Sync>(
             .map(|&idx| checked_index(idx, dim_size))
             .collect();
         let mut result = vec![E::default(); output_size];
+        if output_size == 0 {
+            return result;
+        }
         crate::par::for_each_rows_at(&mut result, output_cols, |first, dst| {
             for (r, dst_row) in dst.chunks_exact_mut(output_cols).enumerate() {
                 let src_row = &tensor_data[(first + r) * tensor_cols..][..tensor_cols];
@@ -1172,6 +1175,9 @@ fn select_update_2d<E: Copy + Send + Sync, F: Fn(&mut E, E) + Send + Sync>(
             .iter()
             .map(|&idx| checked_index(idx, dim_size))
             .collect();
+        if result.is_empty() || cols.is_empty() {
+            return;
+        }
         crate::par::for_each_rows_at(result, tensor_cols, |first, dst| {
             for (r, dst_row) in dst.chunks_exact_mut(tensor_cols).enumerate() {
                 let src_row = &value_data[(first + r) * num_indices..][..num_indices];
