@@ -132,15 +132,19 @@ pub(crate) fn map2<S: Copy + Sync, R: Send>(
 }
 
 /// `f(first_row, rows)` on chunks of whole `row_len`-long rows of `dst`, in parallel when
-/// `dst` is large; `first_row` is the index of the chunk's first row in `dst`.
+/// `dst` is large; `first_row` is the index of the chunk's first row in `dst`. Rows of
+/// length 0 hold nothing, so `f` is not called for them (`f` may cut its chunk into rows).
 #[inline]
 pub(crate) fn for_each_rows_at<E: Send>(
     dst: &mut [E],
     row_len: usize,
     f: impl Fn(usize, &mut [E]) + Send + Sync,
 ) {
+    if row_len == 0 {
+        return;
+    }
     #[cfg(feature = "rayon")]
-    if dst.len() >= PAR_MIN && row_len > 0 {
+    if dst.len() >= PAR_MIN {
         use rayon::prelude::*;
         let rows = (CHUNK / row_len).max(1);
         dst.par_chunks_mut(rows * row_len)

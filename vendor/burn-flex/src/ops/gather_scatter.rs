@@ -153,6 +153,11 @@ fn checked_index(raw: isize, dim_size: usize) -> usize {
     raw as usize
 }
 
+/// vitrs patch: every index checked once, up front, for loops that then index freely.
+fn checked_indices(raw: &[isize], dim_size: usize) -> Vec<usize> {
+    raw.iter().map(|&i| checked_index(i, dim_size)).collect()
+}
+
 /// Gather values from tensor along a dimension using indices.
 ///
 /// For a 2D tensor with dim=1:
@@ -885,14 +890,8 @@ fn select_2d<E: Element + Pod + Default + Copy + Send + Sync>(
         // dim == 1: gather individual elements per row (not contiguous).
         // vitrs patch: the indices are checked once, and the rows are split over the pool
         // (each output row is written by one task, so the result does not depend on it).
-        let cols: Vec<usize> = indices_data
-            .iter()
-            .map(|&idx| checked_index(idx, dim_size))
-            .collect();
+        let cols = checked_indices(indices_data, dim_size);
         let mut result = vec![E::default(); output_size];
-        if output_size == 0 {
-            return result;
-        }
         crate::par::for_each_rows_at(&mut result, output_cols, |first, dst| {
             for (r, dst_row) in dst.chunks_exact_mut(output_cols).enumerate() {
                 let src_row = &tensor_data[(first + r) * tensor_cols..][..tensor_cols];
@@ -1171,13 +1170,7 @@ fn select_update_2d<E: Copy + Send + Sync, F: Fn(&mut E, E) + Send + Sync>(
     } else {
         // vitrs patch: indices checked once, rows split over the pool. Each row is updated by
         // one task in index order, so repeated indices accumulate exactly as serially.
-        let cols: Vec<usize> = indices_data
-            .iter()
-            .map(|&idx| checked_index(idx, dim_size))
-            .collect();
-        if result.is_empty() || cols.is_empty() {
-            return;
-        }
+        let cols = checked_indices(indices_data, dim_size);
         crate::par::for_each_rows_at(result, tensor_cols, |first, dst| {
             for (r, dst_row) in dst.chunks_exact_mut(tensor_cols).enumerate() {
                 let src_row = &value_data[(first + r) * num_indices..][..num_indices];
