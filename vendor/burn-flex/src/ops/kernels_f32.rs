@@ -60,7 +60,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 
 /// GELU(x) = x·Φ(x) = ½·x·(1 + erf(x/√2)).
 #[inline(always)]
-pub(crate) fn gelu_f32(x: f32) -> f32 {
+pub fn gelu_f32(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_f32(x * core::f32::consts::FRAC_1_SQRT_2))
 }
 

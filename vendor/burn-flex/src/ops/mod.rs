@@ -107,7 +107,8 @@ pub mod flip;
 mod float;
 pub mod gather_scatter;
 mod kernels_f32; // vitrs patch
-pub use kernels_f32::softmax_rows_scaled; // vitrs patch: for vitrs' fused training attention
+// vitrs patch: for vitrs' fused training attention and SparseLoRA's estimator.
+pub use kernels_f32::{gelu_f32, softmax_rows_scaled};
 pub mod grid_sample;
 mod int;
 pub mod interpolate;
