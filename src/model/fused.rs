@@ -200,7 +200,7 @@ pub fn layer_norm<const D: usize>(
 }
 
 /// The values of a flex f32 tensor in row-major order (copied only when it is not dense).
-fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
+pub(crate) fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => Cow::Borrowed(s),
         None => Cow::Owned(t.to_contiguous().as_slice::<f32>().unwrap().to_vec()),
@@ -213,7 +213,7 @@ fn parts(t: &FlexTensor) -> ([usize; 3], Cow<'_, [f32]>) {
     ([dims[0], dims[1], dims[2]], values(t))
 }
 
-fn flex_tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+pub(crate) fn flex_tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
@@ -233,7 +233,7 @@ impl Out {
 
 /// A strided matrix: `ptr[i * rs + j * cs]` is element (i, j).
 #[derive(Clone, Copy)]
-struct Mat {
+pub(crate) struct Mat {
     ptr: *const f32,
     rs: isize,
     cs: isize,
@@ -241,7 +241,7 @@ struct Mat {
 
 impl Mat {
     /// Row-major rows of `buf` from element `at`, `stride` apart.
-    fn rows(buf: &[f32], at: usize, stride: usize) -> Mat {
+    pub(crate) fn rows(buf: &[f32], at: usize, stride: usize) -> Mat {
         Mat {
             ptr: buf.as_ptr().wrapping_add(at),
             rs: stride as isize,
@@ -249,7 +249,7 @@ impl Mat {
         }
     }
 
-    fn t(self) -> Mat {
+    pub(crate) fn t(self) -> Mat {
         Mat {
             ptr: self.ptr,
             rs: self.cs,
@@ -258,7 +258,7 @@ impl Mat {
     }
 }
 
-/// dst (m × n, row stride `dst_rs`) = beta · lhs (m × k) · rhs (k × n).
+/// dst (m × n, row stride `dst_rs`) = beta · lhs (m × k) · rhs (k × n), on this thread.
 ///
 /// # Safety
 /// The matrices must lie inside their buffers, and no other thread may touch dst's elements.
@@ -274,6 +274,40 @@ unsafe fn matmul(
     beta: f32,
 ) {
     unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            dst,
+            dst_rs,
+            lhs,
+            rhs,
+            beta,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// dst (m × n, row stride `dst_rs`) = [dst +] beta · lhs (m × k) · rhs (k × n), adding to
+/// dst's values when `accumulate`, on `par`'s threads.
+///
+/// # Safety
+/// As [`matmul`]; with `accumulate`, dst's elements must be initialised.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    lhs: Mat,
+    rhs: Mat,
+    beta: f32,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
+    unsafe {
         gemm::gemm(
             m,
             n,
@@ -281,19 +315,19 @@ unsafe fn matmul(
             dst,
             1,
             dst_rs,
-            false,
+            accumulate,
             lhs.ptr,
             lhs.cs,
             lhs.rs,
             rhs.ptr,
             rhs.cs,
             rhs.rs,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             beta,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         );
     }
 }

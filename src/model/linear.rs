@@ -95,7 +95,9 @@ impl Linear {
     }
 
     /// `scaling·dropout(x)·A·B`: the adapter's contribution, the low-rank branch kept
-    /// low-rank (never the `[in, out]` product) so it costs `r·(in + out)` per token.
+    /// low-rank (never the `[in, out]` product) so it costs `r·(in + out)` per token. The
+    /// scaling multiplies the rank-r `x·A`, not the `[tokens, out]` result: a pass over r
+    /// values per token instead of `out`, forward and backward.
     pub fn adapter_delta<const D: usize>(
         &self,
         x: Tensor<D>,
@@ -104,6 +106,10 @@ impl Linear {
         ctx: &Ctx,
     ) -> Tensor<D> {
         let x = dropout(x, self.lora_dropout, ctx);
-        linear(linear(x, a.clone(), None), b.clone(), None) * self.lora_scaling
+        linear(
+            linear(x, a.clone(), None) * self.lora_scaling,
+            b.clone(),
+            None,
+        )
     }
 }

@@ -13,6 +13,7 @@ pub mod params;
 pub mod precision;
 pub mod pretrained;
 pub mod resnet;
+pub mod sliced;
 pub mod sparse;
 pub mod vit;
 

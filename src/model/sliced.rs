@@ -1,0 +1,967 @@
+//! SparseLoRA's sliced frozen linears as flex kernels with their own backward pass, the
+//! dense prefix (class token) rows handled inside.
+//!
+//! A sparse block multiplies the patch rows by a frozen weight cut to the kept channels but
+//! the prefix rows by all of it. As burn ops that is the sliced product over every row, a
+//! dense product of the prefix rows (`narrow`) and a splice (`slice_assign`). The splice
+//! copies the output, and in backward each `narrow` turns into a zero-filled gradient of the
+//! whole input added into the sliced product's: three passes over a full activation per
+//! splice, ≈ 8% of a step with attention sparse (BENCHMARKS.md). Here the prefix rows'
+//! missing channels are a small extra product, forward and backward, added into the rows in
+//! place, and the input gradient is written once.
+//!
+//! The weights are frozen (SparseLoRA slices only the frozen base): no weight gradient is
+//! computed, and the ops refuse a weight that requires one. Like [`super::fused`], these are
+//! flex and autodiff-over-flex backend extensions; other backends keep the op-by-op forms
+//! in `sparse`.
+
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::ops::{ActivationOps, FloatTensorOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::Tensor;
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use super::fused::{Mat, flex_tensor, gemm_raw, values};
+
+/// The channels a sliced linear keeps on the patch rows, and where the dense rows are: the
+/// first `prefix` of every `seq` rows (each image's class and distillation tokens).
+#[derive(Clone, Debug)]
+pub struct Slicing {
+    pub kept: Arc<[usize]>,
+    pub skipped: Arc<[usize]>,
+    pub prefix: usize,
+    pub seq: usize,
+}
+
+impl Slicing {
+    /// The dense rows among `rows` token rows.
+    fn prefix_rows(&self, rows: usize) -> Vec<usize> {
+        let (seq, prefix) = (self.seq, self.prefix);
+        (0..rows / seq)
+            .flat_map(|i| (0..prefix).map(move |j| i * seq + j))
+            .collect()
+    }
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait SlicedLinear: Backend {
+    /// `into + x·W + b` with W's output columns cut to `s.kept` on the patch rows (their
+    /// skipped columns keep `into`'s values) and whole on the prefix rows. x `[r, in]`,
+    /// into `[r, out]`, W `[in, out]` frozen.
+    fn linear_kept_outputs(
+        x: FloatTensor<Self>,
+        into: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        s: Slicing,
+    ) -> FloatTensor<Self>;
+
+    /// `x·W + b` with W's input rows (x's columns) cut to `s.kept` on the patch rows and
+    /// whole on the prefix rows. x `[r, in]`, W `[in, out]` frozen.
+    fn linear_kept_inputs(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        s: Slicing,
+    ) -> FloatTensor<Self>;
+
+    /// The MLP `GELU(x·W₁ + b₁)·W₂ + b₂` with its hidden channels cut to `s.kept` on the
+    /// patch rows (W₁'s columns, W₂'s rows) and whole on the prefix rows; frozen weights, no
+    /// adapters. x `[r, d]`, W₁ `[d, m]`, W₂ `[m, d]`.
+    fn mlp_kept_hidden(
+        x: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        b1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        b2: FloatTensor<Self>,
+        s: Slicing,
+    ) -> FloatTensor<Self>;
+}
+
+/// The frozen weight cut to the kept and to the skipped channels, kept for the backward.
+struct Cuts {
+    kept: Vec<f32>,
+    skipped: Vec<f32>,
+}
+
+fn dims2(t: &FlexTensor) -> [usize; 2] {
+    let d = t.layout().shape();
+    assert_eq!(d.len(), 2, "sliced linear: 2-D tensors expected, got {d:?}");
+    [d[0], d[1]]
+}
+
+/// `into` as a tensor whose whole buffer is its values, to write in place: copied only when
+/// strided or a view (`to_contiguous`), or later by `storage_mut` when shared.
+fn writable(into: FlexTensor) -> FlexTensor {
+    // `into` is dropped on return, so an unshared buffer stays unshared.
+    into.to_contiguous()
+}
+
+fn kept_outputs(
+    x: &FlexTensor,
+    into: FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    s: &Slicing,
+) -> (FlexTensor, Cuts) {
+    let ([r, d_in], [w_in, d_out]) = (dims2(x), dims2(weight));
+    assert_eq!(
+        dims2(&into),
+        [r, d_out],
+        "sliced linear: `into` is not [r, out]"
+    );
+    assert_eq!(d_in, w_in, "sliced linear: x and W disagree");
+    let (x, w) = (values(x), values(weight));
+    let bias = values(bias);
+    let cuts = Cuts {
+        kept: columns(&w, d_out, &s.kept),
+        skipped: columns(&w, d_out, &s.skipped),
+    };
+    let mut y = writable(into);
+    let out = y.storage_mut::<f32>();
+    // Every row, its kept columns.
+    let t = product(
+        Mat::rows(&x, 0, d_in),
+        Mat::rows(&cuts.kept, 0, s.kept.len()),
+        r,
+        d_in,
+        s.kept.len(),
+    );
+    add_columns(out, d_out, &s.kept, &t, &pick(&bias, &s.kept));
+    // The prefix rows, their skipped columns.
+    let rows = s.prefix_rows(r);
+    let xp = pick_rows(&x, d_in, &rows);
+    let k = s.skipped.len();
+    let tp = product(
+        Mat::rows(&xp, 0, d_in),
+        Mat::rows(&cuts.skipped, 0, k),
+        rows.len(),
+        d_in,
+        k,
+    );
+    let bs = pick(&bias, &s.skipped);
+    add_cells(out, d_out, &rows, &s.skipped, &tp, &bs);
+    (y, cuts)
+}
+
+/// The gradient of [`SlicedLinear::linear_kept_outputs`]'s x (`into`'s is `dy` itself).
+fn kept_outputs_dx(dy: &[f32], d_out: usize, d_in: usize, cuts: &Cuts, s: &Slicing) -> Vec<f32> {
+    let r = dy.len() / d_out;
+    let (kk, ks) = (s.kept.len(), s.skipped.len());
+    let dyk = columns(dy, d_out, &s.kept);
+    let mut dx = product(
+        Mat::rows(&dyk, 0, kk),
+        Mat::rows(&cuts.kept, 0, kk).t(),
+        r,
+        kk,
+        d_in,
+    );
+    let rows = s.prefix_rows(r);
+    let dys = cells(dy, d_out, &rows, &s.skipped);
+    let t = product(
+        Mat::rows(&dys, 0, ks),
+        Mat::rows(&cuts.skipped, 0, ks).t(),
+        rows.len(),
+        ks,
+        d_in,
+    );
+    add_rows(&mut dx, d_in, &rows, &t);
+    dx
+}
+
+fn kept_inputs(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    s: &Slicing,
+) -> (FlexTensor, Cuts) {
+    let ([r, d_in], [w_in, d_out]) = (dims2(x), dims2(weight));
+    assert_eq!(d_in, w_in, "sliced linear: x and W disagree");
+    let (x, w) = (values(x), values(weight));
+    let cuts = Cuts {
+        kept: pick_rows(&w, d_out, &s.kept),
+        skipped: pick_rows(&w, d_out, &s.skipped),
+    };
+    let (kk, ks) = (s.kept.len(), s.skipped.len());
+    let mut y = values(bias).repeat(r);
+    let xk = columns(&x, d_in, &s.kept);
+    product_into(
+        &mut y,
+        Mat::rows(&xk, 0, kk),
+        Mat::rows(&cuts.kept, 0, d_out),
+        r,
+        kk,
+        d_out,
+        true,
+    );
+    let rows = s.prefix_rows(r);
+    let xs = cells(&x, d_in, &rows, &s.skipped);
+    let t = product(
+        Mat::rows(&xs, 0, ks),
+        Mat::rows(&cuts.skipped, 0, d_out),
+        rows.len(),
+        ks,
+        d_out,
+    );
+    add_rows(&mut y, d_out, &rows, &t);
+    (flex_tensor(y, [r, d_out]), cuts)
+}
+
+/// The gradient of [`SlicedLinear::linear_kept_inputs`]'s x.
+fn kept_inputs_dx(dy: &[f32], d_out: usize, d_in: usize, cuts: &Cuts, s: &Slicing) -> Vec<f32> {
+    let r = dy.len() / d_out;
+    let (kk, ks) = (s.kept.len(), s.skipped.len());
+    let dyv = Mat::rows(dy, 0, d_out);
+    let t = product(dyv, Mat::rows(&cuts.kept, 0, d_out).t(), r, d_out, kk);
+    let mut dx = if kk == 0 {
+        vec![0.0; r * d_in]
+    } else {
+        spread_columns(&t, d_in, &s.kept)
+    };
+    let rows = s.prefix_rows(r);
+    let dyp = pick_rows(dy, d_out, &rows);
+    let t = product(
+        Mat::rows(&dyp, 0, d_out),
+        Mat::rows(&cuts.skipped, 0, d_out).t(),
+        rows.len(),
+        d_out,
+        ks,
+    );
+    // Those cells of dx are 0 so far: adding is setting.
+    add_cells(&mut dx, d_in, &rows, &s.skipped, &t, &vec![0.0; ks]);
+    dx
+}
+
+/// What the sliced MLP's backward needs: fc1's kept and skipped columns, fc2's kept and
+/// skipped rows, the kept pre-activations of every row and the skipped ones of the prefix
+/// rows.
+#[derive(Debug)]
+struct MlpSaved {
+    fc1: Cuts,
+    fc2: Cuts,
+    h: FlexTensor,
+    h_prefix: Vec<f32>,
+}
+
+fn mlp_forward(
+    x: &FlexTensor,
+    [w1, b1, w2, b2]: [&FlexTensor; 4],
+    s: &Slicing,
+) -> (FlexTensor, MlpSaved) {
+    let ([r, d], [w1_in, m]) = (dims2(x), dims2(w1));
+    assert!(
+        w1_in == d && dims2(w2) == [m, d],
+        "sliced MLP: x, W₁ and W₂ disagree"
+    );
+    let (x, w1, w2) = (values(x), values(w1), values(w2));
+    let (b1, b2) = (values(b1), values(b2));
+    let fc1 = Cuts {
+        kept: columns(&w1, m, &s.kept),
+        skipped: columns(&w1, m, &s.skipped),
+    };
+    let fc2 = Cuts {
+        kept: pick_rows(&w2, d, &s.kept),
+        skipped: pick_rows(&w2, d, &s.skipped),
+    };
+    let (kk, ks) = (s.kept.len(), s.skipped.len());
+    // Every row, the kept hidden channels.
+    let mut h = pick(&b1, &s.kept).repeat(r);
+    product_into(
+        &mut h,
+        Mat::rows(&x, 0, d),
+        Mat::rows(&fc1.kept, 0, kk),
+        r,
+        d,
+        kk,
+        true,
+    );
+    let h = flex_tensor(h, [r, kk]);
+    let g = Flex::gelu(h.clone());
+    let mut y = b2.repeat(r);
+    product_into(
+        &mut y,
+        Mat::rows(&values(&g), 0, kk),
+        Mat::rows(&fc2.kept, 0, d),
+        r,
+        kk,
+        d,
+        true,
+    );
+    // The prefix rows, the skipped hidden channels.
+    let rows = s.prefix_rows(r);
+    let xp = pick_rows(&x, d, &rows);
+    let mut h_prefix = pick(&b1, &s.skipped).repeat(rows.len());
+    let p = rows.len();
+    product_into(
+        &mut h_prefix,
+        Mat::rows(&xp, 0, d),
+        Mat::rows(&fc1.skipped, 0, ks),
+        p,
+        d,
+        ks,
+        true,
+    );
+    let gp = Flex::gelu(flex_tensor(h_prefix.clone(), [p, ks]));
+    let t = product(
+        Mat::rows(&values(&gp), 0, ks),
+        Mat::rows(&fc2.skipped, 0, d),
+        p,
+        ks,
+        d,
+    );
+    add_rows(&mut y, d, &rows, &t);
+    let saved = MlpSaved {
+        fc1,
+        fc2,
+        h,
+        h_prefix,
+    };
+    (flex_tensor(y, [r, d]), saved)
+}
+
+/// The gradient of [`SlicedLinear::mlp_kept_hidden`]'s x.
+fn mlp_backward(dy: &[f32], d: usize, saved: &MlpSaved, s: &Slicing) -> Vec<f32> {
+    let r = dy.len() / d;
+    let (kk, ks) = (s.kept.len(), s.skipped.len());
+    let dg = product(
+        Mat::rows(dy, 0, d),
+        Mat::rows(&saved.fc2.kept, 0, d).t(),
+        r,
+        d,
+        kk,
+    );
+    let dh = Flex::gelu_backward(saved.h.clone(), flex_tensor(dg, [r, kk]));
+    let mut dx = product(
+        Mat::rows(&values(&dh), 0, kk),
+        Mat::rows(&saved.fc1.kept, 0, kk).t(),
+        r,
+        kk,
+        d,
+    );
+    let rows = s.prefix_rows(r);
+    let p = rows.len();
+    let dyp = pick_rows(dy, d, &rows);
+    let dgp = product(
+        Mat::rows(&dyp, 0, d),
+        Mat::rows(&saved.fc2.skipped, 0, d).t(),
+        p,
+        d,
+        ks,
+    );
+    let dhp = Flex::gelu_backward(
+        flex_tensor(saved.h_prefix.clone(), [p, ks]),
+        flex_tensor(dgp, [p, ks]),
+    );
+    let t = product(
+        Mat::rows(&values(&dhp), 0, ks),
+        Mat::rows(&saved.fc1.skipped, 0, ks).t(),
+        p,
+        ks,
+        d,
+    );
+    add_rows(&mut dx, d, &rows, &t);
+    dx
+}
+
+impl SlicedLinear for Flex {
+    fn linear_kept_outputs(
+        x: FlexTensor,
+        into: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        s: Slicing,
+    ) -> FlexTensor {
+        kept_outputs(&x, into, &weight, &bias, &s).0
+    }
+
+    fn linear_kept_inputs(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        s: Slicing,
+    ) -> FlexTensor {
+        kept_inputs(&x, &weight, &bias, &s).0
+    }
+
+    fn mlp_kept_hidden(
+        x: FlexTensor,
+        w1: FlexTensor,
+        b1: FlexTensor,
+        w2: FlexTensor,
+        b2: FlexTensor,
+        s: Slicing,
+    ) -> FlexTensor {
+        mlp_forward(&x, [&w1, &b1, &w2, &b2], &s).0
+    }
+}
+
+/// The backward of a sliced linear: the weight cuts, the slicing and x's `[r, in]`.
+#[derive(Debug)]
+struct KeptOutputsBackward;
+
+#[derive(Debug)]
+struct KeptInputsBackward;
+
+type SlicedState = (Arc<Cuts>, Slicing, [usize; 2]);
+
+impl std::fmt::Debug for Cuts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Cuts({} + {} values)",
+            self.kept.len(),
+            self.skipped.len()
+        )
+    }
+}
+
+impl Backward<Flex, 2> for KeptOutputsBackward {
+    type State = SlicedState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, into_node] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (cuts, s, [r, d_in]) = ops.state;
+        if let Some(node) = x_node {
+            let d_out = dims2(&grad)[1];
+            let dx = kept_outputs_dx(&values(&grad), d_out, d_in, &cuts, &s);
+            grads.register::<Flex>(node.id, flex_tensor(dx, [r, d_in]));
+        }
+        if let Some(node) = into_node {
+            grads.register::<Flex>(node.id, grad);
+        }
+    }
+}
+
+impl Backward<Flex, 1> for KeptInputsBackward {
+    type State = SlicedState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (cuts, s, [r, d_in]) = ops.state;
+        if let Some(node) = x_node {
+            let d_out = dims2(&grad)[1];
+            let dx = kept_inputs_dx(&values(&grad), d_out, d_in, &cuts, &s);
+            grads.register::<Flex>(node.id, flex_tensor(dx, [r, d_in]));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MlpKeptHiddenBackward;
+
+impl Backward<Flex, 1> for MlpKeptHiddenBackward {
+    type State = (Arc<MlpSaved>, Slicing);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (saved, s) = ops.state;
+        if let Some(node) = x_node {
+            let [r, d] = dims2(&grad);
+            let dx = mlp_backward(&values(&grad), d, &saved, &s);
+            grads.register::<Flex>(node.id, flex_tensor(dx, [r, d]));
+        }
+    }
+}
+
+/// The ops compute no weight gradient: a weight that wants one is a caller's mistake
+/// ([`frozen`] says when the ops apply).
+fn assert_frozen<C: CheckpointStrategy>(
+    weight: &FloatTensor<Autodiff<Flex, C>>,
+    bias: &FloatTensor<Autodiff<Flex, C>>,
+) {
+    assert!(
+        !Autodiff::<Flex, C>::float_is_require_grad(weight)
+            && !Autodiff::<Flex, C>::float_is_require_grad(bias),
+        "sliced linear: the weights must be frozen"
+    );
+}
+
+impl<C: CheckpointStrategy> SlicedLinear for Autodiff<Flex, C> {
+    fn linear_kept_outputs(
+        x: FloatTensor<Self>,
+        into: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        s: Slicing,
+    ) -> FloatTensor<Self> {
+        assert_frozen::<C>(&weight, &bias);
+        match KeptOutputsBackward
+            .prepare::<C>([x.node(), into.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                let shape = dims2(&x);
+                let (y, cuts) = kept_outputs(
+                    &x,
+                    into.into_primitive(),
+                    weight.primitive(),
+                    bias.primitive(),
+                    &s,
+                );
+                prep.finish((Arc::new(cuts), s, shape), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::linear_kept_outputs(
+                x.into_primitive(),
+                into.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                s,
+            )),
+        }
+    }
+
+    fn linear_kept_inputs(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        s: Slicing,
+    ) -> FloatTensor<Self> {
+        assert_frozen::<C>(&weight, &bias);
+        match KeptInputsBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                let shape = dims2(&x);
+                let (y, cuts) = kept_inputs(&x, weight.primitive(), bias.primitive(), &s);
+                prep.finish((Arc::new(cuts), s, shape), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::linear_kept_inputs(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                s,
+            )),
+        }
+    }
+
+    fn mlp_kept_hidden(
+        x: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        b1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        b2: FloatTensor<Self>,
+        s: Slicing,
+    ) -> FloatTensor<Self> {
+        assert_frozen::<C>(&w1, &b1);
+        assert_frozen::<C>(&w2, &b2);
+        match MlpKeptHiddenBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let weights = [
+                    w1.primitive(),
+                    b1.primitive(),
+                    w2.primitive(),
+                    b2.primitive(),
+                ];
+                let (y, saved) = mlp_forward(x.primitive(), weights, &s);
+                prep.finish((Arc::new(saved), s), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::mlp_kept_hidden(
+                x.into_primitive(),
+                w1.into_primitive(),
+                b1.into_primitive(),
+                w2.into_primitive(),
+                b2.into_primitive(),
+                s,
+            )),
+        }
+    }
+}
+
+/// Whether the sliced ops may run a layer with this weight and bias: f32 on flex, frozen.
+pub fn frozen(weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> bool {
+    super::fused::applies(weight)
+        && !weight.is_require_grad()
+        && !bias.is_some_and(Tensor::is_require_grad)
+}
+
+/// [`SlicedLinear::linear_kept_outputs`] on tensors, no bias meaning zeros. Differentiable in
+/// `x` and `into`.
+pub fn linear_kept_outputs(
+    x: Tensor<2>,
+    into: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    s: Slicing,
+) -> Tensor<2> {
+    let bias = bias.unwrap_or_else(|| zero_bias(&weight));
+    Tensor::from_dispatch(<Dispatch as SlicedLinear>::linear_kept_outputs(
+        x.into_dispatch(),
+        into.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        s,
+    ))
+}
+
+/// [`SlicedLinear::linear_kept_inputs`] on tensors, no bias meaning zeros. Differentiable in
+/// `x`.
+pub fn linear_kept_inputs(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    s: Slicing,
+) -> Tensor<2> {
+    let bias = bias.unwrap_or_else(|| zero_bias(&weight));
+    Tensor::from_dispatch(<Dispatch as SlicedLinear>::linear_kept_inputs(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        s,
+    ))
+}
+
+/// [`SlicedLinear::mlp_kept_hidden`] on tensors, no bias meaning zeros. Differentiable in `x`.
+pub fn mlp_kept_hidden(
+    x: Tensor<2>,
+    [w1, w2]: [Tensor<2>; 2],
+    [b1, b2]: [Option<Tensor<1>>; 2],
+    s: Slicing,
+) -> Tensor<2> {
+    let b1 = b1.unwrap_or_else(|| zero_bias(&w1));
+    let b2 = b2.unwrap_or_else(|| zero_bias(&w2));
+    Tensor::from_dispatch(<Dispatch as SlicedLinear>::mlp_kept_hidden(
+        x.into_dispatch(),
+        w1.into_dispatch(),
+        b1.into_dispatch(),
+        w2.into_dispatch(),
+        b2.into_dispatch(),
+        s,
+    ))
+}
+
+fn zero_bias(weight: &Tensor<2>) -> Tensor<1> {
+    Tensor::zeros([weight.dims()[1]], &weight.device())
+}
+
+/// Rows per task of the row-parallel copies.
+const ROWS: usize = 64;
+
+/// `a` (rows of `width`) cut to the columns `idx`, row-major.
+fn columns(a: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {
+    let k = idx.len();
+    let rows = a.len() / width.max(1);
+    let mut out = Vec::with_capacity(rows * k);
+    if k > 0 {
+        out.spare_capacity_mut()
+            .par_chunks_mut(ROWS * k)
+            .zip(a.par_chunks(ROWS * width))
+            .for_each(|(out, a)| {
+                for (o, a) in out.chunks_exact_mut(k).zip(a.chunks_exact(width)) {
+                    for (o, &c) in o.iter_mut().zip(idx) {
+                        o.write(a[c]);
+                    }
+                }
+            });
+    }
+    // SAFETY: each of the `rows` rows wrote its k values (none when k = 0).
+    unsafe { out.set_len(rows * k) };
+    out
+}
+
+/// `[rows, width]` rows holding `t`'s rows (`[rows, idx.len()]`) in the columns `idx`, 0
+/// elsewhere: written row by row, no separate zero-fill pass.
+fn spread_columns(t: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {
+    let k = idx.len();
+    if k == 0 {
+        return Vec::new();
+    }
+    let rows = t.len() / k;
+    let mut out = Vec::with_capacity(rows * width);
+    out.spare_capacity_mut()
+        .par_chunks_mut(ROWS * width)
+        .zip(t.par_chunks(ROWS * k))
+        .for_each(|(out, t)| {
+            for (o, t) in out.chunks_exact_mut(width).zip(t.chunks_exact(k)) {
+                o.fill(MaybeUninit::new(0.0));
+                for (&c, &t) in idx.iter().zip(t) {
+                    o[c].write(t);
+                }
+            }
+        });
+    // SAFETY: every row was filled, then given its values.
+    unsafe { out.set_len(rows * width) };
+    out
+}
+
+/// `y[:, idx[j]] += t[:, j] + bias[j]`, y rows of `width`, t rows of `idx.len()`.
+fn add_columns(y: &mut [f32], width: usize, idx: &[usize], t: &[f32], bias: &[f32]) {
+    let k = idx.len();
+    if k == 0 {
+        return;
+    }
+    y.par_chunks_mut(ROWS * width)
+        .zip(t.par_chunks(ROWS * k))
+        .for_each(|(y, t)| {
+            for (y, t) in y.chunks_exact_mut(width).zip(t.chunks_exact(k)) {
+                for ((&c, &t), &b) in idx.iter().zip(t).zip(bias) {
+                    y[c] += t + b;
+                }
+            }
+        });
+}
+
+/// The cells (`rows` × `cols`) of `a` (rows of `width`), row-major.
+fn cells(a: &[f32], width: usize, rows: &[usize], cols: &[usize]) -> Vec<f32> {
+    rows.iter()
+        .flat_map(|&row| cols.iter().map(move |&c| a[row * width + c]))
+        .collect()
+}
+
+/// `y[rows[i], cols[j]] += t[i, j] + bias[j]`, y rows of `width`.
+fn add_cells(y: &mut [f32], width: usize, rows: &[usize], cols: &[usize], t: &[f32], bias: &[f32]) {
+    for (&row, t) in rows.iter().zip(t.chunks_exact(cols.len().max(1))) {
+        let y = &mut y[row * width..(row + 1) * width];
+        for ((&c, &t), &b) in cols.iter().zip(t).zip(bias) {
+            y[c] += t + b;
+        }
+    }
+}
+
+/// `y[rows[i]] += t[i]`, rows of `width`.
+fn add_rows(y: &mut [f32], width: usize, rows: &[usize], t: &[f32]) {
+    for (&row, t) in rows.iter().zip(t.chunks_exact(width)) {
+        for (y, t) in y[row * width..(row + 1) * width].iter_mut().zip(t) {
+            *y += t;
+        }
+    }
+}
+
+fn pick(v: &[f32], idx: &[usize]) -> Vec<f32> {
+    idx.iter().map(|&i| v[i]).collect()
+}
+
+/// The rows `idx` of `a` (rows of `width`), row-major.
+fn pick_rows(a: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| &a[i * width..(i + 1) * width])
+        .copied()
+        .collect()
+}
+
+/// `lhs (m × k) · rhs (k × n)`, row-major.
+fn product(lhs: Mat, rhs: Mat, m: usize, k: usize, n: usize) -> Vec<f32> {
+    if k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: without `accumulate` the product writes all m × n elements and reads none.
+    unsafe {
+        product_raw(out.as_mut_ptr(), lhs, rhs, m, k, n, false);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// `dst (m × n) [+]= lhs (m × k) · rhs (k × n)`.
+fn product_into(
+    dst: &mut [f32],
+    lhs: Mat,
+    rhs: Mat,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    assert_eq!(dst.len(), m * n);
+    // SAFETY: dst is an exclusive borrow of m × n initialised elements.
+    unsafe { product_raw(dst.as_mut_ptr(), lhs, rhs, m, k, n, accumulate) }
+}
+
+/// The product on the pool when large (flex's threshold).
+///
+/// # Safety
+/// `dst` holds m × n elements no one else touches (initialised when `accumulate`); the
+/// matrices lie inside their buffers (the callers build them over buffers of these shapes).
+unsafe fn product_raw(
+    dst: *mut f32,
+    lhs: Mat,
+    rhs: Mat,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let par = if m * n * k >= 192 * 192 * 192 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    unsafe { gemm_raw(m, n, k, dst, n as isize, lhs, rhs, 1.0, accumulate, par) }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use burn::tensor::activation::gelu;
+
+    use super::{Slicing, frozen, linear_kept_inputs, linear_kept_outputs, mlp_kept_hidden};
+    use crate::rng::Rng;
+
+    fn random<const D: usize>(shape: [usize; D], rng: &mut Rng, device: &Device) -> Tensor<D> {
+        let v: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| rng.normal() as f32)
+            .collect();
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+
+    /// `[r, width]`: 1 on the prefix rows and on the kept columns, 0 elsewhere.
+    fn mask(s: &Slicing, r: usize, width: usize, device: &Device) -> Tensor<2> {
+        let v: Vec<f32> = (0..r * width)
+            .map(|i| {
+                let (row, c) = (i / width, i % width);
+                (row % s.seq < s.prefix || s.kept.contains(&c)) as u8 as f32
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(v, [r, width]), device)
+    }
+
+    fn slicing(width: usize, keep_every: usize, prefix: usize, seq: usize) -> Slicing {
+        let (kept, skipped): (Vec<usize>, Vec<usize>) =
+            (0..width).partition(|c| c % keep_every != 1);
+        Slicing {
+            kept: kept.into(),
+            skipped: skipped.into(),
+            prefix,
+            seq,
+        }
+    }
+
+    fn max_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
+        let scale: f32 = b.clone().abs().max().into_scalar::<f32>().max(1.0);
+        (a - b).abs().max().into_scalar::<f32>() / scale
+    }
+
+    /// Both ops equal the dense product with the skipped channels of the patch rows zeroed,
+    /// forward and in their input gradients (burn's autodiff of that product), for no, one
+    /// and two prefix rows, every channel kept, and sizes past the pool's thresholds.
+    #[test]
+    fn sliced_linears_equal_the_masked_dense_linear_forward_and_gradients() {
+        let device = Device::flex().autodiff();
+        let mut rng = Rng::seed(3);
+        let cases = [
+            (5, 2, 12, 10, 3, 1),
+            (5, 2, 12, 10, 2, 2),
+            (4, 3, 9, 7, 3, 0),
+            (6, 2, 8, 6, usize::MAX, 1),
+            (130, 2, 192, 384, 3, 1),
+        ];
+        for (seq, images, d_in, d_out, keep_every, prefix) in cases {
+            let r = seq * images;
+            let x = random([r, d_in], &mut rng, &device).require_grad();
+            let into = random([r, d_out], &mut rng, &device).require_grad();
+            let w = random([d_in, d_out], &mut rng, &device);
+            let b = random([d_out], &mut rng, &device);
+            assert!(frozen(&w, Some(&b)));
+            let dy = random([r, d_out], &mut rng, &device);
+            let what = format!("seq {seq}, {d_in}→{d_out}, prefix {prefix}");
+
+            // Kept outputs: into + (x·W + b) ⊙ mask.
+            let s = slicing(d_out, keep_every, prefix, seq);
+            let m = mask(&s, r, d_out, &device);
+            let reference =
+                into.clone() + (x.clone().matmul(w.clone()) + b.clone().unsqueeze()) * m;
+            let fused = linear_kept_outputs(x.clone(), into.clone(), w.clone(), Some(b.clone()), s);
+            let gr = (reference.clone() * dy.clone()).sum().backward();
+            let gf = (fused.clone() * dy.clone()).sum().backward();
+            assert!(max_diff(fused, reference) < 1e-5, "kept outputs, {what}");
+            let (dx_f, dx_r) = (x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
+            assert!(max_diff(dx_f, dx_r) < 1e-5, "kept outputs dx, {what}");
+            let (di_f, di_r) = (into.grad(&gf).unwrap(), into.grad(&gr).unwrap());
+            assert!(max_diff(di_f, di_r) < 1e-6, "kept outputs d(into), {what}");
+
+            // Kept inputs: (x ⊙ mask)·W + b, and no bias.
+            let w = random([d_in, d_out], &mut rng, &device);
+            let s = slicing(d_in, keep_every, prefix, seq);
+            let m = mask(&s, r, d_in, &device);
+            for bias in [Some(b.clone()), None] {
+                let masked = (x.clone() * m.clone()).matmul(w.clone());
+                let reference = match &bias {
+                    Some(b) => masked + b.clone().unsqueeze(),
+                    None => masked,
+                };
+                let fused = linear_kept_inputs(x.clone(), w.clone(), bias, s.clone());
+                let gr = (reference.clone() * dy.clone()).sum().backward();
+                let gf = (fused.clone() * dy.clone()).sum().backward();
+                assert!(max_diff(fused, reference) < 1e-5, "kept inputs, {what}");
+                let (dx_f, dx_r) = (x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
+                assert!(max_diff(dx_f, dx_r) < 1e-5, "kept inputs dx, {what}");
+            }
+        }
+    }
+
+    /// The sliced MLP equals the dense MLP with the skipped hidden channels of the patch rows
+    /// zeroed, forward and in x's gradient, for no, one and two prefix rows.
+    #[test]
+    fn sliced_mlp_equals_the_masked_dense_mlp_forward_and_gradient() {
+        let device = Device::flex().autodiff();
+        let mut rng = Rng::seed(5);
+        for (seq, images, d, m, keep_every, prefix) in [
+            (5, 2, 6, 16, 3, 1),
+            (4, 3, 8, 12, 2, 2),
+            (3, 2, 5, 9, 4, 0),
+            (130, 2, 96, 384, 2, 1),
+        ] {
+            let r = seq * images;
+            let x = random([r, d], &mut rng, &device).require_grad();
+            let (w1, w2) = (
+                random([d, m], &mut rng, &device),
+                random([m, d], &mut rng, &device),
+            );
+            let (b1, b2) = (
+                random([m], &mut rng, &device),
+                random([d], &mut rng, &device),
+            );
+            let s = slicing(m, keep_every, prefix, seq);
+            let hidden = gelu(x.clone().matmul(w1.clone()) + b1.clone().unsqueeze());
+            let reference =
+                (hidden * mask(&s, r, m, &device)).matmul(w2.clone()) + b2.clone().unsqueeze();
+            let fused = mlp_kept_hidden(x.clone(), [w1, w2], [Some(b1), Some(b2)], s);
+            let dy = random([r, d], &mut rng, &device);
+            let gr = (reference.clone() * dy.clone()).sum().backward();
+            let gf = (fused.clone() * dy).sum().backward();
+            let what = format!("seq {seq}, {d}→{m}, prefix {prefix}");
+            assert!(max_diff(fused, reference) < 1e-5, "sliced MLP, {what}");
+            let (dx_f, dx_r) = (x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
+            assert!(max_diff(dx_f, dx_r) < 1e-5, "sliced MLP dx, {what}");
+        }
+    }
+
+    /// A weight that wants a gradient, or a non-flex-f32 one, is left to the op-by-op path.
+    #[test]
+    fn trainable_weights_are_not_sliced_here() {
+        let device = Device::flex().autodiff();
+        let mut rng = Rng::seed(4);
+        let w = random([4, 3], &mut rng, &device);
+        let b = random([3], &mut rng, &device);
+        assert!(frozen(&w, Some(&b)) && frozen(&w, None));
+        assert!(!frozen(&w.clone().require_grad(), Some(&b)));
+        assert!(!frozen(&w, Some(&b.require_grad())));
+        let w64 = w.cast(burn::tensor::DType::F64);
+        assert!(!frozen(&w64, None));
+    }
+}
