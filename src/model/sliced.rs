@@ -815,7 +815,7 @@ unsafe fn product_raw(
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, Tensor, TensorData};
+    use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
     use burn::tensor::activation::gelu;
 
@@ -856,6 +856,23 @@ mod tests {
         (a - b).abs().max().into_scalar::<f32>() / scale
     }
 
+    /// Asserts that `fused` equals `reference` (≤ 1e-5 relative to the largest value, or
+    /// absolute below 1), and so does x's gradient of Σ dy ⊙ output; both gradient sets.
+    fn compare(
+        fused: Tensor<2>,
+        reference: Tensor<2>,
+        x: &Tensor<2>,
+        dy: &Tensor<2>,
+        what: &str,
+    ) -> [Gradients; 2] {
+        let gf = (fused.clone() * dy.clone()).sum().backward();
+        let gr = (reference.clone() * dy.clone()).sum().backward();
+        assert!(max_diff(fused, reference) < 1e-5, "{what}");
+        let (dx_f, dx_r) = (x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
+        assert!(max_diff(dx_f, dx_r) < 1e-5, "{what}: dx");
+        [gf, gr]
+    }
+
     /// Both ops equal the dense product with the skipped channels of the patch rows zeroed,
     /// forward and in their input gradients (burn's autodiff of that product), for no, one
     /// and two prefix rows, every channel kept, and sizes past the pool's thresholds.
@@ -886,11 +903,7 @@ mod tests {
             let reference =
                 into.clone() + (x.clone().matmul(w.clone()) + b.clone().unsqueeze()) * m;
             let fused = linear_kept_outputs(x.clone(), into.clone(), w.clone(), Some(b.clone()), s);
-            let gr = (reference.clone() * dy.clone()).sum().backward();
-            let gf = (fused.clone() * dy.clone()).sum().backward();
-            assert!(max_diff(fused, reference) < 1e-5, "kept outputs, {what}");
-            let (dx_f, dx_r) = (x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
-            assert!(max_diff(dx_f, dx_r) < 1e-5, "kept outputs dx, {what}");
+            let [gf, gr] = compare(fused, reference, &x, &dy, &format!("kept outputs, {what}"));
             let (di_f, di_r) = (into.grad(&gf).unwrap(), into.grad(&gr).unwrap());
             assert!(max_diff(di_f, di_r) < 1e-6, "kept outputs d(into), {what}");
 
@@ -905,11 +918,7 @@ mod tests {
                     None => masked,
                 };
                 let fused = linear_kept_inputs(x.clone(), w.clone(), bias, s.clone());
-                let gr = (reference.clone() * dy.clone()).sum().backward();
-                let gf = (fused.clone() * dy.clone()).sum().backward();
-                assert!(max_diff(fused, reference) < 1e-5, "kept inputs, {what}");
-                let (dx_f, dx_r) = (x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
-                assert!(max_diff(dx_f, dx_r) < 1e-5, "kept inputs dx, {what}");
+                compare(fused, reference, &x, &dy, &format!("kept inputs, {what}"));
             }
         }
     }
@@ -942,12 +951,8 @@ mod tests {
                 (hidden * mask(&s, r, m, &device)).matmul(w2.clone()) + b2.clone().unsqueeze();
             let fused = mlp_kept_hidden(x.clone(), [w1, w2], [Some(b1), Some(b2)], s);
             let dy = random([r, d], &mut rng, &device);
-            let gr = (reference.clone() * dy.clone()).sum().backward();
-            let gf = (fused.clone() * dy).sum().backward();
-            let what = format!("seq {seq}, {d}→{m}, prefix {prefix}");
-            assert!(max_diff(fused, reference) < 1e-5, "sliced MLP, {what}");
-            let (dx_f, dx_r) = (x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
-            assert!(max_diff(dx_f, dx_r) < 1e-5, "sliced MLP dx, {what}");
+            let what = format!("sliced MLP, seq {seq}, {d}→{m}, prefix {prefix}");
+            compare(fused, reference, &x, &dy, &what);
         }
     }
 
