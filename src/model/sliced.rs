@@ -87,10 +87,17 @@ pub trait SlicedLinear: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// The frozen weight cut to the kept and to the skipped channels, kept for the backward.
-struct Cuts {
+/// A frozen weight for one batch: its kept channels cut out contiguously (columns or rows), for
+/// the patch rows' product, and the whole weight (shared, not copied) for the prefix rows'.
+struct Cut {
     kept: Vec<f32>,
-    skipped: Vec<f32>,
+    full: FlexTensor,
+}
+
+impl std::fmt::Debug for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cut({} kept values)", self.kept.len())
+    }
 }
 
 fn dims2(t: &FlexTensor) -> [usize; 2] {
@@ -106,13 +113,22 @@ fn writable(into: FlexTensor) -> FlexTensor {
     into.to_contiguous()
 }
 
+/// The prefix rows of `a` (rows of `width`) with the kept columns zeroed: what the prefix rows
+/// add through the skipped channels, multiplied with the whole weight (a few rows: cheaper
+/// than cutting out the skipped part of the weight).
+fn prefix_skipped(a: &[f32], width: usize, rows: &[usize], s: &Slicing) -> Vec<f32> {
+    let mut p = pick_rows(a, width, rows);
+    zero_columns(&mut p, width, &s.kept);
+    p
+}
+
 fn kept_outputs(
     x: &FlexTensor,
     into: FlexTensor,
     weight: &FlexTensor,
     bias: &FlexTensor,
     s: &Slicing,
-) -> (FlexTensor, Cuts) {
+) -> (FlexTensor, Cut) {
     let ([r, d_in], [w_in, d_out]) = (dims2(x), dims2(weight));
     assert_eq!(
         dims2(&into),
@@ -120,60 +136,36 @@ fn kept_outputs(
         "sliced linear: `into` is not [r, out]"
     );
     assert_eq!(d_in, w_in, "sliced linear: x and W disagree");
-    let (x, w) = (values(x), values(weight));
-    let bias = values(bias);
-    let cuts = Cuts {
+    let (xv, w, bias) = (values(x), values(weight), values(bias));
+    let kk = s.kept.len();
+    let cut = Cut {
         kept: columns(&w, d_out, &s.kept),
-        skipped: columns(&w, d_out, &s.skipped),
+        full: weight.clone(),
     };
     let mut y = writable(into);
     let out = y.storage_mut::<f32>();
     // Every row, its kept columns.
-    let t = product(
-        Mat::rows(&x, 0, d_in),
-        Mat::rows(&cuts.kept, 0, s.kept.len()),
-        r,
-        d_in,
-        s.kept.len(),
-    );
+    let t = product(Mat::rows(&xv, 0, d_in), Mat::rows(&cut.kept, 0, kk), r, d_in, kk);
     add_columns(out, d_out, &s.kept, &t, &pick(&bias, &s.kept));
-    // The prefix rows, their skipped columns.
+    // The prefix rows, their skipped columns (of their whole product).
     let rows = s.prefix_rows(r);
-    let xp = pick_rows(&x, d_in, &rows);
-    let k = s.skipped.len();
-    let tp = product(
-        Mat::rows(&xp, 0, d_in),
-        Mat::rows(&cuts.skipped, 0, k),
-        rows.len(),
-        d_in,
-        k,
-    );
-    let bs = pick(&bias, &s.skipped);
-    add_cells(out, d_out, &rows, &s.skipped, &tp, &bs);
-    (y, cuts)
+    let xp = pick_rows(&xv, d_in, &rows);
+    let tp = product(Mat::rows(&xp, 0, d_in), Mat::rows(&w, 0, d_out), rows.len(), d_in, d_out);
+    add_cells(out, d_out, &rows, &s.skipped, &tp, &bias);
+    (y, cut)
 }
 
 /// The gradient of [`SlicedLinear::linear_kept_outputs`]'s x (`into`'s is `dy` itself).
-fn kept_outputs_dx(dy: &[f32], d_out: usize, d_in: usize, cuts: &Cuts, s: &Slicing) -> Vec<f32> {
+fn kept_outputs_dx(dy: &[f32], d_out: usize, d_in: usize, cut: &Cut, s: &Slicing) -> Vec<f32> {
     let r = dy.len() / d_out;
-    let (kk, ks) = (s.kept.len(), s.skipped.len());
+    let kk = s.kept.len();
     let dyk = columns(dy, d_out, &s.kept);
-    let mut dx = product(
-        Mat::rows(&dyk, 0, kk),
-        Mat::rows(&cuts.kept, 0, kk).t(),
-        r,
-        kk,
-        d_in,
-    );
+    let wk = Mat::rows(&cut.kept, 0, kk).t();
+    let mut dx = product(Mat::rows(&dyk, 0, kk), wk, r, kk, d_in);
     let rows = s.prefix_rows(r);
-    let dys = cells(dy, d_out, &rows, &s.skipped);
-    let t = product(
-        Mat::rows(&dys, 0, ks),
-        Mat::rows(&cuts.skipped, 0, ks).t(),
-        rows.len(),
-        ks,
-        d_in,
-    );
+    let dyp = prefix_skipped(dy, d_out, &rows, s);
+    let w = values(&cut.full);
+    let t = product(Mat::rows(&dyp, 0, d_out), Mat::rows(&w, 0, d_out).t(), rows.len(), d_out, d_in);
     add_rows(&mut dx, d_in, &rows, &t);
     dx
 }
@@ -183,73 +175,50 @@ fn kept_inputs(
     weight: &FlexTensor,
     bias: &FlexTensor,
     s: &Slicing,
-) -> (FlexTensor, Cuts) {
+) -> (FlexTensor, Cut) {
     let ([r, d_in], [w_in, d_out]) = (dims2(x), dims2(weight));
     assert_eq!(d_in, w_in, "sliced linear: x and W disagree");
-    let (x, w) = (values(x), values(weight));
-    let cuts = Cuts {
+    let (xv, w) = (values(x), values(weight));
+    let kk = s.kept.len();
+    let cut = Cut {
         kept: pick_rows(&w, d_out, &s.kept),
-        skipped: pick_rows(&w, d_out, &s.skipped),
+        full: weight.clone(),
     };
-    let (kk, ks) = (s.kept.len(), s.skipped.len());
-    let mut y = values(bias).repeat(r);
-    let xk = columns(&x, d_in, &s.kept);
-    product_into(
-        &mut y,
-        Mat::rows(&xk, 0, kk),
-        Mat::rows(&cuts.kept, 0, d_out),
-        r,
-        kk,
-        d_out,
-        true,
-    );
+    let mut y = repeat_rows(&values(bias), r);
+    let xk = columns(&xv, d_in, &s.kept);
+    let wk = Mat::rows(&cut.kept, 0, d_out);
+    product_into(&mut y, Mat::rows(&xk, 0, kk), wk, r, kk, d_out, true);
     let rows = s.prefix_rows(r);
-    let xs = cells(&x, d_in, &rows, &s.skipped);
-    let t = product(
-        Mat::rows(&xs, 0, ks),
-        Mat::rows(&cuts.skipped, 0, d_out),
-        rows.len(),
-        ks,
-        d_out,
-    );
+    let xp = prefix_skipped(&xv, d_in, &rows, s);
+    let t = product(Mat::rows(&xp, 0, d_in), Mat::rows(&w, 0, d_out), rows.len(), d_in, d_out);
     add_rows(&mut y, d_out, &rows, &t);
-    (flex_tensor(y, [r, d_out]), cuts)
+    (flex_tensor(y, [r, d_out]), cut)
 }
 
 /// The gradient of [`SlicedLinear::linear_kept_inputs`]'s x.
-fn kept_inputs_dx(dy: &[f32], d_out: usize, d_in: usize, cuts: &Cuts, s: &Slicing) -> Vec<f32> {
+fn kept_inputs_dx(dy: &[f32], d_out: usize, d_in: usize, cut: &Cut, s: &Slicing) -> Vec<f32> {
     let r = dy.len() / d_out;
-    let (kk, ks) = (s.kept.len(), s.skipped.len());
-    let dyv = Mat::rows(dy, 0, d_out);
-    let t = product(dyv, Mat::rows(&cuts.kept, 0, d_out).t(), r, d_out, kk);
-    let mut dx = if kk == 0 {
-        vec![0.0; r * d_in]
-    } else {
-        spread_columns(&t, d_in, &s.kept)
-    };
+    let kk = s.kept.len();
+    let wk = Mat::rows(&cut.kept, 0, d_out).t();
+    let t = product(Mat::rows(dy, 0, d_out), wk, r, d_out, kk);
+    let mut dx = spread_columns(&t, r, d_in, &s.kept);
     let rows = s.prefix_rows(r);
     let dyp = pick_rows(dy, d_out, &rows);
-    let t = product(
-        Mat::rows(&dyp, 0, d_out),
-        Mat::rows(&cuts.skipped, 0, d_out).t(),
-        rows.len(),
-        d_out,
-        ks,
-    );
+    let w = values(&cut.full);
+    let t = product(Mat::rows(&dyp, 0, d_out), Mat::rows(&w, 0, d_out).t(), rows.len(), d_out, d_in);
     // Those cells of dx are 0 so far: adding is setting.
-    add_cells(&mut dx, d_in, &rows, &s.skipped, &t, &vec![0.0; ks]);
+    add_cells(&mut dx, d_in, &rows, &s.skipped, &t, &vec![0.0; d_in]);
     dx
 }
 
-/// What the sliced MLP's backward needs: fc1's kept and skipped columns, fc2's kept and
-/// skipped rows, the kept pre-activations of every row and the skipped ones of the prefix
-/// rows.
+/// What the sliced MLP's backward needs: fc1 and fc2, the kept pre-activations of every row,
+/// and all pre-activations of the prefix rows.
 #[derive(Debug)]
 struct MlpSaved {
-    fc1: Cuts,
-    fc2: Cuts,
+    fc1: Cut,
+    fc2: Cut,
     h: FlexTensor,
-    h_prefix: Vec<f32>,
+    h_prefix: FlexTensor,
 }
 
 fn mlp_forward(
@@ -262,62 +231,39 @@ fn mlp_forward(
         w1_in == d && dims2(w2) == [m, d],
         "sliced MLP: x, W₁ and W₂ disagree"
     );
-    let (x, w1, w2) = (values(x), values(w1), values(w2));
-    let (b1, b2) = (values(b1), values(b2));
-    let fc1 = Cuts {
-        kept: columns(&w1, m, &s.kept),
-        skipped: columns(&w1, m, &s.skipped),
+    let xv = values(x);
+    let (b1v, b2v) = (values(b1), values(b2));
+    let fc1 = Cut {
+        kept: columns(&values(w1), m, &s.kept),
+        full: w1.clone(),
     };
-    let fc2 = Cuts {
-        kept: pick_rows(&w2, d, &s.kept),
-        skipped: pick_rows(&w2, d, &s.skipped),
+    let fc2 = Cut {
+        kept: pick_rows(&values(w2), d, &s.kept),
+        full: w2.clone(),
     };
-    let (kk, ks) = (s.kept.len(), s.skipped.len());
+    let kk = s.kept.len();
     // Every row, the kept hidden channels.
-    let mut h = pick(&b1, &s.kept).repeat(r);
-    product_into(
-        &mut h,
-        Mat::rows(&x, 0, d),
-        Mat::rows(&fc1.kept, 0, kk),
-        r,
-        d,
-        kk,
-        true,
-    );
+    let mut h = repeat_rows(&pick(&b1v, &s.kept), r);
+    let w1k = Mat::rows(&fc1.kept, 0, kk);
+    product_into(&mut h, Mat::rows(&xv, 0, d), w1k, r, d, kk, true);
     let h = flex_tensor(h, [r, kk]);
     let g = Flex::gelu(h.clone());
-    let mut y = b2.repeat(r);
-    product_into(
-        &mut y,
-        Mat::rows(&values(&g), 0, kk),
-        Mat::rows(&fc2.kept, 0, d),
-        r,
-        kk,
-        d,
-        true,
-    );
-    // The prefix rows, the skipped hidden channels.
+    let mut y = repeat_rows(&b2v, r);
+    let w2k = Mat::rows(&fc2.kept, 0, d);
+    product_into(&mut y, Mat::rows(&values(&g), 0, kk), w2k, r, kk, d, true);
+    // The prefix rows, through the skipped hidden channels.
     let rows = s.prefix_rows(r);
-    let xp = pick_rows(&x, d, &rows);
-    let mut h_prefix = pick(&b1, &s.skipped).repeat(rows.len());
     let p = rows.len();
-    product_into(
-        &mut h_prefix,
-        Mat::rows(&xp, 0, d),
-        Mat::rows(&fc1.skipped, 0, ks),
-        p,
-        d,
-        ks,
-        true,
-    );
-    let gp = Flex::gelu(flex_tensor(h_prefix.clone(), [p, ks]));
-    let t = product(
-        Mat::rows(&values(&gp), 0, ks),
-        Mat::rows(&fc2.skipped, 0, d),
-        p,
-        ks,
-        d,
-    );
+    let xp = pick_rows(&xv, d, &rows);
+    let mut hp = repeat_rows(&b1v, p);
+    let w1v = values(w1);
+    product_into(&mut hp, Mat::rows(&xp, 0, d), Mat::rows(&w1v, 0, m), p, d, m, true);
+    let h_prefix = flex_tensor(hp, [p, m]);
+    let gp = Flex::gelu(h_prefix.clone());
+    let mut gp = values(&gp).into_owned();
+    zero_columns(&mut gp, m, &s.kept);
+    let w2v = values(w2);
+    let t = product(Mat::rows(&gp, 0, m), Mat::rows(&w2v, 0, d), p, m, d);
     add_rows(&mut y, d, &rows, &t);
     let saved = MlpSaved {
         fc1,
@@ -331,43 +277,23 @@ fn mlp_forward(
 /// The gradient of [`SlicedLinear::mlp_kept_hidden`]'s x.
 fn mlp_backward(dy: &[f32], d: usize, saved: &MlpSaved, s: &Slicing) -> Vec<f32> {
     let r = dy.len() / d;
-    let (kk, ks) = (s.kept.len(), s.skipped.len());
-    let dg = product(
-        Mat::rows(dy, 0, d),
-        Mat::rows(&saved.fc2.kept, 0, d).t(),
-        r,
-        d,
-        kk,
-    );
+    let kk = s.kept.len();
+    let w2k = Mat::rows(&saved.fc2.kept, 0, d).t();
+    let dg = product(Mat::rows(dy, 0, d), w2k, r, d, kk);
     let dh = Flex::gelu_backward(saved.h.clone(), flex_tensor(dg, [r, kk]));
-    let mut dx = product(
-        Mat::rows(&values(&dh), 0, kk),
-        Mat::rows(&saved.fc1.kept, 0, kk).t(),
-        r,
-        kk,
-        d,
-    );
+    let w1k = Mat::rows(&saved.fc1.kept, 0, kk).t();
+    let mut dx = product(Mat::rows(&values(&dh), 0, kk), w1k, r, kk, d);
+    // The prefix rows, through the skipped hidden channels.
     let rows = s.prefix_rows(r);
     let p = rows.len();
+    let m = dims2(&saved.h_prefix)[1];
     let dyp = pick_rows(dy, d, &rows);
-    let dgp = product(
-        Mat::rows(&dyp, 0, d),
-        Mat::rows(&saved.fc2.skipped, 0, d).t(),
-        p,
-        d,
-        ks,
-    );
-    let dhp = Flex::gelu_backward(
-        flex_tensor(saved.h_prefix.clone(), [p, ks]),
-        flex_tensor(dgp, [p, ks]),
-    );
-    let t = product(
-        Mat::rows(&values(&dhp), 0, ks),
-        Mat::rows(&saved.fc1.skipped, 0, ks).t(),
-        p,
-        ks,
-        d,
-    );
+    let w2 = values(&saved.fc2.full);
+    let mut dgp = product(Mat::rows(&dyp, 0, d), Mat::rows(&w2, 0, d).t(), p, d, m);
+    zero_columns(&mut dgp, m, &s.kept);
+    let dhp = Flex::gelu_backward(saved.h_prefix.clone(), flex_tensor(dgp, [p, m]));
+    let w1 = values(&saved.fc1.full);
+    let t = product(Mat::rows(&values(&dhp), 0, m), Mat::rows(&w1, 0, m).t(), p, m, d);
     add_rows(&mut dx, d, &rows, &t);
     dx
 }
@@ -411,18 +337,7 @@ struct KeptOutputsBackward;
 #[derive(Debug)]
 struct KeptInputsBackward;
 
-type SlicedState = (Arc<Cuts>, Slicing, [usize; 2]);
-
-impl std::fmt::Debug for Cuts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Cuts({} + {} values)",
-            self.kept.len(),
-            self.skipped.len()
-        )
-    }
-}
+type SlicedState = (Arc<Cut>, Slicing, [usize; 2]);
 
 impl Backward<Flex, 2> for KeptOutputsBackward {
     type State = SlicedState;
@@ -430,10 +345,10 @@ impl Backward<Flex, 2> for KeptOutputsBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [x_node, into_node] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (cuts, s, [r, d_in]) = ops.state;
+        let (cut, s, [r, d_in]) = ops.state;
         if let Some(node) = x_node {
             let d_out = dims2(&grad)[1];
-            let dx = kept_outputs_dx(&values(&grad), d_out, d_in, &cuts, &s);
+            let dx = kept_outputs_dx(&values(&grad), d_out, d_in, &cut, &s);
             grads.register::<Flex>(node.id, flex_tensor(dx, [r, d_in]));
         }
         if let Some(node) = into_node {
@@ -448,10 +363,10 @@ impl Backward<Flex, 1> for KeptInputsBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [x_node] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (cuts, s, [r, d_in]) = ops.state;
+        let (cut, s, [r, d_in]) = ops.state;
         if let Some(node) = x_node {
             let d_out = dims2(&grad)[1];
-            let dx = kept_inputs_dx(&values(&grad), d_out, d_in, &cuts, &s);
+            let dx = kept_inputs_dx(&values(&grad), d_out, d_in, &cut, &s);
             grads.register::<Flex>(node.id, flex_tensor(dx, [r, d_in]));
         }
     }
@@ -505,14 +420,14 @@ impl<C: CheckpointStrategy> SlicedLinear for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => {
                 let x = x.into_primitive();
                 let shape = dims2(&x);
-                let (y, cuts) = kept_outputs(
+                let (y, cut) = kept_outputs(
                     &x,
                     into.into_primitive(),
                     weight.primitive(),
                     bias.primitive(),
                     &s,
                 );
-                prep.finish((Arc::new(cuts), s, shape), y)
+                prep.finish((Arc::new(cut), s, shape), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::linear_kept_outputs(
                 x.into_primitive(),
@@ -539,8 +454,8 @@ impl<C: CheckpointStrategy> SlicedLinear for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => {
                 let x = x.into_primitive();
                 let shape = dims2(&x);
-                let (y, cuts) = kept_inputs(&x, weight.primitive(), bias.primitive(), &s);
-                prep.finish((Arc::new(cuts), s, shape), y)
+                let (y, cut) = kept_inputs(&x, weight.primitive(), bias.primitive(), &s);
+                prep.finish((Arc::new(cut), s, shape), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::linear_kept_inputs(
                 x.into_primitive(),
@@ -681,12 +596,11 @@ fn columns(a: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {
 
 /// `[rows, width]` rows holding `t`'s rows (`[rows, idx.len()]`) in the columns `idx`, 0
 /// elsewhere: written row by row, no separate zero-fill pass.
-fn spread_columns(t: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {
+fn spread_columns(t: &[f32], rows: usize, width: usize, idx: &[usize]) -> Vec<f32> {
     let k = idx.len();
     if k == 0 {
-        return Vec::new();
+        return vec![0.0; rows * width];
     }
-    let rows = t.len() / k;
     let mut out = Vec::with_capacity(rows * width);
     out.spare_capacity_mut()
         .par_chunks_mut(ROWS * width)
@@ -702,6 +616,34 @@ fn spread_columns(t: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {
     // SAFETY: every row was filled, then given its values.
     unsafe { out.set_len(rows * width) };
     out
+}
+
+/// `rows` copies of `v`, on the pool (a bias broadcast before a product adds into it).
+fn repeat_rows(v: &[f32], rows: usize) -> Vec<f32> {
+    let width = v.len();
+    let mut out = Vec::with_capacity(rows * width);
+    if width > 0 {
+        out.spare_capacity_mut()
+            .par_chunks_mut(ROWS * width)
+            .for_each(|out| {
+                for o in out.chunks_exact_mut(width) {
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        o.write(v);
+                    }
+                }
+            });
+    }
+    // SAFETY: every row was written (none when width = 0).
+    unsafe { out.set_len(rows * width) };
+    out
+}
+
+fn zero_columns(a: &mut [f32], width: usize, cols: &[usize]) {
+    for row in a.chunks_exact_mut(width) {
+        for &c in cols {
+            row[c] = 0.0;
+        }
+    }
 }
 
 /// `y[:, idx[j]] += t[:, j] + bias[j]`, y rows of `width`, t rows of `idx.len()`.
@@ -721,19 +663,12 @@ fn add_columns(y: &mut [f32], width: usize, idx: &[usize], t: &[f32], bias: &[f3
         });
 }
 
-/// The cells (`rows` × `cols`) of `a` (rows of `width`), row-major.
-fn cells(a: &[f32], width: usize, rows: &[usize], cols: &[usize]) -> Vec<f32> {
-    rows.iter()
-        .flat_map(|&row| cols.iter().map(move |&c| a[row * width + c]))
-        .collect()
-}
-
-/// `y[rows[i], cols[j]] += t[i, j] + bias[j]`, y rows of `width`.
+/// `y[rows[i], c] += t[i, c] + bias[c]` for the columns `cols`; y and t rows of `width`.
 fn add_cells(y: &mut [f32], width: usize, rows: &[usize], cols: &[usize], t: &[f32], bias: &[f32]) {
-    for (&row, t) in rows.iter().zip(t.chunks_exact(cols.len().max(1))) {
+    for (&row, t) in rows.iter().zip(t.chunks_exact(width)) {
         let y = &mut y[row * width..(row + 1) * width];
-        for ((&c, &t), &b) in cols.iter().zip(t).zip(bias) {
-            y[c] += t + b;
+        for &c in cols {
+            y[c] += t[c] + bias[c];
         }
     }
 }
@@ -751,12 +686,16 @@ fn pick(v: &[f32], idx: &[usize]) -> Vec<f32> {
     idx.iter().map(|&i| v[i]).collect()
 }
 
-/// The rows `idx` of `a` (rows of `width`), row-major.
+/// The rows `idx` of `a` (rows of `width`), row-major, on the pool.
 fn pick_rows(a: &[f32], width: usize, idx: &[usize]) -> Vec<f32> {
-    idx.iter()
-        .flat_map(|&i| &a[i * width..(i + 1) * width])
-        .copied()
-        .collect()
+    let mut out = vec![0.0; idx.len() * width];
+    if width > 0 {
+        out.par_chunks_mut(width)
+            .zip(idx.par_iter())
+            .with_min_len(ROWS)
+            .for_each(|(o, &i)| o.copy_from_slice(&a[i * width..(i + 1) * width]));
+    }
+    out
 }
 
 /// `lhs (m × k) · rhs (k × n)`, row-major.

@@ -165,13 +165,15 @@ fn project(x: Tensor<2>, a: &Tensor<2>) -> Vec<f32> {
 fn linear_norms(u: &[f32], width: usize, from: usize, est: &LowRank) -> Vec<f64> {
     let (k, n) = (est.rank(), est.out_dim());
     let mut g = vec![0.0f64; (k + 1) * (k + 1)];
+    // ũ_t, its last entry the constant 1: the loops below have no branch and vectorise.
+    let mut ut = vec![1.0f64; k + 1];
     for row in u.chunks_exact(width) {
-        let row = &row[from..from + k];
-        for i in 0..=k {
-            let ui = if i < k { row[i] as f64 } else { 1.0 };
-            for j in 0..=k {
-                let uj = if j < k { row[j] as f64 } else { 1.0 };
-                g[i * (k + 1) + j] += ui * uj;
+        for (d, &v) in ut.iter_mut().zip(&row[from..from + k]) {
+            *d = v as f64;
+        }
+        for (g, &ui) in g.chunks_exact_mut(k + 1).zip(&ut) {
+            for (gij, &uj) in g.iter_mut().zip(&ut) {
+                *gij += ui * uj;
             }
         }
     }
