@@ -145,12 +145,24 @@ fn kept_outputs(
     let mut y = writable(into);
     let out = y.storage_mut::<f32>();
     // Every row, its kept columns.
-    let t = product(Mat::rows(&xv, 0, d_in), Mat::rows(&cut.kept, 0, kk), r, d_in, kk);
+    let t = product(
+        Mat::rows(&xv, 0, d_in),
+        Mat::rows(&cut.kept, 0, kk),
+        r,
+        d_in,
+        kk,
+    );
     add_columns(out, d_out, &s.kept, &t, &pick(&bias, &s.kept));
     // The prefix rows, their skipped columns (of their whole product).
     let rows = s.prefix_rows(r);
     let xp = pick_rows(&xv, d_in, &rows);
-    let tp = product(Mat::rows(&xp, 0, d_in), Mat::rows(&w, 0, d_out), rows.len(), d_in, d_out);
+    let tp = product(
+        Mat::rows(&xp, 0, d_in),
+        Mat::rows(&w, 0, d_out),
+        rows.len(),
+        d_in,
+        d_out,
+    );
     add_cells(out, d_out, &rows, &s.skipped, &tp, &bias);
     (y, cut)
 }
@@ -165,7 +177,13 @@ fn kept_outputs_dx(dy: &[f32], d_out: usize, d_in: usize, cut: &Cut, s: &Slicing
     let rows = s.prefix_rows(r);
     let dyp = prefix_skipped(dy, d_out, &rows, s);
     let w = values(&cut.full);
-    let t = product(Mat::rows(&dyp, 0, d_out), Mat::rows(&w, 0, d_out).t(), rows.len(), d_out, d_in);
+    let t = product(
+        Mat::rows(&dyp, 0, d_out),
+        Mat::rows(&w, 0, d_out).t(),
+        rows.len(),
+        d_out,
+        d_in,
+    );
     add_rows(&mut dx, d_in, &rows, &t);
     dx
 }
@@ -190,7 +208,13 @@ fn kept_inputs(
     product_into(&mut y, Mat::rows(&xk, 0, kk), wk, r, kk, d_out, true);
     let rows = s.prefix_rows(r);
     let xp = prefix_skipped(&xv, d_in, &rows, s);
-    let t = product(Mat::rows(&xp, 0, d_in), Mat::rows(&w, 0, d_out), rows.len(), d_in, d_out);
+    let t = product(
+        Mat::rows(&xp, 0, d_in),
+        Mat::rows(&w, 0, d_out),
+        rows.len(),
+        d_in,
+        d_out,
+    );
     add_rows(&mut y, d_out, &rows, &t);
     (flex_tensor(y, [r, d_out]), cut)
 }
@@ -205,7 +229,13 @@ fn kept_inputs_dx(dy: &[f32], d_out: usize, d_in: usize, cut: &Cut, s: &Slicing)
     let rows = s.prefix_rows(r);
     let dyp = pick_rows(dy, d_out, &rows);
     let w = values(&cut.full);
-    let t = product(Mat::rows(&dyp, 0, d_out), Mat::rows(&w, 0, d_out).t(), rows.len(), d_out, d_in);
+    let t = product(
+        Mat::rows(&dyp, 0, d_out),
+        Mat::rows(&w, 0, d_out).t(),
+        rows.len(),
+        d_out,
+        d_in,
+    );
     // Those cells of dx are 0 so far: adding is setting.
     add_cells(&mut dx, d_in, &rows, &s.skipped, &t, &vec![0.0; d_in]);
     dx
@@ -257,7 +287,15 @@ fn mlp_forward(
     let xp = pick_rows(&xv, d, &rows);
     let mut hp = repeat_rows(&b1v, p);
     let w1v = values(w1);
-    product_into(&mut hp, Mat::rows(&xp, 0, d), Mat::rows(&w1v, 0, m), p, d, m, true);
+    product_into(
+        &mut hp,
+        Mat::rows(&xp, 0, d),
+        Mat::rows(&w1v, 0, m),
+        p,
+        d,
+        m,
+        true,
+    );
     let h_prefix = flex_tensor(hp, [p, m]);
     let gp = Flex::gelu(h_prefix.clone());
     let mut gp = values(&gp).into_owned();
@@ -293,7 +331,13 @@ fn mlp_backward(dy: &[f32], d: usize, saved: &MlpSaved, s: &Slicing) -> Vec<f32>
     zero_columns(&mut dgp, m, &s.kept);
     let dhp = Flex::gelu_backward(saved.h_prefix.clone(), flex_tensor(dgp, [p, m]));
     let w1 = values(&saved.fc1.full);
-    let t = product(Mat::rows(&values(&dhp), 0, m), Mat::rows(&w1, 0, m).t(), p, m, d);
+    let t = product(
+        Mat::rows(&values(&dhp), 0, m),
+        Mat::rows(&w1, 0, m).t(),
+        p,
+        m,
+        d,
+    );
     add_rows(&mut dx, d, &rows, &t);
     dx
 }
