@@ -1036,6 +1036,12 @@ mod tests {
     /// A tiny f64 ViT with adapters on `targets` whose B factors are random (so the adapters
     /// contribute), plus a batch of tokens for its blocks.
     fn setup_model(targets: &[&str]) -> (VisionTransformer, Tensor<3>, Device) {
+        setup_model_as(targets, DType::F64)
+    }
+
+    /// [`setup_model`] in `dtype`: in f32 the sparse layers run the fused `sliced` ops, in f64
+    /// their op-by-op form.
+    fn setup_model_as(targets: &[&str], dtype: DType) -> (VisionTransformer, Tensor<3>, Device) {
         let device = Device::flex().autodiff();
         let cfg = VitConfig::with_shape(8, 4, 3, 3, [8, 4, 2, 16]);
         let m = VisionTransformer::new(&cfg, 1, &device).unwrap();
@@ -1061,11 +1067,11 @@ mod tests {
             };
             Some(Tensor::from_data(
                 TensorData::new(vals, [n]),
-                (&Device::flex(), DType::F64),
+                (&Device::flex(), dtype),
             ))
         });
         let xs: Vec<f64> = (0..2 * 5 * 8).map(|_| rng.normal()).collect();
-        let x = Tensor::<3>::from_data(TensorData::new(xs, [2, 5, 8]), (&device, DType::F64));
+        let x = Tensor::<3>::from_data(TensorData::new(xs, [2, 5, 8]), (&device, dtype));
         (m, x, device)
     }
 
@@ -1081,7 +1087,7 @@ mod tests {
         }
         Tensor::from_data(
             TensorData::new(v, [1, n, dim]),
-            (&like.device(), DType::F64),
+            (&like.device(), like.dtype()),
         )
     }
 
@@ -1152,7 +1158,8 @@ mod tests {
         let dims = sparse.dims();
         let mut rng = Rng::seed(11);
         let r: Vec<f64> = (0..dims.iter().product()).map(|_| rng.normal()).collect();
-        let r = Tensor::<3>::from_data(TensorData::new(r, dims), (&sparse.device(), DType::F64));
+        let r =
+            Tensor::<3>::from_data(TensorData::new(r, dims), (&sparse.device(), sparse.dtype()));
         let gs = gradients(module, &(sparse * r.clone()).sum().backward());
         let gr = gradients(module, &(reference * r).sum().backward());
         assert!(!gs.is_empty());
@@ -1188,13 +1195,18 @@ mod tests {
         Keep::new(kept.to_vec(), dim)
     }
 
+    /// In f64 (the op-by-op form) and f32 (the fused `sliced` ops where they apply).
     #[test]
     fn sliced_mlp_equals_the_masked_dense_mlp_forward_and_gradients() {
         // Every adapter placement: the skipped channels' hidden reaches fc2's adapter only
         // when fc1 has one.
-        for targets in [&["fc1", "fc2"][..], &["fc1"], &["fc2"], &["qkv"]] {
-            let (m, x, _) = setup_model(targets);
+        let all = [&["fc1", "fc2"][..], &["fc1"], &["fc2"], &["qkv"]];
+        for (targets, dtype) in all.iter().flat_map(|t| [(t, DType::F64), (t, DType::F32)]) {
+            let (m, x, _) = setup_model_as(targets, dtype);
             let mlp = &m.blocks[1].mlp;
+            let plain = !mlp.fc1.has_adapter() && !mlp.fc2.has_adapter();
+            let fused = sliced::frozen(&mlp.fc1.weight.val(), None) && plain;
+            assert_eq!(fused, dtype == DType::F32 && *targets == ["qkv"]);
             let keep = some_keep(16, &[0, 3, 4, 7, 9, 10, 14, 15]);
             let ctx = Ctx::train(0, &[0]);
             let y = mlp.forward_sparse(x.clone(), &ctx, Some(&keep), PREFIX);
@@ -1203,17 +1215,23 @@ mod tests {
             // The class token's row is the dense MLP's.
             let dense = mlp.forward(x.clone(), &ctx);
             assert_close(y.clone().narrow(1, 0, 1), dense.narrow(1, 0, 1), "cls row");
-            if targets != ["qkv"] {
+            if **targets != ["qkv"] {
                 assert_grads_close(mlp, y, r, &format!("mlp {targets:?}"));
             }
         }
     }
 
+    /// In f64 (the op-by-op form) and f32 (the fused `sliced` ops).
     #[test]
     fn sliced_attention_equals_the_masked_dense_attention_forward_and_gradients() {
-        for targets in [&["qkv", "attn.proj"][..], &["qkv"], &["attn.proj"]] {
-            let (m, x, _) = setup_model(targets);
+        let all = [&["qkv", "attn.proj"][..], &["qkv"], &["attn.proj"]];
+        for (targets, dtype) in all.iter().flat_map(|t| [(t, DType::F64), (t, DType::F32)]) {
+            let (m, x, _) = setup_model_as(targets, dtype);
             let attn = &m.blocks[2].attn;
+            assert_eq!(
+                sliced::frozen(&attn.qkv.weight.val(), None),
+                dtype == DType::F32
+            );
             // 2 heads of 4: q/k channels {0, 2} ∪ {5, 6}, v channels {1, 3} ∪ {4, 7}.
             let qk = [0, 2, 5, 6];
             let v = [1, 3, 4, 7];
