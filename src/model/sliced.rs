@@ -28,9 +28,11 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use burn_flex::FlexTensor;
+use burn_flex::ops::gelu_f32;
 use rayon::prelude::*;
 
 use super::fused::{Mat, flex_tensor, gemm_raw, values};
+use crate::simd::multiversion;
 
 /// The channels a sliced linear keeps on the patch rows, and where the dense rows are: the
 /// first `prefix` of every `seq` rows (each image's class and distillation tokens).
@@ -272,12 +274,11 @@ fn mlp_forward(
         full: w2.clone(),
     };
     let kk = s.kept.len();
-    // Every row, the kept hidden channels.
-    let mut h = repeat_rows(&pick(&b1v, &s.kept), r);
+    // Every row, the kept hidden channels: h = x·W₁ₖ, then h += b₁ₖ and g = GELU(h) in one pass.
     let w1k = Mat::rows(&fc1.kept, 0, kk);
-    product_into(&mut h, Mat::rows(&xv, 0, d), w1k, r, d, kk, true);
-    let h = flex_tensor(h, [r, kk]);
-    let g = Flex::gelu(h.clone());
+    let mut h = product(Mat::rows(&xv, 0, d), w1k, r, d, kk);
+    let g = bias_gelu(&mut h, &pick(&b1v, &s.kept));
+    let (h, g) = (flex_tensor(h, [r, kk]), flex_tensor(g, [r, kk]));
     let mut y = repeat_rows(&b2v, r);
     let w2k = Mat::rows(&fc2.kept, 0, d);
     product_into(&mut y, Mat::rows(&values(&g), 0, kk), w2k, r, kk, d, true);
@@ -660,6 +661,34 @@ fn spread_columns(t: &[f32], rows: usize, width: usize, idx: &[usize]) -> Vec<f3
     // SAFETY: every row was filled, then given its values.
     unsafe { out.set_len(rows * width) };
     out
+}
+
+/// `h += bias` row by row, and GELU of the result, on the pool: one pass for what a bias
+/// broadcast, the product's re-read of it and a GELU pass would do in three.
+fn bias_gelu(h: &mut [f32], bias: &[f32]) -> Vec<f32> {
+    let width = bias.len();
+    let mut g = Vec::with_capacity(h.len());
+    if width > 0 {
+        g.spare_capacity_mut()
+            .par_chunks_mut(ROWS * width)
+            .zip(h.par_chunks_mut(ROWS * width))
+            .for_each(|(g, h)| add_bias_gelu(h, g, bias));
+    }
+    // SAFETY: every row of g was written (none when width = 0).
+    unsafe { g.set_len(h.len()) };
+    g
+}
+
+multiversion! {
+    /// The rows of `h` (`bias.len()` wide) plus `bias`, in place, and their GELU into `g`.
+    fn add_bias_gelu(h: &mut [f32], g: &mut [MaybeUninit<f32>], bias: &[f32]) {
+        for (h, g) in h.chunks_exact_mut(bias.len()).zip(g.chunks_exact_mut(bias.len())) {
+            for ((h, g), &b) in h.iter_mut().zip(g).zip(bias) {
+                *h += b;
+                g.write(gelu_f32(*h));
+            }
+        }
+    }
 }
 
 /// `rows` copies of `v`, on the pool (a bias broadcast before a product adds into it).
