@@ -7,8 +7,10 @@
 //! copies the output, and in backward each `narrow` turns into a zero-filled gradient of the
 //! whole input added into the sliced product's: three passes over a full activation per
 //! splice, ≈ 8% of a step with attention sparse (BENCHMARKS.md). Here the prefix rows'
-//! missing channels are a small extra product, forward and backward, added into the rows in
-//! place, and the input gradient is written once.
+//! missing channels come from a small extra product of those few rows with the whole weight,
+//! forward and backward, added into the rows in place, and the input gradient is written
+//! once. The MLP is one op (both linears and the GELU), so its hidden activations exist only
+//! for the kept channels.
 //!
 //! The weights are frozen (SparseLoRA slices only the frozen base): no weight gradient is
 //! computed, and the ops refuse a weight that requires one. Like [`super::fused`], these are
