@@ -172,7 +172,8 @@ fn kept_outputs(
 }
 
 /// The gradient of [`SlicedLinear::linear_kept_outputs`]'s x (`into`'s is `dy` itself).
-fn kept_outputs_dx(dy: &[f32], d_out: usize, d_in: usize, cut: &Cut, s: &Slicing) -> Vec<f32> {
+fn kept_outputs_dx(dy: &[f32], cut: &Cut, s: &Slicing) -> Vec<f32> {
+    let [d_in, d_out] = dims2(&cut.full);
     let r = dy.len() / d_out;
     let kk = s.kept.len();
     let dyk = columns(dy, d_out, &s.kept);
@@ -209,7 +210,7 @@ fn kept_inputs(
     let mut y = repeat_rows(&values(bias), r);
     let xk = columns(&xv, d_in, &s.kept);
     let wk = Mat::rows(&cut.kept, 0, d_out);
-    product_into(&mut y, Mat::rows(&xk, 0, kk), wk, r, kk, d_out, true);
+    product_into(&mut y, Mat::rows(&xk, 0, kk), wk, r, kk, d_out);
     let rows = s.prefix_rows(r);
     let xp = prefix_skipped(&xv, d_in, &rows, s);
     let t = product(
@@ -224,7 +225,8 @@ fn kept_inputs(
 }
 
 /// The gradient of [`SlicedLinear::linear_kept_inputs`]'s x.
-fn kept_inputs_dx(dy: &[f32], d_out: usize, d_in: usize, cut: &Cut, s: &Slicing) -> Vec<f32> {
+fn kept_inputs_dx(dy: &[f32], cut: &Cut, s: &Slicing) -> Vec<f32> {
+    let [d_in, d_out] = dims2(&cut.full);
     let r = dy.len() / d_out;
     let kk = s.kept.len();
     let wk = Mat::rows(&cut.kept, 0, d_out).t();
@@ -283,26 +285,16 @@ fn mlp_forward(
     let (h, g) = (flex_tensor(h, [r, kk]), flex_tensor(g, [r, kk]));
     let mut y = repeat_rows(&b2v, r);
     let w2k = Mat::rows(&fc2.kept, 0, d);
-    product_into(&mut y, Mat::rows(&values(&g), 0, kk), w2k, r, kk, d, true);
+    product_into(&mut y, Mat::rows(&values(&g), 0, kk), w2k, r, kk, d);
     // The prefix rows, through the skipped hidden channels.
     let rows = s.prefix_rows(r);
     let p = rows.len();
     let xp = pick_rows(&xv, d, &rows);
-    let mut hp = repeat_rows(&b1v, p);
     let w1v = values(w1);
-    product_into(
-        &mut hp,
-        Mat::rows(&xp, 0, d),
-        Mat::rows(&w1v, 0, m),
-        p,
-        d,
-        m,
-        true,
-    );
-    let h_prefix = flex_tensor(hp, [p, m]);
-    let gp = Flex::gelu(h_prefix.clone());
-    let mut gp = values(&gp).into_owned();
+    let mut hp = product(Mat::rows(&xp, 0, d), Mat::rows(&w1v, 0, m), p, d, m);
+    let mut gp = bias_gelu(&mut hp, &b1v);
     zero_columns(&mut gp, m, &s.kept);
+    let h_prefix = flex_tensor(hp, [p, m]);
     let w2v = values(w2);
     let t = product(Mat::rows(&gp, 0, m), Mat::rows(&w2v, 0, d), p, m, d);
     add_rows(&mut y, d, &rows, &t);
@@ -377,14 +369,15 @@ impl SlicedLinear for Flex {
     }
 }
 
-/// The backward of a sliced linear: the weight cuts, the slicing and x's `[r, in]`.
+/// The backward of a sliced linear; its state is the weight's cut and the slicing (x's
+/// shape follows from the gradient's rows and the weight's).
 #[derive(Debug)]
 struct KeptOutputsBackward;
 
 #[derive(Debug)]
 struct KeptInputsBackward;
 
-type SlicedState = (Arc<Cut>, Slicing, [usize; 2]);
+type SlicedState = (Arc<Cut>, Slicing);
 
 impl Backward<Flex, 2> for KeptOutputsBackward {
     type State = SlicedState;
@@ -392,10 +385,10 @@ impl Backward<Flex, 2> for KeptOutputsBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [x_node, into_node] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (cut, s, [r, d_in]) = ops.state;
+        let (cut, s) = ops.state;
         if let Some(node) = x_node {
-            let d_out = dims2(&grad)[1];
-            let dx = kept_outputs_dx(&values(&grad), d_out, d_in, &cut, &s);
+            let (r, d_in) = (dims2(&grad)[0], dims2(&cut.full)[0]);
+            let dx = kept_outputs_dx(&values(&grad), &cut, &s);
             grads.register::<Flex>(node.id, flex_tensor(dx, [r, d_in]));
         }
         if let Some(node) = into_node {
@@ -410,10 +403,10 @@ impl Backward<Flex, 1> for KeptInputsBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [x_node] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (cut, s, [r, d_in]) = ops.state;
+        let (cut, s) = ops.state;
         if let Some(node) = x_node {
-            let d_out = dims2(&grad)[1];
-            let dx = kept_inputs_dx(&values(&grad), d_out, d_in, &cut, &s);
+            let (r, d_in) = (dims2(&grad)[0], dims2(&cut.full)[0]);
+            let dx = kept_inputs_dx(&values(&grad), &cut, &s);
             grads.register::<Flex>(node.id, flex_tensor(dx, [r, d_in]));
         }
     }
@@ -465,16 +458,14 @@ impl<C: CheckpointStrategy> SlicedLinear for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let x = x.into_primitive();
-                let shape = dims2(&x);
                 let (y, cut) = kept_outputs(
-                    &x,
+                    x.primitive(),
                     into.into_primitive(),
                     weight.primitive(),
                     bias.primitive(),
                     &s,
                 );
-                prep.finish((Arc::new(cut), s, shape), y)
+                prep.finish((Arc::new(cut), s), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::linear_kept_outputs(
                 x.into_primitive(),
@@ -499,10 +490,8 @@ impl<C: CheckpointStrategy> SlicedLinear for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let x = x.into_primitive();
-                let shape = dims2(&x);
-                let (y, cut) = kept_inputs(&x, weight.primitive(), bias.primitive(), &s);
-                prep.finish((Arc::new(cut), s, shape), y)
+                let (y, cut) = kept_inputs(x.primitive(), weight.primitive(), bias.primitive(), &s);
+                prep.finish((Arc::new(cut), s), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::linear_kept_inputs(
                 x.into_primitive(),
@@ -787,19 +776,11 @@ fn product(lhs: Mat, rhs: Mat, m: usize, k: usize, n: usize) -> Vec<f32> {
     out
 }
 
-/// `dst (m × n) [+]= lhs (m × k) · rhs (k × n)`.
-fn product_into(
-    dst: &mut [f32],
-    lhs: Mat,
-    rhs: Mat,
-    m: usize,
-    k: usize,
-    n: usize,
-    accumulate: bool,
-) {
+/// `dst (m × n) += lhs (m × k) · rhs (k × n)`.
+fn product_into(dst: &mut [f32], lhs: Mat, rhs: Mat, m: usize, k: usize, n: usize) {
     assert_eq!(dst.len(), m * n);
     // SAFETY: dst is an exclusive borrow of m × n initialised elements.
-    unsafe { product_raw(dst.as_mut_ptr(), lhs, rhs, m, k, n, accumulate) }
+    unsafe { product_raw(dst.as_mut_ptr(), lhs, rhs, m, k, n, true) }
 }
 
 /// The product on the pool when large (flex's threshold).
