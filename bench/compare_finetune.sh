@@ -2,7 +2,9 @@
 # vitrs compare-finetune beside the PyTorch+PEFT yardstick, in one session, same model, batch,
 # LoRA settings and threads. Usage:
 #   bench/compare_finetune.sh vit-s16-224   # ViT-S/16 at 224, batch 16, 100 classes
-#   bench/compare_finetune.sh vit-s8-32     # ViT-S/8 at 32 (CIFAR-sized), batch 64, 100 classes
+#   bench/compare_finetune.sh vit-s8-32     # ViT-S/8 at 32 (CIFAR-sized, 17 tokens), batch 64
+#   bench/compare_finetune.sh vit-s4-32     # ViT-S/4 at 32 (the seeds' CIFAR patch, 65 tokens),
+#                                           # batch 64; timm gets patch_size=4 from bench/timm-patch
 # Env: THREADS (default nproc), STEPS (default 8, 2 of them warm-up), METHODS (vitrs, default
 # full,lora,sparselora), TARGETS (LoRA targets, default qkv), OUT (default /tmp/cf-<case>),
 # VITRS_ARGS (more vitrs flags, e.g. "--sparsity-attn 0").
@@ -18,6 +20,8 @@ YARDSTICK=${YARDSTICK:-../shared/bench/pytorch_lora_bench.py}
 case "$CASE" in
   vit-s16-224) IMG=224; PATCH=16; BATCH=16; TIMM=vit_small_patch16_224 ;;
   vit-s8-32) IMG=32; PATCH=8; BATCH=64; TIMM=vit_small_patch8_224 ;;
+  vit-s4-32) IMG=32; PATCH=4; BATCH=64; TIMM=vit_small_patch16_224
+    export TIMM_PATCH_SIZE=4 PYTHONPATH=$PWD/bench/timm-patch${PYTHONPATH:+:$PYTHONPATH} ;;
   *) echo "unknown case $CASE" >&2; exit 2 ;;
 esac
 cargo build --release -q

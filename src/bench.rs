@@ -61,7 +61,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0.5)]
     pub sparsity: f64,
     /// With --adapter sparselora: fraction of attention channels skipped.
-    #[arg(long, default_value_t = 0.0, alias = "sparsity_attn")]
+    #[arg(long, default_value_t = 0.5, alias = "sparsity_attn")]
     pub sparsity_attn: f64,
     /// With --adapter sparselora: blocks kept dense, first,last.
     #[arg(long, value_delimiter = ',', default_value = "2,1")]
