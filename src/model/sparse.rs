@@ -881,25 +881,25 @@ impl Mlp {
         let (fc1, fc2) = (&self.fc1, &self.fc2);
         let [b, n, d] = x.dims();
         let (w1, w2) = (fc1.weight.val(), fc2.weight.val());
-        let (b1, b2) = (
+        let (bias1, bias2) = (
             fc1.bias.as_ref().map(|b| b.val()),
             fc2.bias.as_ref().map(|b| b.val()),
         );
         // The fused sliced MLP has no adapters and no dropout.
         let dropout_on = ctx.train && self.drop > 0.0;
         let plain = !(fc1.has_adapter() || fc2.has_adapter() || dropout_on);
-        if plain && sliced::frozen(&w1, b1.as_ref()) && sliced::frozen(&w2, b2.as_ref()) {
+        if plain && sliced::frozen(&w1, bias1.as_ref()) && sliced::frozen(&w2, bias2.as_ref()) {
             let rows = x.reshape([b * n, d]);
             let s = keep.slicing(prefix, n);
-            return sliced::mlp_kept_hidden(rows, [w1, w2], [b1, b2], s).reshape([b, n, d]);
+            return sliced::mlp_kept_hidden(rows, [w1, w2], [bias1, bias2], s).reshape([b, n, d]);
         }
         let device = x.device();
         let (k, s) = (keep.kept_index(&device), keep.skipped_index(&device));
         let dense = || self.forward(x.clone().narrow(1, 0, prefix), ctx);
         let mut h = linear(
             x.clone(),
-            fc1.weight.val().select(1, k.clone()),
-            fc1.bias.as_ref().map(|b| b.val().select(0, k.clone())),
+            w1.select(1, k.clone()),
+            bias1.map(|b| b.select(0, k.clone())),
         );
         let mut skipped = None;
         if let (Some(a1), Some(b1)) = (&fc1.lora_A, &fc1.lora_B) {
@@ -915,11 +915,7 @@ impl Mlp {
             }
         }
         let g = dropout(gelu(h), self.drop, ctx);
-        let mut out = linear(
-            g.clone(),
-            fc2.weight.val().select(0, k.clone()),
-            fc2.bias.as_ref().map(|b| b.val()),
-        );
+        let mut out = linear(g.clone(), w2.select(0, k.clone()), bias2);
         if let (Some(a2), Some(b2)) = (&fc2.lora_A, &fc2.lora_B) {
             let a2 = a2.weight.val();
             let mut z = linear(
