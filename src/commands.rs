@@ -1,5 +1,7 @@
 //! What each subcommand does, given parsed arguments.
 
+pub mod flags;
+
 use std::sync::atomic::Ordering;
 
 use clap::{ArgMatches, Args, FromArgMatches};
@@ -13,7 +15,7 @@ use crate::data::{Split, load};
 use crate::error::{Error, Result};
 use crate::model::io::{read_safetensors, write_safetensors};
 use crate::model::pretrained;
-use crate::train::{self, checkpoint, trainer};
+use crate::train::{self, checkpoint};
 
 pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     // train, continual and compare-finetune are data-parallel; the others would run once per
@@ -35,6 +37,12 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             let sub = matches
                 .subcommand_matches("compare-finetune")
                 .ok_or_else(|| Error::Config("no compare-finetune arguments".into()))?;
+            flags::check(
+                flags::TrainingCommand::CompareFinetune,
+                sub,
+                args.train.config_file.as_deref(),
+                None,
+            )?;
             let cfg = train_config(&args.train, sub)?;
             // One launched process spawns one child per method, as without a launcher (a child
             // of an MPI process could not join a job of its own).
@@ -105,7 +113,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
 
 fn install_interrupt_handler() {
     let _ = ctrlc::set_handler(|| {
-        let n = trainer::INTERRUPTS.fetch_add(1, Ordering::SeqCst) + 1;
+        let n = crate::train::engine::INTERRUPTS.fetch_add(1, Ordering::SeqCst) + 1;
         if n == 1 {
             crate::log_line!(
                 "\ninterrupt: finishing the current step and writing a checkpoint (again to quit at once)"
@@ -204,6 +212,12 @@ fn cmd_continual(args: ContinualArgs, matches: &ArgMatches) -> Result<()> {
         }
         None => args.continual.clone(),
     };
+    flags::check(
+        flags::TrainingCommand::Continual,
+        matches,
+        args.config_file.as_deref(),
+        Some(&cl),
+    )?;
     set_threads(cfg.threads, dist);
     install_interrupt_handler();
     let out = crate::continual::runner::run(cfg, cl)?;
@@ -216,7 +230,7 @@ fn cmd_continual(args: ContinualArgs, matches: &ArgMatches) -> Result<()> {
         "{} ({}): {} of {} tasks, average accuracy {}, average forgetting {}, BWT {}; outputs in {}",
         r.strategy,
         r.scenario,
-        r.tasks_completed,
+        r.completed_tasks,
         r.tasks,
         pct(Some(r.metrics.avg_acc)),
         pct(r.metrics.avg_forgetting),
@@ -270,7 +284,8 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     }
     let val = load::load_split(&cfg, Split::Test)?;
     let loader = crate::train::val_loader(&cfg, &ck.vit_config, val);
-    let (mut report, preds) = trainer::evaluate_preds(&model, &loader, &device)?;
+    let (mut report, preds) =
+        crate::train::evaluate::evaluate_preds(&model, &loader, &device, None)?;
     if let Some(spec) = &args.teacher {
         let t = crate::train::distill::load_teacher(
             spec,

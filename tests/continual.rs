@@ -68,7 +68,7 @@ fn resume_after_a_task_equals_the_straight_run() {
     let stopped = run(tiny(b.path()), first).unwrap();
     let ck = stopped.stopped_at.expect("stopped after task 2");
     assert!(ck.ends_with("checkpoints/after_task_2"), "{}", ck.display());
-    assert_eq!(read_report(b.path()).tasks_completed, 2);
+    assert_eq!(read_report(b.path()).completed_tasks, 2);
     assert!(!b.path().join("checkpoints/after_task_3").exists());
     for f in [
         "continual_state.json",
@@ -226,4 +226,237 @@ fn bad_input_gets_a_clear_error() {
     );
     let e = with(&["--class-order", "/no/such/file"]);
     assert!(e.contains("not natural or seeded"), "{e}");
+}
+
+fn weights(
+    dir: &Path,
+    ck: &str,
+) -> std::collections::BTreeMap<String, vitrs::model::io::HostTensor> {
+    read_safetensors(&dir.join("checkpoints").join(ck).join("model.safetensors")).unwrap()
+}
+
+fn max_diff(
+    a: &std::collections::BTreeMap<String, vitrs::model::io::HostTensor>,
+    b: &std::collections::BTreeMap<String, vitrs::model::io::HostTensor>,
+) -> f32 {
+    let mut worst = 0f32;
+    for (k, ta) in a {
+        for (x, y) in ta.data.iter().zip(&b[k].data) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    worst
+}
+
+fn metric_lines(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `--accum-steps 2` at batch 16 gives the weights of batch 32 in every task (EWC's penalty
+/// gradient included): the engine's accumulation, as `train`'s test shows for one phase.
+#[test]
+fn accumulation_in_continual_equals_the_big_batch() {
+    let base = |dir: &Path, batch: usize, accum: usize| Config {
+        synthetic_size: 256,
+        batch_size: batch,
+        accum_steps: accum,
+        dropout: Some(0.0),
+        crop_padding: 0,
+        hflip: 0.0,
+        eps: 1.0,
+        lr: 0.05,
+        ..tiny(dir)
+    };
+    let mut c = cl(Strategy::Ewc, 2);
+    c.epochs_per_task = 1;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(base(a.path(), 32, 1), c.clone()).unwrap();
+    run(base(b.path(), 16, 2), c).unwrap();
+    let (wa, wb) = (
+        weights(a.path(), "after_task_2"),
+        weights(b.path(), "after_task_2"),
+    );
+    let worst = max_diff(&wa, &wb);
+    assert!(worst < 1e-5, "max weight difference {worst}");
+    // The steps did move the weights (the comparison is not between two idle models).
+    let fresh = {
+        let cfg = base(a.path(), 32, 1);
+        let vit = cfg.vit_config(16, 3, 10).unwrap();
+        let m = vitrs::model::VisionTransformer::new(&vit, cfg.seed, &burn::tensor::Device::flex())
+            .unwrap();
+        vitrs::model::io::state_dict(&m)
+    };
+    assert!(max_diff(&fresh, &wa) > 1e-3);
+    // Same number of optimizer steps in both runs.
+    let steps = |d: &Path| {
+        let s: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(d.join("checkpoints/after_task_2/training_state.json")).unwrap(),
+        )
+        .unwrap();
+        s["global_step"].as_u64().unwrap()
+    };
+    assert_eq!(steps(a.path()), steps(b.path()));
+}
+
+/// `--ema-decay`, `--precision f16` and `--teacher` act inside every task: the EMA is kept
+/// and evaluated (its own R), f16 scales the loss (the scaler is in the training state), and
+/// the student learns from the teacher (the distillation losses are logged).
+#[test]
+fn ema_f16_and_a_teacher_act_in_every_task() {
+    let t = tempfile::tempdir().unwrap();
+    let teacher = Config {
+        epochs: 1,
+        ..tiny(t.path())
+    };
+    vitrs::train::train(vitrs::train::prepare(teacher).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        ema_decay: 0.9,
+        precision: vitrs::model::precision::Precision::F16,
+        teacher: Some(t.path().join("checkpoints/last").display().to_string()),
+        distillation: vitrs::config::DistillKind::Soft,
+        log_every: 1,
+        ..tiny(dir.path())
+    };
+    let mut c = cl(Strategy::Naive, 2);
+    c.epochs_per_task = 1;
+    let out = run(cfg, c).unwrap();
+    let r = out.report;
+    assert_eq!(r.ema_acc_matrix.len(), 2, "one EMA row per task");
+    assert_ne!(r.ema_acc_matrix, r.acc_matrix, "the EMA is its own model");
+    let ck = dir.path().join("checkpoints/after_task_2");
+    assert!(ck.join("ema.safetensors").exists());
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ck.join("training_state.json")).unwrap()).unwrap();
+    assert!(
+        state["loss_scaler"]["scale"].as_f64().unwrap() > 1.0,
+        "{state}"
+    );
+    let train: Vec<_> = metric_lines(dir.path())
+        .into_iter()
+        .filter(|l| l["split"] == "train")
+        .collect();
+    assert!(!train.is_empty());
+    for l in &train {
+        assert!(l["loss_distill"].as_f64().is_some(), "{l}");
+        assert!(l["loss_scale"].as_f64().is_some(), "{l}");
+    }
+}
+
+/// `--max-training-hours` bounds the whole sequence: it stops inside the first task with a
+/// checkpoint, continual.json says so, and `--resume-from` finishes the run. `--max-steps`
+/// stops in the middle of task 2 (with a replay buffer and a Fisher to carry), and resuming
+/// from there gives bit for bit the straight run.
+#[test]
+fn time_limit_and_max_steps_stop_mid_task_and_resume_exactly() {
+    let strat = || {
+        let mut c = cl(Strategy::EwcReplay, 5);
+        c.epochs_per_task = 2;
+        c
+    };
+    let a = tempfile::tempdir().unwrap();
+    let straight = run(tiny(a.path()), strat()).unwrap();
+
+    let b = tempfile::tempdir().unwrap();
+    let out = run(
+        Config {
+            max_training_hours: 1e-9,
+            ..tiny(b.path())
+        },
+        strat(),
+    )
+    .unwrap();
+    let last = b.path().join("checkpoints/last");
+    assert_eq!(out.stopped_at.as_deref(), Some(last.as_path()));
+    assert!(b.path().join("checkpoints/checkpoint_time_limit").exists());
+    let r = read_report(b.path());
+    assert_eq!(
+        (r.completed_tasks, r.stop_reason.as_str()),
+        (0, "time_limit")
+    );
+    let resumed = run(
+        Config {
+            resume_from: Some(last),
+            max_training_hours: 0.0,
+            ..tiny(b.path())
+        },
+        strat(),
+    )
+    .unwrap();
+    assert!(resumed.stopped_at.is_none());
+    assert_eq!(resumed.report.stop_reason, "completed");
+    assert_eq!(resumed.report.completed_tasks, 5);
+    assert_eq!(resumed.report.acc_matrix, straight.report.acc_matrix);
+
+    // 1,500 images, 5 tasks: 300 per task, 10 steps per epoch of 32; step 25 is in task 2.
+    let c = tempfile::tempdir().unwrap();
+    let out = run(
+        Config {
+            max_steps: 25,
+            ..tiny(c.path())
+        },
+        strat(),
+    )
+    .unwrap();
+    assert!(out.stopped_at.is_some());
+    let r = read_report(c.path());
+    assert_eq!(
+        (r.completed_tasks, r.stop_reason.as_str()),
+        (1, "max_steps")
+    );
+    let resumed = run(
+        Config {
+            resume_from: Some(c.path().join("checkpoints/last")),
+            max_steps: 0,
+            ..tiny(c.path())
+        },
+        strat(),
+    )
+    .unwrap();
+    assert_eq!(resumed.report.acc_matrix, straight.report.acc_matrix);
+    assert_eq!(
+        weights(a.path(), "after_task_5"),
+        weights(c.path(), "after_task_5")
+    );
+}
+
+/// `--eval-every`, `--save-every` and `--patience` act per task: validation on the task's
+/// classes at the cadence, periodic checkpoints, and early stopping inside a task (with a
+/// learning rate too small to move a weight the validation loss cannot improve, so patience 1 stops every task
+/// after its second evaluation).
+#[test]
+fn eval_every_save_every_and_patience_act_per_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        // Too small to change an f32 weight: the validation loss cannot improve.
+        lr: 1e-30,
+        warmup_epochs: 0.0,
+        eval_every: 2,
+        save_every: 2,
+        patience: 1,
+        ..tiny(dir.path())
+    };
+    let mut c = cl(Strategy::Naive, 2);
+    c.epochs_per_task = 6;
+    run(cfg, c).unwrap();
+    let val: Vec<u64> = metric_lines(dir.path())
+        .into_iter()
+        .filter(|l| l["split"] == "val")
+        .map(|l| l["epoch"].as_u64().unwrap())
+        .collect();
+    // Task 1: epochs 2 and 4 evaluated, then stopped; task 2 (epochs 7–12): 8 and 10.
+    assert_eq!(val, [2, 4, 8, 10]);
+    for e in [2, 4, 8, 10] {
+        assert!(
+            dir.path()
+                .join(format!("checkpoints/checkpoint_epoch_{e}"))
+                .exists(),
+            "checkpoint_epoch_{e}"
+        );
+    }
+    assert!(!dir.path().join("checkpoints/checkpoint_epoch_6").exists());
 }

@@ -398,7 +398,7 @@ fn continual_two_processes_of_8_learn_like_one_of_16() {
         };
         let (ra, rb) = (report(&one), report(&two));
         assert_eq!(ra["acc_matrix"], rb["acc_matrix"], "{strategy}");
-        assert_eq!(ra["tasks_completed"], 2);
+        assert_eq!(ra["completed_tasks"], 2);
         for k in ["avg_forgetting", "bwt", "trainable_params"] {
             assert_eq!(ra[k], rb[k], "{strategy}: {k}");
         }

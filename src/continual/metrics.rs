@@ -12,12 +12,18 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContinualMetrics {
+    /// NaN (`null` in JSON) until a task is done.
+    #[serde(deserialize_with = "null_as_nan")]
     pub avg_acc: f64,
     /// `A_i` after each task trained so far.
     pub avg_acc_per_task: Vec<f64>,
     /// `None` before the second task (nothing could have been forgotten yet).
     pub avg_forgetting: Option<f64>,
     pub bwt: Option<f64>,
+}
+
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> f64 {

@@ -9,18 +9,11 @@ pub mod runner;
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::data::augment::mix::soft_targets;
 use crate::error::{Error, Result};
-use crate::model::VisionTransformer;
-use crate::model::layers::Ctx;
-use crate::model::params::gradients;
 use crate::rng::{Rng, stream};
-use crate::train::loss::soft_cross_entropy;
-use crate::train::step::{HostBatch, StepOutput, count_correct};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -251,9 +244,7 @@ pub fn task_of_class(tasks: &[Vec<usize>], num_classes: usize) -> Vec<usize> {
     t
 }
 
-/// Large enough that softmax gives the masked classes exactly zero, finite so that
-/// `0 · log p` stays 0 in the loss.
-const MASKED: f32 = -1e9;
+use crate::train::evaluate::MASKED;
 
 /// Task-IL: an additive `n × num_classes` logit mask keeping each row's task classes.
 pub fn task_masks(task_per_row: &[usize], tasks: &[Vec<usize>], num_classes: usize) -> Vec<f32> {
@@ -287,54 +278,12 @@ pub fn task_targets(
     out
 }
 
-/// Rows of `a` then `b` (a task batch and its replayed examples).
-pub fn concat_batches(mut a: HostBatch, b: HostBatch) -> HostBatch {
-    a.images.extend(b.images);
-    a.targets.extend(b.targets);
-    a.labels.extend(b.labels);
-    a.shape[0] += b.shape[0];
-    a
-}
-
-/// `train_step` with an optional additive logit mask (task-IL).
-pub fn masked_step(
-    model: &VisionTransformer,
-    batch: &HostBatch,
-    mask: Option<&[f32]>,
-    device: &Device,
-    ctx: &Ctx,
-) -> StepOutput {
-    let logits = model.forward(batch.images_tensor(device), ctx);
-    let logits = match mask {
-        Some(mask) => {
-            logits
-                + Tensor::<2>::from_data(
-                    TensorData::new(mask.to_vec(), [batch.len(), batch.num_classes]),
-                    device,
-                )
-        }
-        None => logits,
-    };
-    let loss = soft_cross_entropy(logits.clone(), batch.targets_tensor(device));
-    let grads = loss.backward();
-    let grads = gradients(model, &grads);
-    let loss: f32 = loss.inner().into_scalar();
-    StepOutput {
-        loss: loss as f64,
-        correct: count_correct(logits.inner(), &batch.labels),
-        grads,
-        ..Default::default()
-    }
-}
-
-/// One-hot targets (for the Fisher: the gradient of −log p(y|x)).
-pub fn one_hot(labels: &[usize], num_classes: usize) -> Vec<f32> {
-    soft_targets(labels, num_classes, 0.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::loss::soft_cross_entropy;
+    use crate::train::step::count_correct;
+    use burn::tensor::{Device, Tensor, TensorData};
 
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("c{i}")).collect()

@@ -1,18 +1,20 @@
-//! The task loop: train task after task with the `train` machinery (step, AdamW,
-//! warmup + cosine restarted per task, clipping), evaluate every task after each, keep R,
-//! and checkpoint after every task so that `--resume-from` continues exactly.
+//! The task loop: each task is one phase of the training engine (`train::engine`), with the
+//! continual strategies as its hooks (a replayed share of every batch, the task-IL logit
+//! mask, the EWC penalty's gradient). After every task: the replay buffer and the Fisher are
+//! updated, every task is evaluated (a row of R), and `after_task_K` is written so that
+//! `--resume-from` continues exactly; inside a task the engine's checkpoints (`last`, the
+//! time limit, `--save-every`) carry the same state, so a run stopped mid-task resumes too.
 //!
-//! `checkpoints/after_task_K/` holds the usual checkpoint (model, optimizer, training state,
-//! config, classes) plus `continual_state.json` (class order, R so far, times, settings),
-//! `ewc.safetensors` (Fisher and θ*) and `replay.json` + `replay.u8` (the buffer). All
-//! randomness is addressed by (seed, task, epoch, batch/step), so nothing else is state.
+//! A checkpoint adds to the usual one (model, optimizer, EMA, training state, config,
+//! classes): `continual_state.json` (class order, R so far, times, settings),
+//! `ewc.safetensors` (Fisher and θ*), `replay.json` + `replay.u8` (the buffer) and
+//! `task_adapters.safetensors`. All randomness is addressed by (seed, task, epoch,
+//! batch/step), so nothing else is state.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -20,13 +22,12 @@ use super::ewc::{Ewc, FisherSum, ParamMap, trainable_params};
 use super::metrics::{ContinualMetrics, joint_metrics, metrics};
 use super::replay::{ReplayBuffer, sample_indices};
 use super::{
-    ContinualConfig, Scenario, Strategy, class_order, concat_batches, masked_step, split_tasks,
-    task_masks, task_of_class, task_targets,
+    ContinualConfig, Scenario, Strategy, class_order, split_tasks, task_masks, task_of_class,
+    task_targets,
 };
 use crate::config::{AdapterKind, Config};
 use crate::data::dataset::Dataset;
 use crate::data::loader::Loader;
-use crate::dist::decide;
 use crate::error::{Error, Result};
 use crate::model::io::{
     HostTensor, load_state_dict, load_state_dict_keeping, read_safetensors, state_dict,
@@ -34,16 +35,18 @@ use crate::model::io::{
 use crate::model::layers::Ctx;
 use crate::model::lora::{self, LoraConfig, is_adapter};
 use crate::model::params::{count_params, map_params, named_params, set_trainable};
-use crate::model::precision::Precision;
 use crate::model::pretrained::is_head;
-use crate::model::{VisionTransformer, VitConfig};
-use crate::report::tensorboard::{EventWriter, now_secs};
+use crate::model::{Model, VitConfig};
+use crate::report::tensorboard::now_secs;
 use crate::rng::{Rng, stream};
 use crate::train::checkpoint::{self, Checkpoint, TrainingState};
-use crate::train::optim::{AdamW, AdamWConfig, global_grad_norm};
+use crate::train::ema::Ema;
+use crate::train::engine::{BatchPos, Engine, Hooks, Phase, Settings, Sinks, StopReason};
+use crate::train::evaluate::evaluate_preds;
+use crate::train::optim;
 use crate::train::schedule::WarmupCosine;
-use crate::train::step::StepOutput;
-use crate::train::trainer::{INTERRUPTS, write_json};
+use crate::train::step::{HostBatch, train_step_masked};
+use crate::train::trainer::write_json;
 
 pub const STATE_FILE: &str = "continual_state.json";
 pub const REPORT_JSON: &str = "continual.json";
@@ -57,8 +60,15 @@ pub struct ContinualState {
     /// Tasks (phases, for `joint`) completed.
     pub tasks_done: usize,
     pub acc_matrix: Vec<Vec<f64>>,
+    /// With `--ema-decay`: R of the EMA weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ema_acc_matrix: Vec<Vec<f64>>,
     pub task_seconds: Vec<f64>,
     pub global_step: u64,
+    /// Set while task `tasks_done + 1` is under way (a checkpoint written inside it): the
+    /// global step and the run's seconds at its start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_start: Option<(u64, f64)>,
 }
 
 impl ContinualState {
@@ -66,7 +76,7 @@ impl ContinualState {
         let p = dir.join(STATE_FILE);
         let s = std::fs::read(&p).map_err(|_| {
             Error::Checkpoint(format!(
-                "{} has no {STATE_FILE}: it is not a `vitrs continual` checkpoint (use runs/<run>/checkpoints/after_task_K)",
+                "{} has no {STATE_FILE}: it is not a `vitrs continual` checkpoint (use runs/<run>/checkpoints/after_task_K or last)",
                 dir.display()
             ))
         })?;
@@ -85,14 +95,22 @@ pub struct ContinualReport {
     pub epochs_per_task: usize,
     pub class_order: Vec<usize>,
     pub task_classes: Vec<Vec<usize>>,
-    pub tasks_completed: usize,
+    #[serde(alias = "tasks_completed")]
+    pub completed_tasks: usize,
+    /// completed | stop_after_task | time_limit | interrupted | max_steps
+    #[serde(default = "completed")]
+    pub stop_reason: String,
     /// R[i][j]: accuracy on task j after training task i (fractions).
     pub acc_matrix: Vec<Vec<f64>>,
+    /// With `--ema-decay`: R of the EMA weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ema_acc_matrix: Vec<Vec<f64>>,
     #[serde(flatten)]
     pub metrics: ContinualMetrics,
     pub trainable_params: usize,
     pub total_params: usize,
-    /// Training seconds of each task (including the EWC Fisher; evaluation excluded).
+    /// Training seconds of each task (its in-task validation and the EWC Fisher included;
+    /// the evaluation of every task after it excluded).
     pub task_seconds: Vec<f64>,
     pub train_seconds: f64,
     pub peak_rss_mb: Option<f64>,
@@ -101,26 +119,21 @@ pub struct ContinualReport {
     pub run_dir: PathBuf,
 }
 
-/// Train settings `continual` cannot honour, as one error.
+fn completed() -> String {
+    "completed".into()
+}
+
+/// Settings whose meaning in a task sequence is unclear, as one error each. Every other
+/// `train` flag acts in `continual` as it does in `train` (tests/flags.rs checks the table).
 fn check_train_flags(cfg: &Config, cl: &ContinualConfig) -> Result<()> {
-    if cfg.accum_steps != 1 {
-        return Err(Error::Config(
-            "vitrs continual does not support --accum-steps (use a smaller --batch-size)".into(),
-        ));
-    }
-    if cfg.ema_decay > 0.0 {
-        return Err(Error::Config(
-            "vitrs continual does not keep an EMA: drop --ema-decay".into(),
-        ));
-    }
-    if cfg.precision == Precision::F16 {
-        return Err(Error::Config(
-            "vitrs continual has no f16 loss scaling: use --precision bf16 or f32".into(),
-        ));
-    }
     if cl.scenario == Scenario::TaskIl && (cfg.mixup > 0.0 || cfg.cutmix > 0.0) {
         return Err(Error::Config(
             "--scenario task-il cannot mix images of different tasks: drop --mixup/--cutmix".into(),
+        ));
+    }
+    if cl.scenario == Scenario::TaskIl && cfg.teacher.is_some() {
+        return Err(Error::Config(
+            "--scenario task-il masks the student's logits to the task but not the teacher's: drop --teacher or use --scenario class-il".into(),
         ));
     }
     if cl.strategy.uses_replay() && cfg.batch_size < 2 {
@@ -149,39 +162,149 @@ fn indices_of(data: &Dataset, classes: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// (correct, images) of `model` on every batch of `loader` (this rank's shard), logits
-/// masked to `mask_classes` (task-IL).
-fn accuracy(
-    model: &VisionTransformer,
-    loader: &Loader,
-    mask_classes: Option<&[usize]>,
-    device: &Device,
-) -> [f64; 2] {
-    let (mut correct, mut n) = (0usize, 0usize);
-    for batch in loader.epoch(0, 0) {
-        if batch.is_empty() {
-            continue; // the end of a shorter shard
-        }
-        let mut logits = model.forward(batch.images_tensor(device), &Ctx::eval());
-        if let Some(classes) = mask_classes {
-            let tasks = [classes.to_vec()];
-            let m = task_masks(&vec![0; batch.len()], &tasks, batch.num_classes);
-            logits = logits
-                + Tensor::<2>::from_data(
-                    TensorData::new(m, [batch.len(), batch.num_classes]),
-                    device,
-                );
-        }
-        correct += crate::train::step::count_correct(logits, &batch.labels);
-        n += batch.len();
-    }
-    [correct as f64, n as f64]
-}
-
 pub struct Outcome {
     pub report: ContinualReport,
-    /// Set when `--stop-after-task` ended the run early: the checkpoint to resume from.
+    /// Set when the run stopped before its end (`--stop-after-task`, the time limit, a
+    /// signal, `--max-steps`): the checkpoint to resume from.
     pub stopped_at: Option<PathBuf>,
+}
+
+/// Everything a continual checkpoint holds besides the engine's state.
+struct Memory {
+    state: ContinualState,
+    ewc: Ewc,
+    buffer: ReplayBuffer,
+    /// --lora-per-task: the adapter each finished task trained (grows by one per task).
+    task_adapters: Vec<ParamMap>,
+}
+
+/// Writes checkpoints of a continual run (rank 0 only; every rank holds the same state).
+struct Saver<'a> {
+    ckpt_root: PathBuf,
+    vit: &'a VitConfig,
+    cfg: &'a Config,
+    class_names: &'a [String],
+}
+
+impl Saver<'_> {
+    fn save(&self, name: &str, e: &Engine, mem: &Memory) -> Result<PathBuf> {
+        let dest = self.ckpt_root.join(name);
+        if !crate::dist::world().is_main() {
+            return Ok(dest);
+        }
+        let mut state = mem.state.clone();
+        state.global_step = e.state.global_step;
+        let ck = Checkpoint {
+            model: state_dict(&e.model),
+            vit_config: self.vit.clone(),
+            optimizer: Some(e.optim.state_dict()),
+            ema: e.ema.as_ref().map(|m| state_dict(&m.model)),
+            state: Some(e.state.clone()),
+            train_config: Some(self.cfg.clone()),
+            class_names: Some(self.class_names.to_vec()),
+            // The continual checkpoint keeps the whole model (adapters included).
+            adapter: None,
+        };
+        checkpoint::save_with(&dest, &ck, |dir| {
+            let s = serde_json::to_vec_pretty(&state).map_err(|e| Error::Io(e.to_string()))?;
+            crate::util::write_file_synced(&dir.join(STATE_FILE), &s)?;
+            if mem.ewc.is_active() {
+                crate::model::io::write_safetensors(
+                    &dir.join("ewc.safetensors"),
+                    &mem.ewc.state_dict(),
+                    None,
+                )?;
+            }
+            if mem.buffer.capacity > 0 {
+                mem.buffer.save(dir)?;
+            }
+            if !mem.task_adapters.is_empty() {
+                crate::model::io::write_safetensors(
+                    &dir.join("task_adapters.safetensors"),
+                    &task_adapters_state(&mem.task_adapters),
+                    None,
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(dest)
+    }
+}
+
+/// The continual strategies as hooks of one task's phase.
+struct TaskHooks<'a> {
+    saver: &'a Saver<'a>,
+    mem: &'a Memory,
+    seed: u64,
+    task: usize,
+    /// Replayed examples per batch and the buffer's loader (once it holds data).
+    replay: Option<(usize, Loader)>,
+    /// Task-IL: the task of every class, the tasks, and the label smoothing of the targets.
+    task_il: Option<(&'a [usize], &'a [Vec<usize>], f64)>,
+    ewc_hint: &'static str,
+    /// One epoch per task: the best epoch is the last, so `best_model` is never restored
+    /// and need not be written.
+    single_epoch: bool,
+}
+
+impl Hooks for TaskHooks<'_> {
+    fn batch(
+        &mut self,
+        mut batch: HostBatch,
+        pos: BatchPos,
+    ) -> Result<(HostBatch, Option<Vec<f32>>)> {
+        let dist = crate::dist::world();
+        if let Some((n, rl)) = &self.replay {
+            let mut rng = Rng::at(
+                self.seed,
+                stream::REPLAY,
+                &[self.task as u64, pos.epoch as u64, pos.micro as u64],
+            );
+            // The global batch's draw, the same on every rank; each takes its share.
+            let all = sample_indices(rl.dataset().len(), n * dist.size(), &mut rng);
+            let idx: Vec<usize> = all
+                .into_iter()
+                .skip(dist.rank())
+                .step_by(dist.size())
+                .collect();
+            batch = batch.concat(rl.make_batch(pos.data_epoch, pos.micro, &idx));
+        }
+        let mask = self.task_il.map(|(task_of, tasks, smoothing)| {
+            let rows: Vec<usize> = batch.labels.iter().map(|&y| task_of[y]).collect();
+            batch.targets =
+                task_targets(&batch.labels, task_of, tasks, batch.num_classes, smoothing);
+            task_masks(&rows, tasks, batch.num_classes)
+        });
+        Ok((batch, mask))
+    }
+
+    fn add_grads(&mut self, model: &Model, grads: &mut BTreeMap<String, Tensor<1>>) {
+        if self.mem.ewc.is_active() {
+            self.mem.ewc.add_grads(grads, &trainable_params(model));
+        }
+    }
+
+    fn log(&mut self, model: &Model) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        if self.mem.ewc.is_active() {
+            out.insert(
+                "ewc_penalty".into(),
+                self.mem.ewc.penalty(&trainable_params(model)),
+            );
+        }
+        out
+    }
+
+    fn divergence_hint(&self) -> &str {
+        self.ewc_hint
+    }
+
+    fn save(&mut self, engine: &Engine, name: &str) -> Result<PathBuf> {
+        if self.single_epoch && name == "best_model" {
+            return Ok(self.saver.ckpt_root.join(name));
+        }
+        self.saver.save(name, engine, self.mem)
+    }
 }
 
 /// Run (or continue) a continual-learning sequence. `cl` is the resumed run's own when
@@ -194,7 +317,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         None => None,
     };
     // Data-parallel under mpirun/srun: each rank trains on its shard of every batch, and the
-    // gradients, counts, accuracies and the Fisher are summed over ranks (see the README).
+    // gradients, counts, accuracies and the Fisher are summed over ranks (docs/scale-out.md).
     let dist = crate::dist::world();
     let run = crate::train::prepare(cfg)?;
     let cfg = run.config.clone();
@@ -243,7 +366,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     }
 
     // The model, as `train` builds it.
-    let mut model = VisionTransformer::new(&vit, cfg.seed, &ad)?;
+    let mut model = Model::new(&vit, cfg.seed, &ad)?;
     if let Some(w) = &run.init_weights {
         model = load_state_dict_keeping(model, w, &ad, is_head)?;
     }
@@ -266,48 +389,38 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         }
     });
     if let Some(l) = &lora_cfg {
-        model = lora::add_adapters(model, l, cfg.seed, &ad)?;
+        model = model.map_vit(|m| lora::add_adapters(m, l, cfg.seed, &ad))?;
     }
-    let new_optim = |model: &VisionTransformer| {
-        let trainable: Vec<(String, usize)> = named_params(model)
-            .into_iter()
-            .filter(|p| p.trainable)
-            .map(|p| (p.path, p.shape.len()))
-            .collect();
-        AdamW::new(
-            AdamWConfig {
-                beta1: cfg.beta1,
-                beta2: cfg.beta2,
-                eps: cfg.eps,
-                weight_decay: cfg.weight_decay,
-                layer_decay: cfg.layer_decay,
-                depth: vit.depth,
-            },
-            &trainable,
-        )
-    };
-    let mut optim = new_optim(&model);
-    // --lora-per-task: the adapter each finished task trained (grows by one per task).
-    let mut task_adapters: Vec<ParamMap> = Vec::new();
-    let mut ewc = Ewc::new(cl.ewc_lambda, cl.ewc_gamma);
-    let mut buffer = ReplayBuffer::new(
-        if cl.strategy.uses_replay() {
-            cl.replay_size
-        } else {
-            0
+    let mut optim = optim::adamw(&cfg, &model, vit.depth);
+    let mut ema = (cfg.ema_decay > 0.0).then(|| Ema::new(&model, cfg.ema_decay, cfg.ema_warmup));
+    let mut mem = Memory {
+        state: ContinualState {
+            continual: cl.clone(),
+            class_order: order.clone(),
+            task_classes: tasks.clone(),
+            tasks_done: 0,
+            acc_matrix: Vec::new(),
+            ema_acc_matrix: Vec::new(),
+            task_seconds: Vec::new(),
+            global_step: 0,
+            task_start: None,
         },
-        train_data.height,
-        train_data.width,
-        train_data.channels,
-    );
-    let mut state = ContinualState {
-        continual: cl.clone(),
-        class_order: order.clone(),
-        task_classes: tasks.clone(),
-        tasks_done: 0,
-        acc_matrix: Vec::new(),
-        task_seconds: Vec::new(),
-        global_step: 0,
+        ewc: Ewc::new(cl.ewc_lambda, cl.ewc_gamma),
+        buffer: ReplayBuffer::new(
+            if cl.strategy.uses_replay() {
+                cl.replay_size
+            } else {
+                0
+            },
+            train_data.height,
+            train_data.width,
+            train_data.channels,
+        ),
+        task_adapters: Vec::new(),
+    };
+    let mut state = TrainingState {
+        best_val_loss: f64::INFINITY,
+        ..Default::default()
     };
     if let (Some(dir), Some(s)) = (&cfg.resume_from, resumed) {
         let ck = checkpoint::load(dir)?;
@@ -318,38 +431,73 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             )));
         }
         model = load_state_dict(model, &ck.model, &ad)?;
-        if let Some(opt) = &ck.optimizer {
-            optim.load_state_dict(opt, s.global_step, &ad)?;
-        }
+        state = checkpoint::resume_into(dir, &ck, &mut optim, &mut ema, &ad, &device, &|_| false)?;
         let ewc_path = dir.join("ewc.safetensors");
         if ewc_path.exists() {
-            ewc.load_state_dict(&read_safetensors(&ewc_path)?, &device);
+            mem.ewc
+                .load_state_dict(&read_safetensors(&ewc_path)?, &device);
         }
         if dir.join("replay.json").exists() {
-            buffer = ReplayBuffer::load(dir)?;
+            mem.buffer = ReplayBuffer::load(dir)?;
         }
         let ad_path = dir.join("task_adapters.safetensors");
         if ad_path.exists() {
-            task_adapters = load_task_adapters(&read_safetensors(&ad_path)?, &device);
+            mem.task_adapters = load_task_adapters(&read_safetensors(&ad_path)?, &device);
         }
         say(format!(
-            "resuming from {} after task {} of {}",
+            "resuming from {} after task {} of {}{}",
             dir.display(),
             s.tasks_done,
-            phases
+            phases,
+            match s.task_start {
+                Some(_) => format!(" (task {} at step {})", s.tasks_done + 1, state.global_step),
+                None => String::new(),
+            }
         ));
-        state = s;
+        mem.state = s;
     }
+    checkpoint::fit_scaler(&mut state, cfg.precision, cfg.loss_scale);
     // Every rank starts from rank 0's weights (every rank built or read the same ones; this
     // makes it certain).
     model = crate::dist::broadcast_params(dist, model);
-    let (total_params, trainable_params_n) = count_params(&model);
-    let ckpt_root = run.run_dir.join("checkpoints");
-    let mut tb = match dist.is_main() {
-        true => Some(EventWriter::create(&run.run_dir)?),
-        false => None,
+    if let Some(e) = &mut ema {
+        e.model = crate::dist::broadcast_params(dist, e.model.clone());
+    }
+    let teacher = match &cfg.teacher {
+        Some(spec) => Some(crate::train::distill::load_teacher(
+            spec,
+            &vit,
+            cfg.distillation,
+            cfg.distill_alpha,
+            cfg.distill_tau,
+            &device,
+        )?),
+        None => None,
     };
-    let mut last_report = None;
+    let ckpt_root = run.run_dir.join("checkpoints");
+    if dist.is_main() {
+        checkpoint::clear_partial(&ckpt_root);
+    }
+    let sinks = Sinks::open(&run.run_dir, &state, dist.is_main())?;
+    let mut engine = Engine::new(
+        model,
+        optim,
+        ema,
+        state,
+        Settings::from_config(&cfg),
+        device.clone(),
+        ad.clone(),
+        sinks,
+        ckpt_root.clone(),
+    );
+    engine.teacher = teacher;
+    let (total_params, trainable_params_n) = count_params(&engine.model);
+    let saver = Saver {
+        ckpt_root: ckpt_root.clone(),
+        vit: &vit,
+        cfg: &cfg,
+        class_names: &run.class_names,
+    };
 
     // Test splits per task, built once.
     let test_loaders: Vec<Loader> = tasks
@@ -361,15 +509,54 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         })
         .collect();
     let bs = cfg.batch_size;
-    let mut stopped_at = None;
-
-    for t in state.tasks_done..phases {
-        let task_start = Instant::now();
-        if let (Some(l), true, true) = (&lora_cfg, cl.lora_per_task, t > 0) {
-            // A fresh adapter (B = 0: the frozen base) and fresh optimizer state for it.
-            model = lora::add_adapters(model, l, cfg.seed.wrapping_add(t as u64), &ad)?;
-            optim = new_optim(&model);
+    let mut stop = (StopReason::Completed, None);
+    let report_of = |mem: &Memory, stop_reason: &str| {
+        let m = if joint {
+            joint_metrics(mem.state.acc_matrix.last().map_or(&[][..], |r| &r[..]))
+        } else {
+            metrics(&mem.state.acc_matrix)
+        };
+        ContinualReport {
+            strategy: cl.strategy.name().into(),
+            scenario: cl.scenario.name().into(),
+            dataset: format!("{:?}", cfg.dataset),
+            model: cfg.pretrained.clone().unwrap_or(cfg.model.clone()),
+            tasks: t_count,
+            epochs_per_task: cl.epochs_per_task,
+            class_order: order.clone(),
+            task_classes: tasks.clone(),
+            completed_tasks: mem.state.tasks_done,
+            stop_reason: stop_reason.into(),
+            acc_matrix: mem.state.acc_matrix.clone(),
+            ema_acc_matrix: mem.state.ema_acc_matrix.clone(),
+            metrics: m,
+            trainable_params: trainable_params_n,
+            total_params,
+            task_seconds: mem.state.task_seconds.clone(),
+            train_seconds: mem.state.task_seconds.iter().sum(),
+            peak_rss_mb: crate::util::peak_rss_mb(),
+            replay_size: cl.strategy.uses_replay().then_some(cl.replay_size),
+            ewc_lambda: cl.strategy.uses_ewc().then_some(cl.ewc_lambda),
+            run_dir: run.run_dir.clone(),
         }
+    };
+
+    for t in mem.state.tasks_done..phases {
+        let mid_task = mem.state.task_start.is_some();
+        if !mid_task {
+            if let (Some(l), true, true) = (&lora_cfg, cl.lora_per_task, t > 0) {
+                // A fresh adapter (B = 0: the frozen base) and fresh optimizer state for it.
+                let seed = cfg.seed.wrapping_add(t as u64);
+                engine.model = engine
+                    .model
+                    .clone()
+                    .map_vit(|m| lora::add_adapters(m, l, seed, &ad))?;
+                engine.optim = optim::adamw(&cfg, &engine.model, vit.depth);
+            }
+            mem.state.task_start = Some((engine.state.global_step, engine.elapsed()));
+            engine.reset_best();
+        }
+        let (step_base, start_secs) = mem.state.task_start.unwrap_or_default();
         let classes: Vec<usize> = if joint {
             order.clone()
         } else {
@@ -377,28 +564,24 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         };
         let train_idx = indices_of(&train_data, &classes);
         let task_ds = Arc::new(train_data.subset(&train_idx));
-        let replay_n = if buffer.is_empty() {
+        let replay_n = if mem.buffer.is_empty() {
             0
         } else {
             // At least one new and one replayed example per batch (bs ≥ 2 is checked).
             ((bs as f64 * cl.replay_ratio).round() as usize).clamp(1, bs - 1)
         };
         let task_loader = run.train.with_data(task_ds.clone(), bs - replay_n);
-        let replay_loader = (replay_n > 0).then(|| {
-            run.train.with_data(
-                Arc::new(buffer.to_dataset(&train_data.class_names)),
-                replay_n,
-            )
-        });
-        let steps_per_epoch = task_loader.num_batches();
-        let layout = crate::dist::grad_layout(&model);
+        let val_loader = match joint {
+            true => run.val.clone(),
+            false => test_loaders[t].clone(),
+        };
         let schedule = WarmupCosine::new(
             cfg.lr,
             cfg.warmup_start_lr,
             cfg.min_lr,
             cfg.warmup_epochs,
             cl.epochs_per_task,
-            steps_per_epoch,
+            task_loader.num_batches().div_ceil(cfg.accum_steps),
         );
         say(format!(
             "task {}/{}: classes {:?}, {} train images{}, {} steps/epoch",
@@ -410,121 +593,58 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 format!(
                     " + {replay_n} replayed per {}batch from {} stored",
                     if dist.size() > 1 { "process's " } else { "" },
-                    buffer.len()
+                    mem.buffer.len()
                 )
             } else {
                 String::new()
             },
-            steps_per_epoch
+            task_loader.num_batches().div_ceil(cfg.accum_steps)
         ));
-        let mut task_step = 0u64;
-        for e in 0..cl.epochs_per_task {
-            let epoch_id = t * cl.epochs_per_task + e;
-            let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-            let epoch_start = Instant::now();
-            for (b, batch) in task_loader.epoch(epoch_id, 0).into_iter().enumerate() {
-                let mut batch = batch;
-                if let Some(rl) = &replay_loader {
-                    let mut rng =
-                        Rng::at(cfg.seed, stream::REPLAY, &[t as u64, e as u64, b as u64]);
-                    // The global batch's draw, the same on every rank; each takes its share.
-                    let all = sample_indices(rl.dataset().len(), replay_n * dist.size(), &mut rng);
-                    let idx: Vec<usize> = all
-                        .into_iter()
-                        .skip(dist.rank())
-                        .step_by(dist.size())
-                        .collect();
-                    batch = concat_batches(batch, rl.make_batch(epoch_id, b, &idx));
-                }
-                let mask = task_il.then(|| {
-                    let rows: Vec<usize> = batch.labels.iter().map(|&y| task_of[y]).collect();
-                    batch.targets = task_targets(
-                        &batch.labels,
-                        &task_of,
-                        &tasks,
-                        batch.num_classes,
-                        cfg.label_smoothing,
-                    );
-                    task_masks(&rows, &tasks, batch.num_classes)
-                });
-                // Dropout masks differ between ranks (as between the samples of one batch).
-                let ctx = Ctx::train(cfg.seed, &[state.global_step, 0, dist.rank() as u64])
-                    .with_precision(cfg.precision, 1.0);
-                let n = batch.len();
-                let out = match n {
-                    0 => StepOutput::default(), // this rank's shard ran out; it still joins
-                    _ => masked_step(&model, &batch, mask.as_deref(), &ad, &ctx),
-                };
-                let mut grads = out.grads;
-                // [images, Σ loss, correct] of the global batch.
-                let mut counts = [n as f64, out.loss * n as f64, out.correct as f64];
-                if dist.size() > 1 {
-                    // Σ n_r·g_r over ranks / Σ n_r: the mean gradient of the global batch.
-                    grads = grads.into_iter().map(|(k, g)| (k, g * n as f64)).collect();
-                    crate::dist::all_reduce_grads(dist, &layout, &mut grads, &mut counts, &device);
-                    grads = grads.into_iter().map(|(k, g)| (k, g / counts[0])).collect();
-                }
-                let step_loss = counts[1] / counts[0].max(1.0);
-                if ewc.is_active() {
-                    ewc.add_grads(&mut grads, &trainable_params(&model));
-                }
-                let lr = schedule.lr(task_step);
-                let norm = global_grad_norm(&grads);
-                if !step_loss.is_finite() || !norm.is_finite() {
-                    return Err(Error::Training(format!(
-                        "loss became {} (gradient norm {norm}) in task {}, step {}; lower --lr or --ewc-lambda, clip harder (--grad-clip 0.5)",
-                        step_loss,
-                        t + 1,
-                        state.global_step
-                    )));
-                }
-                let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
-                    cfg.grad_clip / (norm + 1e-6)
-                } else {
-                    1.0
-                };
-                model = optim.step(model, &grads, lr, scale);
-                state.global_step += 1;
-                task_step += 1;
-                loss_sum += counts[1];
-                correct += counts[2] as usize;
-                seen += counts[0] as usize;
-                if let Some(tb) = tb
-                    .as_mut()
-                    .filter(|_| state.global_step.is_multiple_of(cfg.log_every as u64))
-                {
-                    let step = state.global_step as i64;
-                    tb.scalar("train/loss", step, step_loss as f32, now_secs())?;
-                    tb.scalar("train/lr", step, lr as f32, now_secs())?;
-                    if ewc.is_active() {
-                        let p = ewc.penalty(&trainable_params(&model));
-                        tb.scalar("train/ewc_penalty", step, p as f32, now_secs())?;
-                    }
-                }
-                // Rank 0 decides for everyone, so that all ranks stop after the same step.
-                if decide(dist, u32::from(INTERRUPTS.load(Ordering::SeqCst) > 0)) == 1 {
-                    return Err(Error::Training(format!(
-                        "interrupted in task {}; resume from the last after_task_K checkpoint in {}",
-                        t + 1,
-                        ckpt_root.display()
-                    )));
-                }
-            }
+        let phase = Phase {
+            train: &task_loader,
+            val: &val_loader,
+            val_classes: task_il.then_some(&classes[..]),
+            epochs: cl.epochs_per_task,
+            epoch_base: t * cl.epochs_per_task,
+            data_epoch: t * cl.epochs_per_task,
+            step_base,
+            schedule: &schedule,
+            label: format!("task {}/{} ", t + 1, phases),
+        };
+        let mut hooks = TaskHooks {
+            saver: &saver,
+            mem: &mem,
+            seed: cfg.seed,
+            task: t,
+            replay: (replay_n > 0).then(|| {
+                let data = Arc::new(mem.buffer.to_dataset(&train_data.class_names));
+                (replay_n, run.train.with_data(data, replay_n))
+            }),
+            task_il: task_il.then_some((&task_of[..], &tasks[..], cfg.label_smoothing)),
+            single_epoch: cl.epochs_per_task == 1,
+            ewc_hint: if mem.ewc.is_active() {
+                " or --ewc-lambda"
+            } else {
+                ""
+            },
+        };
+        let end = engine.fit(&phase, &mut hooks)?;
+        if end.reason.is_pause() || end.reason == StopReason::MaxSteps {
+            stop = (end.reason, Some(ckpt_root.join("last")));
+            break;
+        }
+        if engine.restore_best(&ckpt_root.join("best_model"), &|_| false)? {
             say(format!(
-                "task {}/{} epoch {}/{}: train loss {:.4} acc {:.2}% | {:.0} img/s",
+                "task {}: restored the best weights (epoch {}, val acc {:.2}%)",
                 t + 1,
-                phases,
-                e + 1,
-                cl.epochs_per_task,
-                loss_sum / seen.max(1) as f64,
-                100.0 * correct as f64 / seen.max(1) as f64,
-                seen as f64 / epoch_start.elapsed().as_secs_f64()
+                engine.state.best_epoch,
+                100.0 * engine.state.best_val_acc
             ));
         }
         let last = t + 1 == phases;
-        if buffer.capacity > 0 {
+        if mem.buffer.capacity > 0 {
             let mut rng = Rng::at(cfg.seed, stream::REPLAY, &[t as u64, u64::MAX]);
-            buffer.add(&train_data, &train_idx, &mut rng);
+            mem.buffer.add(&train_data, &train_idx, &mut rng);
         }
         if cl.strategy.uses_ewc() && !last {
             let fisher_loader = run.val.with_data(task_ds.clone(), 1);
@@ -540,37 +660,34 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 let b = fisher_loader.make_batch(0, k, &[i]);
                 let y = b.labels[0];
                 let mask = task_il.then(|| task_masks(&[task_of[y]], &tasks, b.num_classes));
-                sum.add(masked_step(&model, &b, mask.as_deref(), &ad, &Ctx::eval()).grads);
+                let out =
+                    train_step_masked(&engine.model, &b, &ad, &Ctx::eval(), None, mask.as_deref());
+                sum.add(out.grads);
             }
+            let layout = crate::dist::grad_layout(&engine.model);
             let fisher = sum.mean_over(dist, &layout, &device);
-            ewc.consolidate(fisher, trainable_params(&model));
+            mem.ewc.consolidate(fisher, trainable_params(&engine.model));
         }
         if cl.lora_per_task {
-            task_adapters.push(adapter_params(&model));
+            mem.task_adapters.push(adapter_params(&engine.model));
         }
-        let task_secs = task_start.elapsed().as_secs_f64();
+        let task_secs = engine.elapsed() - start_secs;
 
         // Every task's test split, seen or not. Under task-IL with one adapter per task, a
         // trained task is tested with its own adapter (the task id is given).
-        let eval_model = model.valid();
-        // [correct, images] of every task on this rank's shard, then summed over ranks.
-        let mut counts: Vec<f64> = test_loaders
-            .iter()
-            .enumerate()
-            .flat_map(|(j, l)| {
-                let mask = task_il.then_some(&tasks[j][..]);
-                match task_adapters.get(j).filter(|_| task_il) {
-                    Some(a) => {
-                        let m = map_params(eval_model.clone(), |p, _| a.get(p).cloned());
-                        accuracy(&m, l, mask, &device)
-                    }
-                    None => accuracy(&eval_model, l, mask, &device),
-                }
-            })
-            .collect();
-        dist.all_reduce_sum_f64(&mut counts);
-        let row: Vec<f64> = counts.chunks(2).map(|c| c[0] / c[1].max(1.0)).collect();
-        if let Some(tb) = &mut tb {
+        let row = accuracy_row(
+            &engine.model,
+            &test_loaders,
+            &tasks,
+            task_il,
+            &mem.task_adapters,
+            &device,
+        )?;
+        if let Some(ema) = &engine.ema {
+            let ema_row = accuracy_row(&ema.model, &test_loaders, &tasks, task_il, &[], &device)?;
+            mem.state.ema_acc_matrix.push(ema_row);
+        }
+        if let Some(tb) = &mut engine.sinks.tensorboard {
             for (j, a) in row.iter().enumerate() {
                 tb.scalar(
                     &format!("task_{}/acc", j + 1),
@@ -580,15 +697,13 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 )?;
             }
         }
-        state.acc_matrix.push(row.clone());
-        state.task_seconds.push(task_secs);
-        state.tasks_done = t + 1;
-        let m = if joint {
-            joint_metrics(&row)
-        } else {
-            metrics(&state.acc_matrix)
-        };
-        if let Some(tb) = &mut tb {
+        mem.state.acc_matrix.push(row.clone());
+        mem.state.task_seconds.push(task_secs);
+        mem.state.tasks_done = t + 1;
+        mem.state.task_start = None;
+        let report = report_of(&mem, "completed");
+        let m = &report.metrics;
+        if let Some(tb) = &mut engine.sinks.tensorboard {
             tb.scalar("avg_acc", (t + 1) as i64, m.avg_acc as f32, now_secs())?;
             tb.flush()?;
         }
@@ -605,98 +720,80 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 .unwrap_or_default(),
             task_secs
         ));
-
-        let dest = ckpt_root.join(format!("after_task_{}", t + 1));
-        let ck = Checkpoint {
-            model: state_dict(&model),
-            vit_config: vit.clone(),
-            optimizer: Some(optim.state_dict()),
-            ema: None,
-            state: Some(TrainingState {
-                epoch: (t + 1) * cl.epochs_per_task,
-                global_step: state.global_step,
-                elapsed_secs: state.task_seconds.iter().sum(),
-                ..Default::default()
-            }),
-            train_config: Some(cfg.clone()),
-            class_names: Some(run.class_names.clone()),
-            // The continual checkpoint keeps the whole model (adapters included).
-            adapter: None,
-        };
-        // Only rank 0 writes (every rank holds the same weights, Fisher and buffer).
-        if dist.is_main() {
-            checkpoint::save_with(&dest, &ck, |dir| {
-                let s = serde_json::to_vec_pretty(&state).map_err(|e| Error::Io(e.to_string()))?;
-                crate::util::write_file_synced(&dir.join(STATE_FILE), &s)?;
-                if ewc.is_active() {
-                    crate::model::io::write_safetensors(
-                        &dir.join("ewc.safetensors"),
-                        &ewc.state_dict(),
-                        None,
-                    )?;
-                }
-                if buffer.capacity > 0 {
-                    buffer.save(dir)?;
-                }
-                if !task_adapters.is_empty() {
-                    crate::model::io::write_safetensors(
-                        &dir.join("task_adapters.safetensors"),
-                        &task_adapters_state(&task_adapters),
-                        None,
-                    )?;
-                }
-                Ok(())
-            })?;
-        }
-        let report = ContinualReport {
-            strategy: cl.strategy.name().into(),
-            scenario: cl.scenario.name().into(),
-            dataset: format!("{:?}", cfg.dataset),
-            model: cfg.pretrained.clone().unwrap_or(cfg.model.clone()),
-            tasks: t_count,
-            epochs_per_task: cl.epochs_per_task,
-            class_order: order.clone(),
-            task_classes: tasks.clone(),
-            tasks_completed: state.tasks_done,
-            acc_matrix: state.acc_matrix.clone(),
-            metrics: m,
-            trainable_params: trainable_params_n,
-            total_params,
-            task_seconds: state.task_seconds.clone(),
-            train_seconds: state.task_seconds.iter().sum(),
-            peak_rss_mb: crate::util::peak_rss_mb(),
-            replay_size: cl.strategy.uses_replay().then_some(cl.replay_size),
-            ewc_lambda: cl.strategy.uses_ewc().then_some(cl.ewc_lambda),
-            run_dir: run.run_dir.clone(),
-        };
-        if dist.is_main() {
-            write_outputs(&run.run_dir, &report)?;
-        }
-        last_report = Some(report);
+        let dest = saver.save(&format!("after_task_{}", t + 1), &engine, &mem)?;
+        saver.save("last", &engine, &mem)?;
         if cl.stop_after_task == t + 1 && !last {
             say(format!(
                 "stopped after task {} (--stop-after-task); continue with --resume-from {}",
                 t + 1,
                 dest.display()
             ));
-            stopped_at = Some(dest);
+            stop = (StopReason::Completed, Some(dest));
+            if dist.is_main() {
+                write_outputs(&run.run_dir, &report_of(&mem, "stop_after_task"))?;
+            }
             break;
         }
-    }
-    // Nothing left to train (a finished run resumed): the report it wrote.
-    let report: ContinualReport = match last_report {
-        Some(r) => r,
-        None => {
-            let p = run.run_dir.join(REPORT_JSON);
-            let s = std::fs::read(&p).map_err(|e| Error::io(&p, "reading", e))?;
-            serde_json::from_slice(&s).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?
+        if dist.is_main() {
+            write_outputs(&run.run_dir, &report)?;
         }
-    };
-    Ok(Outcome { report, stopped_at })
+    }
+    let (reason, stopped_at) = stop;
+    if reason != StopReason::Completed {
+        let line = format!(
+            "{} in task {} of {}: continue with --resume-from {}",
+            reason.name(),
+            mem.state.tasks_done + 1,
+            phases,
+            ckpt_root.join("last").display()
+        );
+        say(line);
+        if dist.is_main() {
+            write_outputs(&run.run_dir, &report_of(&mem, reason.name()))?;
+        }
+    }
+    // A finished run resumed trains nothing: its report is rebuilt from its state.
+    Ok(Outcome {
+        report: report_of(
+            &mem,
+            match (reason, &stopped_at) {
+                (StopReason::Completed, Some(_)) => "stop_after_task",
+                _ => reason.name(),
+            },
+        ),
+        stopped_at,
+    })
+}
+
+/// Accuracy of `model` on each task's test split (summed over ranks): a row of R. Under
+/// task-IL the logits are masked to the task, and a task with its own adapter uses it.
+fn accuracy_row(
+    model: &Model,
+    loaders: &[Loader],
+    tasks: &[Vec<usize>],
+    task_il: bool,
+    task_adapters: &[ParamMap],
+    device: &Device,
+) -> Result<Vec<f64>> {
+    loaders
+        .iter()
+        .enumerate()
+        .map(|(j, l)| {
+            let classes = task_il.then_some(&tasks[j][..]);
+            let report = match task_adapters.get(j).filter(|_| task_il) {
+                Some(a) => {
+                    let m = map_params(model.clone(), |p, _| a.get(p).cloned());
+                    evaluate_preds(&m, l, device, classes)?.0
+                }
+                None => evaluate_preds(model, l, device, classes)?.0,
+            };
+            Ok(report.acc)
+        })
+        .collect()
 }
 
 /// The adapter parameters of `model` by path.
-fn adapter_params(model: &VisionTransformer) -> ParamMap {
+fn adapter_params(model: &Model) -> ParamMap {
     named_params(model)
         .into_iter()
         .filter(|p| is_adapter(&p.path))
@@ -705,8 +802,8 @@ fn adapter_params(model: &VisionTransformer) -> ParamMap {
 }
 
 /// Per-task adapters as `task<k>.<path>` host tensors.
-fn task_adapters_state(adapters: &[ParamMap]) -> std::collections::BTreeMap<String, HostTensor> {
-    let mut out = std::collections::BTreeMap::new();
+fn task_adapters_state(adapters: &[ParamMap]) -> BTreeMap<String, HostTensor> {
+    let mut out = BTreeMap::new();
     for (k, a) in adapters.iter().enumerate() {
         for (p, t) in a {
             let n = t.dims()[0];
@@ -719,10 +816,7 @@ fn task_adapters_state(adapters: &[ParamMap]) -> std::collections::BTreeMap<Stri
     out
 }
 
-fn load_task_adapters(
-    sd: &std::collections::BTreeMap<String, HostTensor>,
-    device: &Device,
-) -> Vec<ParamMap> {
+fn load_task_adapters(sd: &BTreeMap<String, HostTensor>, device: &Device) -> Vec<ParamMap> {
     let mut out: Vec<ParamMap> = Vec::new();
     for (k, h) in sd {
         let Some((task, path)) = k
@@ -772,7 +866,7 @@ pub fn report_markdown(r: &ContinualReport) -> String {
         r.dataset,
         r.epochs_per_task,
         r.model,
-        r.tasks_completed,
+        r.completed_tasks,
         if r.strategy == "joint" { 1 } else { r.tasks }
     );
     s += "Accuracy matrix R (%): row = after training task i, column = tested on task j.\n\n| after \\ task |";
@@ -850,7 +944,7 @@ pub fn compare(dirs: &[PathBuf], plot: Option<&Path>) -> Result<String> {
             "| {name} | {} | {} | {}/{} | {} | {} | {} | {} | {:.0} | {} |\n",
             r.strategy,
             r.scenario,
-            r.tasks_completed,
+            r.completed_tasks,
             if r.strategy == "joint" { 1 } else { r.tasks },
             pct(Some(r.metrics.avg_acc)),
             pct(r.metrics.avg_forgetting),

@@ -321,6 +321,59 @@ pub fn run_dir_of(ckpt_dir: &Path) -> Option<PathBuf> {
         .flatten()
 }
 
+/// Remove the half-written checkpoints (`.tmp-*`) a killed process left: never used.
+pub fn clear_partial(ckpt_root: &Path) {
+    if let Ok(entries) = std::fs::read_dir(ckpt_root) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Resume the optimizer moments (on `ad`) and the EMA (on `device`) from `ck`, read from
+/// `dir`; returns its training state. The model's own weights are the caller's to load.
+pub fn resume_into(
+    dir: &Path,
+    ck: &Checkpoint,
+    optim: &mut crate::train::optim::AdamW,
+    ema: &mut Option<crate::train::ema::Ema<crate::model::Model>>,
+    ad: &burn::tensor::Device,
+    device: &burn::tensor::Device,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<TrainingState> {
+    let st = ck.state.clone().ok_or_else(|| {
+        Error::Checkpoint(format!(
+            "{} has no training_state.json: it holds weights only and cannot be resumed",
+            dir.display()
+        ))
+    })?;
+    if let Some(opt) = &ck.optimizer {
+        // Steps skipped for f16 overflow took no optimizer step.
+        let skipped = st.loss_scaler.as_ref().map_or(0, |s| s.skipped);
+        optim.load_state_dict(opt, st.global_step - skipped, ad)?;
+    }
+    if let (Some(e), Some(w)) = (ema, &ck.ema) {
+        e.model = crate::model::io::load_state_dict_keeping(e.model.clone(), w, device, keep)?;
+        e.updates = st.global_step;
+    }
+    Ok(st)
+}
+
+/// The f16 loss scaler exactly when `precision` scales the loss (kept from a resumed state).
+pub fn fit_scaler(
+    state: &mut TrainingState,
+    precision: crate::model::precision::Precision,
+    initial: f64,
+) {
+    if !precision.scales_loss() {
+        state.loss_scaler = None;
+    } else if state.loss_scaler.is_none() {
+        state.loss_scaler = Some(super::scaler::LossScaler::new(initial));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

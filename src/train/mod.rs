@@ -4,6 +4,8 @@ pub mod adapters;
 pub mod checkpoint;
 pub mod distill;
 pub mod ema;
+pub mod engine;
+pub mod evaluate;
 pub mod loss;
 pub mod optim;
 pub mod scaler;

@@ -37,6 +37,15 @@ impl HostBatch {
         Tensor::from_data(TensorData::new(self.images.clone(), self.shape), device)
     }
 
+    /// Rows of `self` then `other` (a task batch and its replayed examples).
+    pub fn concat(mut self, other: HostBatch) -> HostBatch {
+        self.images.extend(other.images);
+        self.targets.extend(other.targets);
+        self.labels.extend(other.labels);
+        self.shape[0] += other.shape[0];
+        self
+    }
+
     pub fn targets_tensor(&self, device: &Device) -> Tensor<2> {
         Tensor::from_data(
             TensorData::new(self.targets.clone(), [self.len(), self.num_classes]),
@@ -89,7 +98,28 @@ pub fn train_step_with(
     ctx: &Ctx,
     teacher: Option<&Teacher>,
 ) -> StepOutput {
-    let out = model.forward_heads(batch.images_tensor(device), ctx);
+    train_step_masked(model, batch, device, ctx, teacher, None)
+}
+
+/// [`train_step_with`] with an optional additive `n × classes` logit mask on the student's
+/// heads (task-IL: each row sees only its task's classes).
+pub fn train_step_masked(
+    model: &Model,
+    batch: &HostBatch,
+    device: &Device,
+    ctx: &Ctx,
+    teacher: Option<&Teacher>,
+    mask: Option<&[f32]>,
+) -> StepOutput {
+    let mut out = model.forward_heads(batch.images_tensor(device), ctx);
+    if let Some(m) = mask {
+        let m = Tensor::<2>::from_data(
+            TensorData::new(m.to_vec(), [batch.len(), batch.num_classes]),
+            device,
+        );
+        out.logits = out.logits + m.clone();
+        out.dist_logits = out.dist_logits.map(|d| d + m);
+    }
     let targets = batch.targets_tensor(device);
     let (loss, extra) = match (teacher, &out.dist_logits) {
         (Some(t), _) => {

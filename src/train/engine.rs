@@ -1,0 +1,810 @@
+//! The one training loop. `vitrs train` runs one [`Phase`] over the whole run, `vitrs
+//! continual` one phase per task; `compare-finetune` runs `train`. Everything that differs
+//! between them is a [`Phase`] field or a [`Hooks`] method (a replayed batch, a logit mask,
+//! an EWC gradient, how a checkpoint is written), never a copy of the loop.
+//!
+//! Per optimizer step: micro-batches (accumulation) → all-reduce over ranks → extra gradient
+//! terms → divergence / f16 overflow check → clipping → AdamW → BatchNorm statistics → EMA.
+//! Per epoch: evaluation, best / early stopping, periodic and `last` checkpoints. Throughout:
+//! the time limit, Ctrl-C / SIGTERM, `--max-steps`, and the events to the sinks.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::checkpoint::{self, TrainingState};
+use super::distill::{self, Teacher};
+use super::ema::Ema;
+use super::evaluate::evaluate_preds;
+use super::optim::{AdamW, global_grad_norm};
+use super::schedule::WarmupCosine;
+use super::step::{StepOutput, train_step_masked};
+use crate::config::Config;
+use crate::data::loader::Loader;
+use crate::dist::{Comm, decide};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::model::io::load_state_dict_keeping;
+use crate::model::layers::Ctx;
+use crate::model::params::{count_params, map_params};
+use crate::model::precision::Precision;
+use crate::model::sparse::SparseLora;
+use crate::report::metrics::{EvalReport, MetricRecord, MetricsWriter};
+use crate::report::tensorboard::{EventWriter, log_record};
+
+/// Ctrl-C / SIGTERM count, set by the handler `main` installs.
+pub static INTERRUPTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The loop's settings, taken from the run's configuration in one place.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub seed: u64,
+    pub accum: usize,
+    pub grad_clip: f64,
+    pub precision: Precision,
+    pub loss_scale_window: u64,
+    pub log_every: usize,
+    /// 0 = no limit; optimizer steps over the whole run (all phases).
+    pub max_steps: u64,
+    /// Seconds over the whole run, resumed processes included.
+    pub time_limit: Option<f64>,
+    pub eval_every: usize,
+    pub save_every: usize,
+    pub patience: usize,
+    pub quiet: bool,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config) -> Self {
+        Settings {
+            seed: cfg.seed,
+            accum: cfg.accum_steps,
+            grad_clip: cfg.grad_clip,
+            precision: cfg.precision,
+            loss_scale_window: cfg.loss_scale_window,
+            log_every: cfg.log_every,
+            max_steps: cfg.max_steps,
+            time_limit: (cfg.max_training_hours > 0.0).then_some(cfg.max_training_hours * 3600.0),
+            eval_every: cfg.eval_every,
+            save_every: cfg.save_every,
+            patience: cfg.patience,
+            quiet: cfg.quiet,
+        }
+    }
+}
+
+/// Where the loop is when it asks a hook for a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchPos {
+    /// Epoch within the phase, from 0.
+    pub epoch: usize,
+    /// The loader's epoch id (shuffling and augmentation are addressed by it).
+    pub data_epoch: usize,
+    /// Micro-batch within the epoch.
+    pub micro: usize,
+}
+
+/// What a command plugs into the loop.
+pub trait Hooks {
+    /// The micro-batch to train on (e.g. with replayed examples appended) and an additive
+    /// `n × classes` logit mask (task-IL).
+    fn batch(
+        &mut self,
+        batch: crate::train::step::HostBatch,
+        _pos: BatchPos,
+    ) -> Result<(crate::train::step::HostBatch, Option<Vec<f32>>)> {
+        Ok((batch, None))
+    }
+    /// Terms added to the step's mean gradient (after the all-reduce, before clipping).
+    fn add_grads(&mut self, _model: &Model, _grads: &mut BTreeMap<String, Tensor<1>>) {}
+    /// Scalars added to the periodic train record.
+    fn log(&mut self, _model: &Model) -> BTreeMap<String, f64> {
+        BTreeMap::new()
+    }
+    /// Advice appended to the divergence error.
+    fn divergence_hint(&self) -> &str {
+        ""
+    }
+    /// Write checkpoint `name` (a folder under `checkpoints/`); returns its path.
+    fn save(&mut self, engine: &Engine, name: &str) -> Result<PathBuf>;
+}
+
+/// A stretch of training: one loader, one schedule, a number of epochs.
+pub struct Phase<'a> {
+    pub train: &'a Loader,
+    /// Evaluated every `eval_every` epochs and after the last: best / early stopping.
+    pub val: &'a Loader,
+    /// Task-IL: validation logits restricted to these classes.
+    pub val_classes: Option<&'a [usize]>,
+    pub epochs: usize,
+    /// Epochs completed before the phase (`state.epoch` counts from here).
+    pub epoch_base: usize,
+    /// The loader epoch id of the phase's first epoch.
+    pub data_epoch: usize,
+    /// The global step at the phase's start: the schedule counts from here.
+    pub step_base: u64,
+    pub schedule: &'a WarmupCosine,
+    /// Put before "epoch e/E" in the lines (e.g. "task 2/5 ").
+    pub label: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Completed,
+    EarlyStopping,
+    MaxSteps,
+    TimeLimit,
+    Interrupted,
+}
+
+impl StopReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            StopReason::Completed => "completed",
+            StopReason::EarlyStopping => "early_stopping",
+            StopReason::MaxSteps => "max_steps",
+            StopReason::TimeLimit => "time_limit",
+            StopReason::Interrupted => "interrupted",
+        }
+    }
+    /// The run stopped before its end and continues with `--resume-from`.
+    pub fn is_pause(self) -> bool {
+        matches!(self, StopReason::TimeLimit | StopReason::Interrupted)
+    }
+}
+
+pub struct PhaseEnd {
+    pub reason: StopReason,
+    pub last_eval: Option<EvalReport>,
+    pub last_preds: Vec<usize>,
+    /// With a teacher: its predictions on the phase's validation set and its accuracy there.
+    pub teacher_val: Option<(Vec<usize>, f64)>,
+}
+
+/// The sinks every event goes to (rank 0's only: the other ranks write nothing).
+pub struct Sinks {
+    pub metrics: Option<MetricsWriter>,
+    pub tensorboard: Option<EventWriter>,
+    start: Instant,
+    time_offset: f64,
+}
+
+impl Sinks {
+    /// A fresh run (step 0) starts metrics.jsonl over; a resumed one drops what it will redo.
+    pub fn open(run_dir: &Path, state: &TrainingState, is_main: bool) -> Result<Self> {
+        Ok(Sinks {
+            metrics: match is_main {
+                true => Some(MetricsWriter::resume(
+                    &run_dir.join("metrics.jsonl"),
+                    state.global_step,
+                )?),
+                false => None,
+            },
+            tensorboard: match is_main {
+                true => Some(EventWriter::create(run_dir)?),
+                false => None,
+            },
+            start: Instant::now(),
+            time_offset: state.elapsed_secs,
+        })
+    }
+
+    pub fn emit(&mut self, mut r: MetricRecord) -> Result<()> {
+        r.time = self.time_offset + self.start.elapsed().as_secs_f64();
+        if let Some(m) = &mut self.metrics {
+            m.write(&r)?;
+        }
+        if let Some(tb) = &mut self.tensorboard {
+            log_record(tb, &r)?;
+        }
+        Ok(())
+    }
+}
+
+fn progress_bar(quiet: bool, len: usize, prefix: String) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix);
+    pb
+}
+
+/// What the loop keeps between optimizer steps while gradients accumulate.
+#[derive(Default)]
+struct Accumulator {
+    /// Σ n_i · g_i over the micro-batches of this step.
+    grads: BTreeMap<String, Tensor<1>>,
+    images: usize,
+    loss_sum: f64,
+    correct: usize,
+    micro: usize,
+    /// Σ over micro-batches of the new BatchNorm running statistics, and how many
+    /// micro-batches produced them (an empty shard produces none).
+    buffers: BTreeMap<String, Tensor<1>>,
+    buffer_micro: usize,
+    /// Σ n_i · extra_i (distillation losses, agreement, ...).
+    extra: BTreeMap<String, f64>,
+}
+
+fn add_into(map: &mut BTreeMap<String, Tensor<1>>, k: String, t: Tensor<1>) {
+    let sum = match map.remove(&k) {
+        Some(acc) => acc + t,
+        None => t,
+    };
+    map.insert(k, sum);
+}
+
+impl Accumulator {
+    fn add(&mut self, out: StepOutput, n: usize) {
+        for (k, g) in out.grads {
+            add_into(&mut self.grads, k, g * n as f64);
+        }
+        self.buffer_micro += usize::from(!out.buffers.is_empty());
+        for (k, b) in out.buffers {
+            add_into(&mut self.buffers, k, b);
+        }
+        for (k, v) in out.extra {
+            // Seconds add up as they are; batch means are weighted by the batch size.
+            let w = if k == "teacher_s" { 1.0 } else { n as f64 };
+            *self.extra.entry(k).or_default() += v * w;
+        }
+        self.images += n;
+        self.loss_sum += out.loss * n as f64;
+        self.correct += out.correct;
+        self.micro += 1;
+    }
+
+    /// Sum the step's gradients, BatchNorm running statistics, counts and `extra_keys` over
+    /// all ranks (one all-reduce of one flat buffer, zeros for a rank whose shard ran out),
+    /// so that the means below are over every image of the global batch, however unevenly
+    /// they were spread, and every rank sets the same running statistics.
+    ///
+    /// `layout` is the gradients' layout followed by the statistics' (`grads` entries first).
+    fn all_reduce(
+        &mut self,
+        dist: &dyn Comm,
+        layout: &[(String, usize)],
+        grads: usize,
+        extra_keys: &[&str],
+        device: &Device,
+    ) {
+        let mut scalars = vec![
+            self.images as f64,
+            self.loss_sum,
+            self.correct as f64,
+            self.buffer_micro as f64,
+        ];
+        scalars.extend(
+            extra_keys
+                .iter()
+                .map(|k| self.extra.get(*k).copied().unwrap_or(0.0)),
+        );
+        // Statistics' paths are not parameters' paths: they can share the map for the call.
+        self.grads.append(&mut self.buffers);
+        crate::dist::all_reduce_grads(dist, layout, &mut self.grads, &mut scalars, device);
+        for (path, _) in &layout[grads..] {
+            if let Some(b) = self.grads.remove(path) {
+                self.buffers.insert(path.clone(), b);
+            }
+        }
+        self.images = scalars[0] as usize;
+        self.loss_sum = scalars[1];
+        self.correct = scalars[2] as usize;
+        self.buffer_micro = scalars[3] as usize;
+        for (k, v) in extra_keys.iter().zip(&scalars[4..]) {
+            // Teacher seconds: the mean over ranks (they run side by side), not their sum.
+            let v = if *k == "teacher_s" {
+                v / dist.size() as f64
+            } else {
+                *v
+            };
+            self.extra.insert(k.to_string(), v);
+        }
+    }
+
+    /// The running statistics to set after the step: the mean over its micro-batches.
+    fn mean_buffers(&mut self) -> BTreeMap<String, Tensor<1>> {
+        let m = self.buffer_micro.max(1) as f64;
+        std::mem::take(&mut self.buffers)
+            .into_iter()
+            .map(|(k, b)| (k, b / m))
+            .collect()
+    }
+
+    /// The mean gradient over every image of the step (what one big batch would give).
+    fn mean_grads(&mut self) -> BTreeMap<String, Tensor<1>> {
+        let n = self.images.max(1) as f64;
+        std::mem::take(&mut self.grads)
+            .into_iter()
+            .map(|(k, g)| (k, g / n))
+            .collect()
+    }
+}
+
+/// Running means for the progress bar, the epoch line and the periodic train log.
+#[derive(Default)]
+struct Window {
+    loss_sum: f64,
+    correct: usize,
+    images: usize,
+    extra: BTreeMap<String, f64>,
+}
+
+impl Window {
+    fn add(&mut self, acc: &Accumulator) {
+        self.loss_sum += acc.loss_sum;
+        self.correct += acc.correct;
+        self.images += acc.images;
+        for (k, v) in &acc.extra {
+            *self.extra.entry(k.clone()).or_default() += v;
+        }
+    }
+    /// Means per image of the extras; `teacher_s` stays a sum (seconds in the window).
+    fn extras(&self) -> BTreeMap<String, f64> {
+        let n = self.images.max(1) as f64;
+        self.extra
+            .iter()
+            .map(|(k, v)| (k.clone(), if k == "teacher_s" { *v } else { v / n }))
+            .collect()
+    }
+    fn loss(&self) -> f64 {
+        self.loss_sum / self.images.max(1) as f64
+    }
+    fn acc(&self) -> f64 {
+        self.correct as f64 / self.images.max(1) as f64
+    }
+}
+
+/// The model and everything that changes with it step by step.
+pub struct Engine {
+    pub model: Model,
+    pub optim: AdamW,
+    pub ema: Option<Ema<Model>>,
+    pub state: TrainingState,
+    pub teacher: Option<Teacher>,
+    /// SparseLoRA's estimators, used from step `dense_steps` on.
+    pub sparse: Option<Arc<SparseLora>>,
+    pub dense_steps: u64,
+    pub settings: Settings,
+    /// Where evaluation runs; `ad` is its autodiff twin for the steps.
+    pub device: Device,
+    pub ad: Device,
+    pub sinks: Sinks,
+    /// Wall time of each optimizer step of this process (ms).
+    pub step_ms: Vec<f64>,
+    /// `checkpoints/` of the run (named in the divergence error).
+    pub ckpt_root: PathBuf,
+    /// Where this process started: `state.elapsed_secs` then, and the clock since.
+    start_elapsed: f64,
+    run_start: Instant,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: Model,
+        optim: AdamW,
+        ema: Option<Ema<Model>>,
+        state: TrainingState,
+        settings: Settings,
+        device: Device,
+        ad: Device,
+        sinks: Sinks,
+        ckpt_root: PathBuf,
+    ) -> Self {
+        Engine {
+            ckpt_root,
+            start_elapsed: state.elapsed_secs,
+            model,
+            optim,
+            ema,
+            state,
+            teacher: None,
+            sparse: None,
+            dense_steps: 0,
+            settings,
+            device,
+            ad,
+            sinks,
+            step_ms: Vec::new(),
+            run_start: Instant::now(),
+        }
+    }
+
+    /// Training seconds of the run so far (earlier processes included).
+    pub fn elapsed(&self) -> f64 {
+        self.start_elapsed + self.run_start.elapsed().as_secs_f64()
+    }
+
+    /// Seconds this process has trained.
+    pub fn elapsed_here(&self) -> f64 {
+        self.run_start.elapsed().as_secs_f64()
+    }
+
+    /// Forget the best / early-stopping record (a new phase judges itself).
+    pub fn reset_best(&mut self) {
+        self.state.best_val_loss = f64::INFINITY;
+        self.state.best_val_acc = 0.0;
+        self.state.best_epoch = 0;
+        self.state.evals_since_best = 0;
+    }
+
+    /// Load the best weights written under `best_dir` (the parameters `keep` says are not in
+    /// the checkpoint stay as they are), on every rank. Returns whether it did.
+    pub fn restore_best(&mut self, best_dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<bool> {
+        let dist = crate::dist::world();
+        let restore = best_dir.exists()
+            && self.state.best_epoch != 0
+            && self.state.best_epoch != self.state.epoch;
+        if decide(dist, u32::from(restore)) != 1 {
+            return Ok(false);
+        }
+        if dist.is_main() {
+            let best = checkpoint::load(best_dir)?;
+            self.model = load_state_dict_keeping(self.model.clone(), &best.model, &self.ad, keep)?;
+        }
+        self.model = crate::dist::broadcast_params(dist, self.model.clone());
+        Ok(true)
+    }
+
+    /// Train `phase` from where `state` says (a resumed run skips what is done).
+    pub fn fit(&mut self, phase: &Phase, hooks: &mut dyn Hooks) -> Result<PhaseEnd> {
+        let dist = crate::dist::world();
+        let s = self.settings.clone();
+        // One all-reduce per step: the gradients, then the BatchNorm statistics (none for a ViT).
+        let grad_layout = crate::dist::grad_layout(&self.model);
+        let grads_in_layout = grad_layout.len();
+        let reduce_layout = [grad_layout, crate::dist::buffer_layout(&self.model)].concat();
+        // The per-image log values every rank sums (the same keys on all, even an idle one).
+        let extra_keys: &[&str] = match self.teacher {
+            Some(_) => &distill::EXTRA_KEYS,
+            None => &[],
+        };
+        // The teacher is fixed: its validation predictions are computed once per phase.
+        let teacher_val = match &self.teacher {
+            Some(t) => {
+                let (report, preds) =
+                    evaluate_preds(&t.model, phase.val, &t.device, phase.val_classes)?;
+                Some((preds, report.acc))
+            }
+            None => None,
+        };
+        let (total_params, trainable_params) = count_params(&self.model);
+        let micro_per_epoch = phase.train.num_batches();
+        let steps_per_epoch = micro_per_epoch.div_ceil(s.accum);
+        let mut end = PhaseEnd {
+            reason: StopReason::Completed,
+            last_eval: None,
+            last_preds: Vec::new(),
+            teacher_val,
+        };
+        let first = self.state.epoch.saturating_sub(phase.epoch_base) + 1;
+        let mut step_start = Instant::now();
+        'epochs: for e in first..=phase.epochs {
+            let epoch = phase.epoch_base + e;
+            let data_epoch = phase.data_epoch + e - 1;
+            let pb = progress_bar(
+                s.quiet || !dist.is_main(),
+                steps_per_epoch,
+                format!("{}epoch {e}/{}", phase.label, phase.epochs),
+            );
+            let (mut local_images, mut reduce_secs) = (0, 0.0);
+            let epoch_start = Instant::now();
+            let mut epoch_win = Window::default();
+            let (mut log_win, mut log_start) = (Window::default(), Instant::now());
+            // Resuming mid-epoch: skip the micro-batches whose optimizer steps are done.
+            let done = (self.state.global_step - phase.step_base) as usize;
+            let first_step = done.saturating_sub((e - 1) * steps_per_epoch);
+            let first_micro = first_step * s.accum;
+            let mut acc = Accumulator::default();
+            for (i, batch) in phase
+                .train
+                .epoch(data_epoch, first_micro)
+                .into_iter()
+                .enumerate()
+            {
+                let micro = first_micro + i;
+                if acc.micro == 0 {
+                    step_start = Instant::now();
+                }
+                let pos = BatchPos {
+                    epoch: e - 1,
+                    data_epoch,
+                    micro,
+                };
+                let (batch, mask) = hooks.batch(batch, pos)?;
+                // Dropout masks differ between ranks (as between the samples of one batch).
+                let ctx = Ctx::train(
+                    s.seed,
+                    &[self.state.global_step, acc.micro as u64, dist.rank() as u64],
+                )
+                .with_sparse(
+                    self.sparse
+                        .clone()
+                        .filter(|_| self.state.global_step >= self.dense_steps),
+                )
+                .with_precision(
+                    s.precision,
+                    self.state.loss_scaler.as_ref().map_or(1.0, |l| l.scale),
+                );
+                if let Some(sp) = &self.sparse {
+                    sp.count_forward();
+                }
+                let n = batch.len();
+                local_images += n;
+                match n {
+                    0 => acc.micro += 1, // this rank's shard ran out; it still joins the step
+                    _ => acc.add(
+                        train_step_masked(
+                            &self.model,
+                            &batch,
+                            &self.ad,
+                            &ctx,
+                            self.teacher.as_ref(),
+                            mask.as_deref(),
+                        ),
+                        n,
+                    ),
+                }
+                if acc.micro < s.accum && micro + 1 < micro_per_epoch {
+                    continue;
+                }
+                if dist.size() > 1 {
+                    let t = Instant::now();
+                    acc.all_reduce(
+                        dist,
+                        &reduce_layout,
+                        grads_in_layout,
+                        extra_keys,
+                        &self.device,
+                    );
+                    reduce_secs += t.elapsed().as_secs_f64();
+                }
+                // One optimizer step over everything accumulated (on every rank alike).
+                let lr = phase.schedule.lr(self.state.global_step - phase.step_base);
+                let mut grads = acc.mean_grads();
+                hooks.add_grads(&self.model, &mut grads);
+                let norm = global_grad_norm(&grads);
+                let step_loss = acc.loss_sum / acc.images.max(1) as f64;
+                let finite = step_loss.is_finite() && norm.is_finite();
+                // f16: an overflow skips the step and halves the loss scale; f32/bf16 stop,
+                // and so does f16 once skipping goes on so long that the loss must be diverging.
+                let diverged = match &mut self.state.loss_scaler {
+                    Some(l) => {
+                        l.update(finite, s.loss_scale_window);
+                        l.diverged()
+                    }
+                    None => !finite,
+                };
+                if diverged {
+                    pb.finish_and_clear();
+                    return Err(self.divergence(step_loss, norm, epoch, hooks));
+                }
+                let scale = if s.grad_clip > 0.0 && norm > s.grad_clip {
+                    s.grad_clip / (norm + 1e-6)
+                } else {
+                    1.0
+                };
+                // A skipped f16 step still counts (the schedule and the data order move on)
+                // but changes nothing and stays out of the loss averages.
+                if finite {
+                    self.model = self.optim.step(self.model.clone(), &grads, lr, scale);
+                    let buffers = acc.mean_buffers();
+                    if !buffers.is_empty() {
+                        self.model =
+                            map_params(self.model.clone(), |path, _| buffers.get(path).cloned());
+                    }
+                    if let Some(ema) = &mut self.ema {
+                        ema.update(&self.model);
+                    }
+                    epoch_win.add(&acc);
+                    log_win.add(&acc);
+                }
+                self.state.global_step += 1;
+                self.step_ms.push(step_start.elapsed().as_secs_f64() * 1e3);
+                self.state.images_seen += acc.images as u64;
+                acc = Accumulator::default();
+                if self.state.global_step.is_multiple_of(s.log_every as u64) {
+                    let img_s = log_win.images as f64 / log_start.elapsed().as_secs_f64();
+                    let mut record = MetricRecord::train(
+                        epoch,
+                        self.state.global_step,
+                        log_win.loss(),
+                        log_win.acc(),
+                        lr,
+                        img_s,
+                        0.0,
+                    );
+                    record.extra = log_win.extras();
+                    record.extra.extend(hooks.log(&self.model));
+                    if let Some(l) = &self.state.loss_scaler {
+                        record.extra.insert("loss_scale".into(), l.scale);
+                        record
+                            .extra
+                            .insert("skipped_steps".into(), l.skipped as f64);
+                    }
+                    if let Some(sp) = &self.sparse {
+                        // The sparsity evolution, and base parameters used apart from trained ones.
+                        record
+                            .extra
+                            .extend(sp.take_log(total_params - trainable_params));
+                        record
+                            .extra
+                            .insert("trainable_params".into(), trainable_params as f64);
+                    }
+                    self.sinks.emit(record)?;
+                    (log_win, log_start) = (Window::default(), Instant::now());
+                }
+                let done = self.state.global_step - phase.step_base;
+                pb.set_position(done - ((e - 1) * steps_per_epoch) as u64);
+                pb.set_message(format!(
+                    "loss {:.4} acc {:.2}% lr {:.2e} {:.0} img/s",
+                    epoch_win.loss(),
+                    100.0 * epoch_win.acc(),
+                    lr,
+                    epoch_win.images as f64 / epoch_start.elapsed().as_secs_f64()
+                ));
+                let elapsed = self.elapsed();
+                // Rank 0 decides for everyone, so that all ranks stop after the same step.
+                let stop = decide(
+                    dist,
+                    u32::from(INTERRUPTS.load(Ordering::SeqCst) > 0)
+                        | u32::from(s.time_limit.is_some_and(|t| elapsed >= t)) << 1,
+                );
+                let (interrupted, out_of_time) = (stop & 1 != 0, stop & 2 != 0);
+                let out_of_steps = s.max_steps > 0 && self.state.global_step >= s.max_steps;
+                if interrupted || out_of_time || out_of_steps {
+                    pb.finish_and_clear();
+                    self.state.elapsed_secs = elapsed;
+                    // Mid-epoch: `epoch` is not complete; global_step says where to resume.
+                    self.state.epoch = epoch - 1;
+                    end.reason = if interrupted {
+                        StopReason::Interrupted
+                    } else if out_of_time {
+                        StopReason::TimeLimit
+                    } else {
+                        StopReason::MaxSteps
+                    };
+                    self.pause(end.reason, hooks)?;
+                    break 'epochs;
+                }
+            }
+            pb.finish_and_clear();
+            self.state.epoch = epoch;
+            self.state.elapsed_secs = self.elapsed();
+            let img_s = epoch_win.images as f64 / epoch_start.elapsed().as_secs_f64();
+            let mut line = format!(
+                "{}epoch {e}/{}: train loss {:.4} acc {:.2}% | {img_s:.0} img/s",
+                phase.label,
+                phase.epochs,
+                epoch_win.loss(),
+                100.0 * epoch_win.acc()
+            );
+            let mut stop_early = false;
+            let eval_start = Instant::now();
+            if e % s.eval_every == 0 || e == phase.epochs {
+                let (report, preds) =
+                    evaluate_preds(&self.model, phase.val, &self.device, phase.val_classes)?;
+                let mut record =
+                    MetricRecord::val(epoch, self.state.global_step, report.loss, report.acc, 0.0);
+                line += &format!(
+                    " | val loss {:.4} acc {:.2}%",
+                    report.loss,
+                    100.0 * report.acc
+                );
+                if let Some((t_preds, t_acc)) = &end.teacher_val {
+                    let agree = distill::agreement(&preds, t_preds);
+                    record.extra.insert("teacher_acc".into(), *t_acc);
+                    record.extra.insert("teacher_agreement".into(), agree);
+                    line += &format!(" | teacher agreement {:.2}%", 100.0 * agree);
+                }
+                if let Some(ema) = &self.ema {
+                    let er =
+                        evaluate_preds(&ema.model, phase.val, &self.device, phase.val_classes)?.0;
+                    record.extra.insert("ema_loss".into(), er.loss);
+                    record.extra.insert("ema_acc".into(), er.acc);
+                    line += &format!(" | ema acc {:.2}%", 100.0 * er.acc);
+                }
+                self.sinks.emit(record)?;
+                // Early-stopping counters first, so that best_model's state is this epoch's
+                // (and never holds the initial infinite loss, which JSON cannot store).
+                if report.loss < self.state.best_val_loss {
+                    self.state.best_val_loss = report.loss;
+                    self.state.evals_since_best = 0;
+                } else {
+                    self.state.evals_since_best += 1;
+                }
+                if report.acc > self.state.best_val_acc || self.state.best_epoch == 0 {
+                    self.state.best_val_acc = report.acc;
+                    self.state.best_epoch = epoch;
+                    hooks.save(self, "best_model")?;
+                    line += " (best)";
+                }
+                if s.patience > 0 && self.state.evals_since_best >= s.patience {
+                    stop_early = true;
+                }
+                stop_early = decide(dist, u32::from(stop_early)) == 1;
+                end.last_eval = Some(report);
+                end.last_preds = preds;
+            }
+            let eval_secs = eval_start.elapsed().as_secs_f64();
+            if dist.is_main() {
+                crate::log_line!("{line}");
+            }
+            if dist.size() > 1 {
+                // Training time only (validation excluded), and the part spent in the
+                // all-reduce (which includes waiting for the slowest rank).
+                let secs = epoch_start.elapsed().as_secs_f64() - eval_secs;
+                crate::log_line!(
+                    "rank {}: epoch {epoch}: {:.1} img/s on this rank, all-reduce {:.1}% of training time",
+                    dist.rank(),
+                    local_images as f64 / secs,
+                    100.0 * reduce_secs / secs
+                );
+            }
+            if s.save_every > 0 && epoch % s.save_every == 0 {
+                hooks.save(self, &format!("checkpoint_epoch_{epoch}"))?;
+            }
+            hooks.save(self, "last")?;
+            if stop_early {
+                crate::log_line!(
+                    "early stopping: validation loss has not improved for {} evaluations (best {:.4})",
+                    self.state.evals_since_best,
+                    self.state.best_val_loss
+                );
+                end.reason = StopReason::EarlyStopping;
+                break;
+            }
+        }
+        Ok(end)
+    }
+
+    /// Checkpoints for a stop before the end, and the line saying how to continue.
+    fn pause(&mut self, reason: StopReason, hooks: &mut dyn Hooks) -> Result<()> {
+        let last = hooks.save(self, "last")?;
+        let path = match reason {
+            StopReason::TimeLimit => hooks.save(self, "checkpoint_time_limit")?,
+            _ => last.clone(),
+        };
+        if reason.is_pause() {
+            crate::log_line!(
+                "{}: checkpoint written to {}; continue with --resume-from {}",
+                match reason {
+                    StopReason::TimeLimit => "time limit reached",
+                    _ => "interrupted",
+                },
+                path.display(),
+                last.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn divergence(&self, loss: f64, norm: f64, epoch: usize, hooks: &mut dyn Hooks) -> Error {
+        let skips = self.state.loss_scaler.as_ref().map_or(String::new(), |l| {
+            format!(" ({} f16 steps skipped in a row)", l.consecutive_skips)
+        });
+        let last = self.ckpt_root.join("last");
+        let last = match last.exists() {
+            true => last.display().to_string(),
+            false => "none".into(),
+        };
+        Error::Training(format!(
+            "loss became {loss} (gradient norm {norm}) at epoch {epoch}, step {}{skips}; last good checkpoint: {last} — lower --lr (2–5×){}, clip harder (--grad-clip 0.5), and check the data",
+            self.state.global_step,
+            hooks.divergence_hint(),
+        ))
+    }
+}
