@@ -18,9 +18,10 @@ use crate::model::params::{count_params, named_params};
 use crate::model::precision::Precision;
 use crate::model::{Model, VitConfig};
 use crate::rng::{Rng, stream};
-use crate::train::optim::{AdamW, AdamWConfig, global_grad_norm};
-use crate::train::scaler::LossScaler;
-use crate::train::step::{HostBatch, train_step};
+use crate::train::checkpoint::{self, TrainingState};
+use crate::train::engine::{Engine, Settings, Sinks};
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::step::HostBatch;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
@@ -229,7 +230,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
             .filter(|p| p.trainable)
             .map(|p| (p.path, p.shape.len()))
             .collect();
-        let mut optim = AdamW::new(
+        let optim = AdamW::new(
             AdamWConfig {
                 beta1: 0.9,
                 beta2: 0.999,
@@ -240,30 +241,50 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
             },
             &trainable,
         );
+        let mut state = TrainingState::default();
+        checkpoint::fit_scaler(&mut state, a.precision, 65536.0);
+        // The training loop's own step (train::engine): forward + label-smoothed CE +
+        // backward + clip(1.0) + AdamW, as the yardstick (with its GradScaler under fp16).
+        let settings = Settings {
+            seed: 0,
+            accum: 1,
+            grad_clip: 1.0,
+            precision: a.precision,
+            loss_scale_window: 2000,
+            log_every: usize::MAX,
+            max_steps: 0,
+            time_limit: None,
+            eval_every: 1,
+            save_every: 0,
+            patience: 0,
+            quiet: true,
+        };
+        let mut engine = Engine::new(
+            model,
+            optim,
+            None,
+            state,
+            settings,
+            device.clone(),
+            ad.clone(),
+            Sinks::none(),
+            std::path::PathBuf::new(),
+        );
         let batch = random_batch(a.batch, a, 1);
-        let mut step = 0u64;
-        let mut scaler = LossScaler::new(if a.precision.scales_loss() {
-            65536.0
-        } else {
-            1.0
-        });
+        let mut failed = None;
         // Variant 0 is the configured step; with SparseLoRA, variant 1 is the same step with
         // sparsity off (LoRA).
         let variants = if sparse.is_some() { 2 } else { 1 };
         let t = timed_alternating(a.warmup, a.steps, variants, |v| {
-            // forward + label-smoothed CE + backward + clip(1.0) + AdamW, as the yardstick
-            // (with its GradScaler under fp16).
-            let ctx = Ctx::train(0, &[step])
-                .with_sparse(if v == 0 { sparse.clone() } else { None })
-                .with_precision(a.precision, scaler.scale);
-            let out = train_step(&model, &batch, &ad, &ctx);
-            let norm = global_grad_norm(&out.grads);
-            let scale = if norm > 1.0 { 1.0 / (norm + 1e-6) } else { 1.0 };
-            if !a.precision.scales_loss() || scaler.update(norm.is_finite(), 2000) {
-                model = optim.step(model.clone(), &out.grads, 1e-3, scale);
+            engine.sparse = if v == 0 { sparse.clone() } else { None };
+            if let Err(e) = engine.train_batch(&batch, 1e-3) {
+                failed.get_or_insert(e);
             }
-            step += 1;
         });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        model = engine.into_model();
         lora_train_img_s = t.get(1).map(|t| a.batch as f64 / t);
         let t = t[0];
         train_img_s = Some(a.batch as f64 / t);

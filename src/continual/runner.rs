@@ -195,7 +195,7 @@ impl Saver<'_> {
         let mut state = mem.state.clone();
         state.global_step = e.state.global_step;
         let ck = Checkpoint {
-            model: state_dict(&e.model),
+            model: state_dict(e.model()),
             vit_config: self.vit.clone(),
             optimizer: Some(e.optim.state_dict()),
             ema: e.ema.as_ref().map(|m| state_dict(&m.model)),
@@ -491,7 +491,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         ckpt_root.clone(),
     );
     engine.teacher = teacher;
-    let (total_params, trainable_params_n) = count_params(&engine.model);
+    let (total_params, trainable_params_n) = count_params(engine.model());
     let saver = Saver {
         ckpt_root: ckpt_root.clone(),
         vit: &vit,
@@ -547,11 +547,8 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             if let (Some(l), true, true) = (&lora_cfg, cl.lora_per_task, t > 0) {
                 // A fresh adapter (B = 0: the frozen base) and fresh optimizer state for it.
                 let seed = cfg.seed.wrapping_add(t as u64);
-                engine.model = engine
-                    .model
-                    .clone()
-                    .map_vit(|m| lora::add_adapters(m, l, seed, &ad))?;
-                engine.optim = optim::adamw(&cfg, &engine.model, vit.depth);
+                engine.map_model(|m| m.map_vit(|v| lora::add_adapters(v, l, seed, &ad)))?;
+                engine.optim = optim::adamw(&cfg, engine.model(), vit.depth);
             }
             mem.state.task_start = Some((engine.state.global_step, engine.elapsed()));
             engine.reset_best();
@@ -661,22 +658,23 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 let y = b.labels[0];
                 let mask = task_il.then(|| task_masks(&[task_of[y]], &tasks, b.num_classes));
                 let out =
-                    train_step_masked(&engine.model, &b, &ad, &Ctx::eval(), None, mask.as_deref());
+                    train_step_masked(engine.model(), &b, &ad, &Ctx::eval(), None, mask.as_deref());
                 sum.add(out.grads);
             }
-            let layout = crate::dist::grad_layout(&engine.model);
+            let layout = crate::dist::grad_layout(engine.model());
             let fisher = sum.mean_over(dist, &layout, &device);
-            mem.ewc.consolidate(fisher, trainable_params(&engine.model));
+            mem.ewc
+                .consolidate(fisher, trainable_params(engine.model()));
         }
         if cl.lora_per_task {
-            mem.task_adapters.push(adapter_params(&engine.model));
+            mem.task_adapters.push(adapter_params(engine.model()));
         }
         let task_secs = engine.elapsed() - start_secs;
 
         // Every task's test split, seen or not. Under task-IL with one adapter per task, a
         // trained task is tested with its own adapter (the task id is given).
         let row = accuracy_row(
-            &engine.model,
+            engine.model(),
             &test_loaders,
             &tasks,
             task_il,

@@ -24,7 +24,7 @@ use super::ema::Ema;
 use super::evaluate::evaluate_preds;
 use super::optim::{AdamW, global_grad_norm};
 use super::schedule::WarmupCosine;
-use super::step::{StepOutput, train_step_masked};
+use super::step::{HostBatch, StepOutput, train_step_masked};
 use crate::config::Config;
 use crate::data::loader::Loader;
 use crate::dist::{Comm, decide};
@@ -94,11 +94,7 @@ pub struct BatchPos {
 pub trait Hooks {
     /// The micro-batch to train on (e.g. with replayed examples appended) and an additive
     /// `n × classes` logit mask (task-IL).
-    fn batch(
-        &mut self,
-        batch: crate::train::step::HostBatch,
-        _pos: BatchPos,
-    ) -> Result<(crate::train::step::HostBatch, Option<Vec<f32>>)> {
+    fn batch(&mut self, batch: HostBatch, _pos: BatchPos) -> Result<(HostBatch, Option<Vec<f32>>)> {
         Ok((batch, None))
     }
     /// Terms added to the step's mean gradient (after the all-reduce, before clipping).
@@ -195,6 +191,16 @@ impl Sinks {
         })
     }
 
+    /// Sinks that write nothing (`vitrs bench`).
+    pub fn none() -> Self {
+        Sinks {
+            metrics: None,
+            tensorboard: None,
+            start: Instant::now(),
+            time_offset: 0.0,
+        }
+    }
+
     pub fn emit(&mut self, mut r: MetricRecord) -> Result<()> {
         r.time = self.time_offset + self.start.elapsed().as_secs_f64();
         if let Some(m) = &mut self.metrics {
@@ -224,8 +230,11 @@ fn progress_bar(quiet: bool, len: usize, prefix: String) -> ProgressBar {
 /// What the loop keeps between optimizer steps while gradients accumulate.
 #[derive(Default)]
 struct Accumulator {
-    /// Σ n_i · g_i over the micro-batches of this step.
+    /// Σ n_i · g_i over the micro-batches of this step, or, while `unweighted` is set, the
+    /// one micro-batch's mean gradient as the step computed it (a step of one batch then
+    /// costs no scaling pass over the gradients).
     grads: BTreeMap<String, Tensor<1>>,
+    unweighted: Option<usize>,
     images: usize,
     loss_sum: f64,
     correct: usize,
@@ -248,8 +257,14 @@ fn add_into(map: &mut BTreeMap<String, Tensor<1>>, k: String, t: Tensor<1>) {
 
 impl Accumulator {
     fn add(&mut self, out: StepOutput, n: usize) {
-        for (k, g) in out.grads {
-            add_into(&mut self.grads, k, g * n as f64);
+        if self.grads.is_empty() && self.images == 0 {
+            self.grads = out.grads;
+            self.unweighted = Some(n);
+        } else {
+            self.weigh();
+            for (k, g) in out.grads {
+                add_into(&mut self.grads, k, g * n as f64);
+            }
         }
         self.buffer_micro += usize::from(!out.buffers.is_empty());
         for (k, b) in out.buffers {
@@ -291,6 +306,7 @@ impl Accumulator {
                 .iter()
                 .map(|k| self.extra.get(*k).copied().unwrap_or(0.0)),
         );
+        self.weigh();
         // Statistics' paths are not parameters' paths: they can share the map for the call.
         self.grads.append(&mut self.buffers);
         crate::dist::all_reduce_grads(dist, layout, &mut self.grads, &mut scalars, device);
@@ -323,8 +339,19 @@ impl Accumulator {
             .collect()
     }
 
+    /// Turn an unweighted single gradient into `n · g` (before adding or reducing).
+    fn weigh(&mut self) {
+        if let Some(n) = self.unweighted.take() {
+            let g = std::mem::take(&mut self.grads);
+            self.grads = g.into_iter().map(|(k, g)| (k, g * n as f64)).collect();
+        }
+    }
+
     /// The mean gradient over every image of the step (what one big batch would give).
     fn mean_grads(&mut self) -> BTreeMap<String, Tensor<1>> {
+        if self.unweighted.take().is_some() {
+            return std::mem::take(&mut self.grads);
+        }
         let n = self.images.max(1) as f64;
         std::mem::take(&mut self.grads)
             .into_iter()
@@ -369,7 +396,8 @@ impl Window {
 
 /// The model and everything that changes with it step by step.
 pub struct Engine {
-    pub model: Model,
+    /// `None` only while a step moves it through the update.
+    model: Option<Model>,
     pub optim: AdamW,
     pub ema: Option<Ema<Model>>,
     pub state: TrainingState,
@@ -384,6 +412,8 @@ pub struct Engine {
     pub sinks: Sinks,
     /// Wall time of each optimizer step of this process (ms).
     pub step_ms: Vec<f64>,
+    /// Seconds this process spent in the all-reduce (waiting for the slowest rank included).
+    reduce_secs: f64,
     /// `checkpoints/` of the run (named in the divergence error).
     pub ckpt_root: PathBuf,
     /// Where this process started: `state.elapsed_secs` then, and the clock since.
@@ -391,7 +421,191 @@ pub struct Engine {
     run_start: Instant,
 }
 
+/// The layout of the one all-reduce of a step, and the log values every rank sums.
+struct StepPlan {
+    /// The gradients' layout, then the BatchNorm statistics' (none for a ViT).
+    reduce_layout: Vec<(String, usize)>,
+    grads_in_layout: usize,
+    /// The same keys on all ranks, even an idle one.
+    extra_keys: &'static [&'static str],
+}
+
+/// A step whose loss or gradient is not finite (f32/bf16), or f16 overflowing for too long.
+struct Diverged {
+    loss: f64,
+    norm: f64,
+}
+
+/// For a loop without checkpoints (`vitrs bench`).
+pub struct NoHooks;
+
+impl Hooks for NoHooks {
+    fn save(&mut self, _engine: &Engine, name: &str) -> Result<PathBuf> {
+        Err(Error::Training(format!(
+            "this loop writes no checkpoints (asked for {name})"
+        )))
+    }
+}
+
 impl Engine {
+    /// The model (between steps the engine always holds it).
+    pub fn model(&self) -> &Model {
+        self.model
+            .as_ref()
+            .expect("the engine holds its model between steps")
+    }
+
+    pub fn into_model(self) -> Model {
+        self.model
+            .expect("the engine holds its model between steps")
+    }
+
+    /// Replace the model by `f` of it (e.g. adapters added, best weights loaded).
+    pub fn map_model(&mut self, f: impl FnOnce(Model) -> Result<Model>) -> Result<()> {
+        let m = self
+            .model
+            .take()
+            .expect("the engine holds its model between steps");
+        self.model = Some(f(m)?);
+        Ok(())
+    }
+
+    fn plan(&self) -> StepPlan {
+        let grad_layout = crate::dist::grad_layout(self.model());
+        StepPlan {
+            grads_in_layout: grad_layout.len(),
+            reduce_layout: [grad_layout, crate::dist::buffer_layout(self.model())].concat(),
+            extra_keys: match self.teacher {
+                Some(_) => &distill::EXTRA_KEYS,
+                None => &[],
+            },
+        }
+    }
+
+    /// Forward and backward of one micro-batch, added to `acc`.
+    fn micro_step(&self, acc: &mut Accumulator, batch: &HostBatch, mask: Option<&[f32]>) {
+        let s = &self.settings;
+        // Dropout masks differ between ranks (as between the samples of one batch).
+        let ctx = Ctx::train(
+            s.seed,
+            &[
+                self.state.global_step,
+                acc.micro as u64,
+                crate::dist::world().rank() as u64,
+            ],
+        )
+        .with_sparse(
+            self.sparse
+                .clone()
+                .filter(|_| self.state.global_step >= self.dense_steps),
+        )
+        .with_precision(
+            s.precision,
+            self.state.loss_scaler.as_ref().map_or(1.0, |l| l.scale),
+        );
+        if let Some(sp) = &self.sparse {
+            sp.count_forward();
+        }
+        match batch.len() {
+            0 => acc.micro += 1, // this rank's shard ran out; it still joins the step
+            n => acc.add(
+                train_step_masked(
+                    self.model(),
+                    batch,
+                    &self.ad,
+                    &ctx,
+                    self.teacher.as_ref(),
+                    mask,
+                ),
+                n,
+            ),
+        }
+    }
+
+    /// One optimizer step over what `acc` holds, on every rank alike: all-reduce, the
+    /// hooks' gradient terms, the divergence / f16 overflow check, clipping, AdamW, BatchNorm
+    /// statistics, EMA. Returns whether the step changed the weights (an f16 overflow skips
+    /// it; it still counts: the schedule and the data order move on).
+    fn apply(
+        &mut self,
+        acc: &mut Accumulator,
+        plan: &StepPlan,
+        lr: f64,
+        hooks: &mut dyn Hooks,
+    ) -> std::result::Result<bool, Diverged> {
+        let dist = crate::dist::world();
+        let s = &self.settings;
+        if dist.size() > 1 {
+            let t = Instant::now();
+            acc.all_reduce(
+                dist,
+                &plan.reduce_layout,
+                plan.grads_in_layout,
+                plan.extra_keys,
+                &self.device,
+            );
+            self.reduce_secs += t.elapsed().as_secs_f64();
+        }
+        let mut grads = acc.mean_grads();
+        hooks.add_grads(self.model(), &mut grads);
+        let norm = global_grad_norm(&grads);
+        let loss = acc.loss_sum / acc.images.max(1) as f64;
+        let finite = loss.is_finite() && norm.is_finite();
+        // f16: an overflow skips the step and halves the loss scale; f32/bf16 stop, and so
+        // does f16 once skipping goes on so long that the loss itself must be diverging.
+        let diverged = match &mut self.state.loss_scaler {
+            Some(l) => {
+                l.update(finite, s.loss_scale_window);
+                l.diverged()
+            }
+            None => !finite,
+        };
+        if diverged {
+            return Err(Diverged { loss, norm });
+        }
+        let scale = if s.grad_clip > 0.0 && norm > s.grad_clip {
+            s.grad_clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        if finite {
+            // The model moves through the update (not cloned), so the backend may update
+            // the parameters in place.
+            let mut model = self
+                .model
+                .take()
+                .expect("the engine holds its model between steps");
+            model = self.optim.step(model, &grads, lr, scale);
+            let buffers = acc.mean_buffers();
+            if !buffers.is_empty() {
+                model = map_params(model, |path, _| buffers.get(path).cloned());
+            }
+            if let Some(ema) = &mut self.ema {
+                ema.update(&model);
+            }
+            self.model = Some(model);
+        }
+        self.state.global_step += 1;
+        self.state.images_seen += acc.images as u64;
+        Ok(finite)
+    }
+
+    /// One optimizer step on one batch at learning rate `lr`, as a training step of the loop
+    /// takes it (`vitrs bench` times this). Returns the batch's loss.
+    pub fn train_batch(&mut self, batch: &HostBatch, lr: f64) -> Result<f64> {
+        let mut acc = Accumulator::default();
+        self.micro_step(&mut acc, batch, None);
+        let plan = self.plan();
+        let loss = acc.loss_sum / acc.images.max(1) as f64;
+        match self.apply(&mut acc, &plan, lr, &mut NoHooks) {
+            Ok(_) => Ok(loss),
+            Err(Diverged { loss, norm }) => Err(Error::Training(format!(
+                "loss became {loss} (gradient norm {norm}) at step {}",
+                self.state.global_step
+            ))),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: Model,
@@ -407,7 +621,8 @@ impl Engine {
         Engine {
             ckpt_root,
             start_elapsed: state.elapsed_secs,
-            model,
+            model: Some(model),
+            reduce_secs: 0.0,
             optim,
             ema,
             state,
@@ -453,9 +668,10 @@ impl Engine {
         }
         if dist.is_main() {
             let best = checkpoint::load(best_dir)?;
-            self.model = load_state_dict_keeping(self.model.clone(), &best.model, &self.ad, keep)?;
+            let ad = self.ad.clone();
+            self.map_model(|m| load_state_dict_keeping(m, &best.model, &ad, keep))?;
         }
-        self.model = crate::dist::broadcast_params(dist, self.model.clone());
+        self.map_model(|m| Ok(crate::dist::broadcast_params(dist, m)))?;
         Ok(true)
     }
 
@@ -463,15 +679,7 @@ impl Engine {
     pub fn fit(&mut self, phase: &Phase, hooks: &mut dyn Hooks) -> Result<PhaseEnd> {
         let dist = crate::dist::world();
         let s = self.settings.clone();
-        // One all-reduce per step: the gradients, then the BatchNorm statistics (none for a ViT).
-        let grad_layout = crate::dist::grad_layout(&self.model);
-        let grads_in_layout = grad_layout.len();
-        let reduce_layout = [grad_layout, crate::dist::buffer_layout(&self.model)].concat();
-        // The per-image log values every rank sums (the same keys on all, even an idle one).
-        let extra_keys: &[&str] = match self.teacher {
-            Some(_) => &distill::EXTRA_KEYS,
-            None => &[],
-        };
+        let plan = self.plan();
         // The teacher is fixed: its validation predictions are computed once per phase.
         let teacher_val = match &self.teacher {
             Some(t) => {
@@ -481,7 +689,7 @@ impl Engine {
             }
             None => None,
         };
-        let (total_params, trainable_params) = count_params(&self.model);
+        let (total_params, trainable_params) = count_params(self.model());
         let micro_per_epoch = phase.train.num_batches();
         let steps_per_epoch = micro_per_epoch.div_ceil(s.accum);
         let mut end = PhaseEnd {
@@ -500,7 +708,8 @@ impl Engine {
                 steps_per_epoch,
                 format!("{}epoch {e}/{}", phase.label, phase.epochs),
             );
-            let (mut local_images, mut reduce_secs) = (0, 0.0);
+            let mut local_images = 0;
+            let reduce_start = self.reduce_secs;
             let epoch_start = Instant::now();
             let mut epoch_win = Window::default();
             let (mut log_win, mut log_start) = (Window::default(), Instant::now());
@@ -525,96 +734,24 @@ impl Engine {
                     micro,
                 };
                 let (batch, mask) = hooks.batch(batch, pos)?;
-                // Dropout masks differ between ranks (as between the samples of one batch).
-                let ctx = Ctx::train(
-                    s.seed,
-                    &[self.state.global_step, acc.micro as u64, dist.rank() as u64],
-                )
-                .with_sparse(
-                    self.sparse
-                        .clone()
-                        .filter(|_| self.state.global_step >= self.dense_steps),
-                )
-                .with_precision(
-                    s.precision,
-                    self.state.loss_scaler.as_ref().map_or(1.0, |l| l.scale),
-                );
-                if let Some(sp) = &self.sparse {
-                    sp.count_forward();
-                }
-                let n = batch.len();
-                local_images += n;
-                match n {
-                    0 => acc.micro += 1, // this rank's shard ran out; it still joins the step
-                    _ => acc.add(
-                        train_step_masked(
-                            &self.model,
-                            &batch,
-                            &self.ad,
-                            &ctx,
-                            self.teacher.as_ref(),
-                            mask.as_deref(),
-                        ),
-                        n,
-                    ),
-                }
+                local_images += batch.len();
+                self.micro_step(&mut acc, &batch, mask.as_deref());
                 if acc.micro < s.accum && micro + 1 < micro_per_epoch {
                     continue;
                 }
-                if dist.size() > 1 {
-                    let t = Instant::now();
-                    acc.all_reduce(
-                        dist,
-                        &reduce_layout,
-                        grads_in_layout,
-                        extra_keys,
-                        &self.device,
-                    );
-                    reduce_secs += t.elapsed().as_secs_f64();
-                }
-                // One optimizer step over everything accumulated (on every rank alike).
                 let lr = phase.schedule.lr(self.state.global_step - phase.step_base);
-                let mut grads = acc.mean_grads();
-                hooks.add_grads(&self.model, &mut grads);
-                let norm = global_grad_norm(&grads);
-                let step_loss = acc.loss_sum / acc.images.max(1) as f64;
-                let finite = step_loss.is_finite() && norm.is_finite();
-                // f16: an overflow skips the step and halves the loss scale; f32/bf16 stop,
-                // and so does f16 once skipping goes on so long that the loss must be diverging.
-                let diverged = match &mut self.state.loss_scaler {
-                    Some(l) => {
-                        l.update(finite, s.loss_scale_window);
-                        l.diverged()
+                let applied = match self.apply(&mut acc, &plan, lr, hooks) {
+                    Ok(a) => a,
+                    Err(Diverged { loss, norm }) => {
+                        pb.finish_and_clear();
+                        return Err(self.divergence(loss, norm, epoch, hooks));
                     }
-                    None => !finite,
                 };
-                if diverged {
-                    pb.finish_and_clear();
-                    return Err(self.divergence(step_loss, norm, epoch, hooks));
-                }
-                let scale = if s.grad_clip > 0.0 && norm > s.grad_clip {
-                    s.grad_clip / (norm + 1e-6)
-                } else {
-                    1.0
-                };
-                // A skipped f16 step still counts (the schedule and the data order move on)
-                // but changes nothing and stays out of the loss averages.
-                if finite {
-                    self.model = self.optim.step(self.model.clone(), &grads, lr, scale);
-                    let buffers = acc.mean_buffers();
-                    if !buffers.is_empty() {
-                        self.model =
-                            map_params(self.model.clone(), |path, _| buffers.get(path).cloned());
-                    }
-                    if let Some(ema) = &mut self.ema {
-                        ema.update(&self.model);
-                    }
+                if applied {
                     epoch_win.add(&acc);
                     log_win.add(&acc);
                 }
-                self.state.global_step += 1;
                 self.step_ms.push(step_start.elapsed().as_secs_f64() * 1e3);
-                self.state.images_seen += acc.images as u64;
                 acc = Accumulator::default();
                 if self.state.global_step.is_multiple_of(s.log_every as u64) {
                     let img_s = log_win.images as f64 / log_start.elapsed().as_secs_f64();
@@ -628,7 +765,7 @@ impl Engine {
                         0.0,
                     );
                     record.extra = log_win.extras();
-                    record.extra.extend(hooks.log(&self.model));
+                    record.extra.extend(hooks.log(self.model()));
                     if let Some(l) = &self.state.loss_scaler {
                         record.extra.insert("loss_scale".into(), l.scale);
                         record
@@ -696,7 +833,7 @@ impl Engine {
             let eval_start = Instant::now();
             if e % s.eval_every == 0 || e == phase.epochs {
                 let (report, preds) =
-                    evaluate_preds(&self.model, phase.val, &self.device, phase.val_classes)?;
+                    evaluate_preds(self.model(), phase.val, &self.device, phase.val_classes)?;
                 let mut record =
                     MetricRecord::val(epoch, self.state.global_step, report.loss, report.acc, 0.0);
                 line += &format!(
@@ -751,7 +888,7 @@ impl Engine {
                     "rank {}: epoch {epoch}: {:.1} img/s on this rank, all-reduce {:.1}% of training time",
                     dist.rank(),
                     local_images as f64 / secs,
-                    100.0 * reduce_secs / secs
+                    100.0 * (self.reduce_secs - reduce_start) / secs
                 );
             }
             if s.save_every > 0 && epoch % s.save_every == 0 {

@@ -308,7 +308,7 @@ pub fn train(run: Run) -> Result<Summary> {
             checkpoint::save(
                 &dest,
                 &Checkpoint {
-                    model: trained(state_dict(&e.model)),
+                    model: trained(state_dict(e.model())),
                     vit_config: vit_config.clone(),
                     optimizer: Some(e.optim.state_dict()),
                     ema: e.ema.as_ref().map(|m| trained(state_dict(&m.model))),
@@ -350,7 +350,7 @@ pub fn train(run: Run) -> Result<Summary> {
                 engine.state.best_epoch,
                 100.0 * engine.state.best_val_acc
             );
-            let (report, preds) = evaluate_preds(&engine.model, &val_loader, &device, None)?;
+            let (report, preds) = evaluate_preds(engine.model(), &val_loader, &device, None)?;
             last_preds = preds;
             Some(report)
         }
