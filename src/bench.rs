@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::config::AdapterKind;
 use crate::data::augment::{Image, MixConfig, TrainTransform};
+use crate::data::batch::HostBatch;
 use crate::data::synthetic::synthetic;
 use crate::error::Result;
 use crate::model::layers::Ctx;
@@ -20,7 +21,7 @@ use crate::model::{Model, VitConfig};
 use crate::rng::{Rng, stream};
 use crate::train::optim::{AdamW, AdamWConfig, global_grad_norm};
 use crate::train::scaler::LossScaler;
-use crate::train::step::{HostBatch, train_step};
+use crate::train::step::train_step;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {

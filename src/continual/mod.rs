@@ -14,13 +14,14 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::mix::soft_targets;
+use crate::data::batch::HostBatch;
 use crate::error::{Error, Result};
 use crate::model::VisionTransformer;
 use crate::model::layers::Ctx;
 use crate::model::params::gradients;
 use crate::rng::{Rng, stream};
 use crate::train::loss::soft_cross_entropy;
-use crate::train::step::{HostBatch, StepOutput, count_correct};
+use crate::train::step::{StepOutput, count_correct};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -285,15 +286,6 @@ pub fn task_targets(
         out[r * num_classes + y] = (1.0 - smoothing + off) as f32;
     }
     out
-}
-
-/// Rows of `a` then `b` (a task batch and its replayed examples).
-pub fn concat_batches(mut a: HostBatch, b: HostBatch) -> HostBatch {
-    a.images.extend(b.images);
-    a.targets.extend(b.targets);
-    a.labels.extend(b.labels);
-    a.shape[0] += b.shape[0];
-    a
 }
 
 /// `train_step` with an optional additive logit mask (task-IL).

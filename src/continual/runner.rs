@@ -20,8 +20,8 @@ use super::ewc::{Ewc, FisherSum, ParamMap, trainable_params};
 use super::metrics::{ContinualMetrics, joint_metrics, metrics};
 use super::replay::{ReplayBuffer, sample_indices};
 use super::{
-    ContinualConfig, Scenario, Strategy, class_order, concat_batches, masked_step, split_tasks,
-    task_masks, task_of_class, task_targets,
+    ContinualConfig, Scenario, Strategy, class_order, masked_step, split_tasks, task_masks,
+    task_of_class, task_targets,
 };
 use crate::config::{AdapterKind, Config};
 use crate::data::dataset::Dataset;
@@ -434,7 +434,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                         .skip(dist.rank())
                         .step_by(dist.size())
                         .collect();
-                    batch = concat_batches(batch, rl.make_batch(epoch_id, b, &idx));
+                    batch = batch.concat(rl.make_batch(epoch_id, b, &idx));
                 }
                 let mask = task_il.then(|| {
                     let rows: Vec<usize> = batch.labels.iter().map(|&y| task_of[y]).collect();

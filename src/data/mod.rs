@@ -2,6 +2,7 @@
 //! in-memory synthetic set for smoke tests. Every reader returns a [`Dataset`] of u8 HWC images.
 
 pub mod augment;
+pub mod batch;
 pub mod cifar;
 pub mod dataset;
 pub mod download;

@@ -70,10 +70,11 @@ mod tests {
     use burn::tensor::{DType, Device, Tensor};
 
     use super::*;
+    use crate::data::batch::HostBatch;
     use crate::model::layers::Ctx;
     use crate::model::{Model, VitConfig};
     use crate::train::optim::global_grad_norm;
-    use crate::train::step::{HostBatch, train_step};
+    use crate::train::step::train_step;
 
     fn batch() -> HostBatch {
         let mut rng = crate::rng::Rng::seed(5);

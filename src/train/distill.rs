@@ -12,9 +12,9 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::loss::soft_cross_entropy;
-use super::step::HostBatch;
 use crate::config::DistillKind;
 use crate::data::augment::mix::soft_targets;
+use crate::data::batch::HostBatch;
 use crate::data::loader::Loader;
 use crate::error::{Error, Result};
 use crate::model::layers::Ctx;
