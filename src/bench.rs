@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::config::AdapterKind;
 use crate::data::augment::{Image, MixConfig, TrainTransform};
 use crate::data::batch::HostBatch;
-use crate::data::synthetic::synthetic;
+use crate::data::formats::synthetic::synthetic;
 use crate::error::Result;
 use crate::model::layers::Ctx;
 use crate::model::lora::LoraConfig;

@@ -406,14 +406,16 @@ fn cmd_download(a: DataArgs) -> Result<()> {
     let cfg = data_config(&a);
     let dir = load::data_dir(&cfg);
     match a.dataset {
-        crate::config::DatasetKind::Cifar10 => {
-            crate::data::download::ensure_cifar(&dir, crate::data::cifar::CifarKind::Ten)
-                .map(|p| println!("CIFAR-10 ready in {}", p.display()))
-        }
-        crate::config::DatasetKind::Cifar100 => {
-            crate::data::download::ensure_cifar(&dir, crate::data::cifar::CifarKind::Hundred)
-                .map(|p| println!("CIFAR-100 ready in {}", p.display()))
-        }
+        crate::config::DatasetKind::Cifar10 => crate::data::formats::download::ensure_cifar(
+            &dir,
+            crate::data::formats::cifar::CifarKind::Ten,
+        )
+        .map(|p| println!("CIFAR-10 ready in {}", p.display())),
+        crate::config::DatasetKind::Cifar100 => crate::data::formats::download::ensure_cifar(
+            &dir,
+            crate::data::formats::cifar::CifarKind::Hundred,
+        )
+        .map(|p| println!("CIFAR-100 ready in {}", p.display())),
         other => Err(Error::Config(format!(
             "{other:?} is not downloaded by vitrs: Fashion-MNIST comes with Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist), imagefolder/synthetic need no download"
         ))),

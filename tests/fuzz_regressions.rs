@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use vitrs::data::cifar::{CifarKind, LabelType, parse_pickle_batch};
+use vitrs::data::formats::cifar::{CifarKind, LabelType, parse_pickle_batch};
 use vitrs::error::Error;
 use vitrs::model::io::{HostTensor, parse_safetensors};
 use vitrs::model::pretrained::from_state_dict;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
-use super::Split;
-use super::dataset::Dataset;
+use crate::data::Split;
+use crate::data::dataset::Dataset;
 use crate::error::{Error, Result};
 
 pub const FASHION_MNIST_CLASSES: [&str; 10] = [
