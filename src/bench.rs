@@ -17,6 +17,7 @@ use crate::model::layers::Ctx;
 use crate::model::lora::LoraConfig;
 use crate::model::params::{count_params, named_params};
 use crate::model::precision::Precision;
+use crate::model::sparse;
 use crate::model::{Model, VitConfig};
 use crate::rng::{Rng, stream};
 use crate::train::optim::{AdamW, AdamWConfig, global_grad_norm};
@@ -216,7 +217,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
                 sparse_dense_steps: 0.0,
                 ..crate::config::Config::default()
             };
-            sparse = Some(crate::model::sparse::setup(model.as_vit()?, &c, &device)?);
+            sparse = Some(sparse::setup(model.as_vit()?, c.sparse()?, &device)?);
         }
     }
     let params = count_params(&model).0;

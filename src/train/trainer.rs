@@ -538,7 +538,7 @@ pub fn train(run: Run) -> Result<Summary> {
     let steps_per_epoch = micro_per_epoch.div_ceil(accum);
     // SparseLoRA: SVD estimators of the frozen base, once; sparse after the dense steps.
     let sparse = match cfg.adapter {
-        AdapterKind::Sparselora => Some(sparse::setup(model.as_vit()?, &cfg, &device)?),
+        AdapterKind::Sparselora => Some(sparse::setup(model.as_vit()?, cfg.sparse()?, &device)?),
         _ => None,
     };
     let dense_steps = sparse.as_ref().map_or(0, |s| {
