@@ -32,3 +32,4 @@ pub mod rng;
 mod simd;
 pub mod train;
 pub mod util;
+pub mod weights;

@@ -35,7 +35,6 @@ use crate::model::layers::Ctx;
 use crate::model::lora::{self, LoraConfig, is_adapter};
 use crate::model::params::{count_params, map_params, named_params, set_trainable};
 use crate::model::precision::Precision;
-use crate::model::pretrained::is_head;
 use crate::model::{VisionTransformer, VitConfig};
 use crate::report::tensorboard::{EventWriter, now_secs};
 use crate::rng::{Rng, stream};
@@ -44,6 +43,7 @@ use crate::train::optim::{AdamW, AdamWConfig, global_grad_norm};
 use crate::train::schedule::WarmupCosine;
 use crate::train::step::StepOutput;
 use crate::train::trainer::{INTERRUPTS, write_json};
+use crate::weights::is_head;
 
 pub const STATE_FILE: &str = "continual_state.json";
 pub const REPORT_JSON: &str = "continual.json";

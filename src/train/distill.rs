@@ -19,7 +19,7 @@ use crate::data::loader::Loader;
 use crate::error::{Error, Result};
 use crate::model::layers::Ctx;
 use crate::model::vit::VitOutput;
-use crate::model::{Model, VitConfig, pretrained};
+use crate::model::{Model, VitConfig};
 
 pub struct Teacher {
     /// On the plain device, eval mode.
@@ -45,7 +45,7 @@ pub fn load_teacher(
 ) -> Result<Teacher> {
     let plain = device.clone().inner();
     let wrap = |e: Error| Error::Config(format!("--teacher {spec}: {e}"));
-    let mut p = pretrained::load(spec).map_err(wrap)?;
+    let mut p = super::checkpoint::load_pretrained(spec).map_err(wrap)?;
     if !p.has_head || p.config.num_classes == 0 {
         return Err(Error::Config(format!(
             "--teacher {spec} has no classification head: a teacher must predict this run's {} classes",

@@ -31,11 +31,11 @@ use crate::model::layers::Ctx;
 use crate::model::lora;
 use crate::model::params::map_params;
 use crate::model::params::{count_params, named_params, set_trainable};
-use crate::model::pretrained::is_head;
 use crate::model::sparse;
 use crate::model::{Model, VitConfig};
 use crate::report::metrics::{EvalReport, MetricRecord, MetricsWriter};
 use crate::report::tensorboard::{EventWriter, HParam, log_record};
+use crate::weights::is_head;
 
 /// `summary.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
