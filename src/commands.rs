@@ -1,6 +1,7 @@
 //! What each subcommand does, given parsed arguments.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -83,10 +84,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Compare { run_dirs, plot } => {
-            println!(
-                "{}",
-                crate::report::compare::compare(&run_dirs, Some(&plot))?
-            );
+            println!("{}", compare(&run_dirs, Some(&plot))?);
             crate::log_line!("validation curves: {}", plot.display());
             Ok(())
         }
@@ -105,6 +103,18 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             DataCommand::Info(a) => cmd_info(a),
         },
     }
+}
+
+/// `vitrs compare`: continual runs get continual's table (forgetting, BWT), other runs
+/// report's. The choice is made here so that report does not depend on continual.
+pub fn compare(dirs: &[PathBuf], plot: Option<&Path>) -> Result<String> {
+    if dirs
+        .iter()
+        .any(|d| crate::continual::runner::is_continual_run(d))
+    {
+        return crate::continual::runner::compare(dirs, plot);
+    }
+    crate::report::compare::compare(dirs, plot)
 }
 
 fn install_interrupt_handler() {
