@@ -149,6 +149,7 @@ pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Config> {
     };
     let mut cfg = Config::resolve(base, &args.config, matches, args.config_file.as_deref())?;
     cfg.resume_from = args.config.resume_from.clone();
+    crate::data::recipe::check(&cfg)?;
     Ok(cfg)
 }
 

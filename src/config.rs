@@ -704,7 +704,8 @@ impl Config {
         })
     }
 
-    /// Checks that need no data: contradictions and impossible values.
+    /// Checks that need no data: contradictions and impossible values. The RandAugment policy
+    /// is the data side's to parse (`data::recipe::check`).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
         if self.batch_size == 0 {
@@ -775,10 +776,6 @@ impl Config {
         }
         if self.color_jitter.len() == 4 && self.color_jitter[3] > 0.5 {
             return bad("--color-jitter hue must be ≤ 0.5");
-        }
-        if let Some(p) = &self.randaugment {
-            crate::data::augment::RandAugment::parse(p)
-                .map_err(|e| Error::Config(format!("--randaugment {p}: {e}")))?;
         }
         for (name, p) in [
             ("--hflip", self.hflip),
