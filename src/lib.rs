@@ -30,6 +30,8 @@ pub mod model;
 pub mod report;
 pub mod rng;
 mod simd;
+#[cfg(test)]
+mod testing;
 pub mod train;
 pub mod util;
 pub mod weights;

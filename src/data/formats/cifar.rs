@@ -1073,7 +1073,7 @@ mod tests {
     #[test]
     fn mutated_pickles_are_errors_not_panics() {
         let valid = batch_pickle(&[("labels", vec![1, 2, 3])], &[0, 1, 2]);
-        crate::util::assert_no_panic_on_mutants("cifar pickle", &valid, 4000, |b| {
+        crate::testing::assert_no_panic_on_mutants("cifar pickle", &valid, 4000, |b| {
             let _ = pickle::load(b);
         });
     }

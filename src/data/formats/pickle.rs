@@ -832,7 +832,7 @@ mod tests {
 
     #[test]
     fn mutated_python2_pickle_is_an_error_not_a_panic() {
-        crate::util::assert_no_panic_on_mutants("python 2 pickle", PY2_FIXTURE, 4000, |b| {
+        crate::testing::assert_no_panic_on_mutants("python 2 pickle", PY2_FIXTURE, 4000, |b| {
             let _ = load(b);
         });
     }
