@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use burn::tensor::{Device, Tensor, TensorData};
-
 use clap::{ArgMatches, Args, FromArgMatches};
 
 use crate::cli::{
