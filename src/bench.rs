@@ -10,18 +10,19 @@ use serde::Serialize;
 
 use crate::config::AdapterKind;
 use crate::data::augment::{Image, MixConfig, TrainTransform};
-use crate::data::synthetic::synthetic;
+use crate::data::batch::HostBatch;
+use crate::data::formats::synthetic::synthetic;
 use crate::error::Result;
 use crate::model::layers::Ctx;
 use crate::model::lora::LoraConfig;
 use crate::model::params::{count_params, named_params};
 use crate::model::precision::Precision;
+use crate::model::sparse;
 use crate::model::{Model, VitConfig};
 use crate::rng::{Rng, stream};
 use crate::train::checkpoint::{self, TrainingState};
 use crate::train::engine::{Engine, Settings, Sinks};
 use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::step::HostBatch;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
@@ -216,7 +217,7 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
                 sparse_dense_steps: 0.0,
                 ..crate::config::Config::default()
             };
-            sparse = Some(crate::model::sparse::setup(model.as_vit()?, &c, &device)?);
+            sparse = Some(sparse::setup(model.as_vit()?, c.sparse()?, &device)?);
         }
     }
     let params = count_params(&model).0;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, DatasetKind};
-use crate::model::pretrained::ExportFormat;
+use crate::weights::export::ExportFormat;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -2,8 +2,11 @@
 
 pub mod flags;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
+use burn::tensor::{Device, Tensor, TensorData};
 use clap::{ArgMatches, Args, FromArgMatches};
 
 use crate::cli::{
@@ -13,9 +16,10 @@ use crate::cli::{
 use crate::config::Config;
 use crate::data::{Split, load};
 use crate::error::{Error, Result};
-use crate::model::io::{read_safetensors, write_safetensors};
-use crate::model::pretrained;
+use crate::model::io::{HostTensor, read_safetensors, write_safetensors};
+use crate::model::layers::Ctx;
 use crate::train::{self, checkpoint};
+use crate::weights::Pretrained;
 
 pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     // train, continual and compare-finetune are data-parallel; the others would run once per
@@ -87,10 +91,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Compare { run_dirs, plot } => {
-            println!(
-                "{}",
-                crate::report::compare::compare(&run_dirs, Some(&plot))?
-            );
+            println!("{}", compare(&run_dirs, Some(&plot))?);
             crate::log_line!("validation curves: {}", plot.display());
             Ok(())
         }
@@ -109,6 +110,18 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             DataCommand::Info(a) => cmd_info(a),
         },
     }
+}
+
+/// `vitrs compare`: continual runs get continual's table (forgetting, BWT), other runs
+/// report's. The choice is made here so that report does not depend on continual.
+pub fn compare(dirs: &[PathBuf], plot: Option<&Path>) -> Result<String> {
+    if dirs
+        .iter()
+        .any(|d| crate::continual::runner::is_continual_run(d))
+    {
+        return crate::continual::runner::compare(dirs, plot);
+    }
+    crate::report::compare::compare(dirs, plot)
 }
 
 fn install_interrupt_handler() {
@@ -143,6 +156,7 @@ pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Config> {
     };
     let mut cfg = Config::resolve(base, &args.config, matches, args.config_file.as_deref())?;
     cfg.resume_from = args.config.resume_from.clone();
+    crate::data::recipe::check(&cfg)?;
     Ok(cfg)
 }
 
@@ -356,7 +370,7 @@ fn cmd_predict(args: PredictArgs) -> Result<()> {
 fn cmd_logits(args: LogitsArgs) -> Result<()> {
     crate::device::set_threads(args.threads);
     let device = crate::device::resolve(args.device.as_deref())?;
-    let mut p = pretrained::load(&args.pretrained)?;
+    let mut p = checkpoint::load_pretrained(&args.pretrained)?;
     if let Some(dir) = &args.adapter {
         p.merge_adapter(&crate::model::lora::read_peft(dir)?)?;
     }
@@ -371,7 +385,7 @@ fn cmd_logits(args: LogitsArgs) -> Result<()> {
             input.keys().cloned().collect::<Vec<_>>().join(", ")
         ))
     })?;
-    let out = pretrained::logits(p, pixels, args.img_size, &device)?;
+    let out = logits(p, pixels, args.img_size, &device)?;
     write_safetensors(&args.output, &out, None)?;
     let shape = &out["logits"].shape;
     println!(
@@ -387,6 +401,87 @@ fn cmd_logits(args: LogitsArgs) -> Result<()> {
     Ok(())
 }
 
+/// `vitrs logits`: logits for `pixel_values` (`[n, c, h, w]`, f32, already normalised) in eval mode.
+/// An input of another size than the checkpoint's resamples the position embeddings the way
+/// the source library does. Returns `logits` (for a distillation-token model the mean of both
+/// heads, timm's eval output) and, for such models, `logits_cls` and `logits_dist`.
+pub fn logits(
+    mut p: Pretrained,
+    pixel_values: &HostTensor,
+    img_size: Option<usize>,
+    device: &Device,
+) -> Result<BTreeMap<String, HostTensor>> {
+    let [n, c, h, w] = pixel_values.shape[..] else {
+        return Err(Error::Data(format!(
+            "pixel_values has shape {:?}, expected [batch, channels, height, width]",
+            pixel_values.shape
+        )));
+    };
+    if h != w {
+        return Err(Error::Data(format!(
+            "pixel_values are {h}×{w}; vitrs models take square images"
+        )));
+    }
+    if c != p.config.in_chans {
+        return Err(Error::Data(format!(
+            "pixel_values have {c} channels, the model expects {}",
+            p.config.in_chans
+        )));
+    }
+    if let Some(s) = img_size.filter(|s| *s != h) {
+        return Err(Error::Config(format!(
+            "--img-size {s} differs from the input's {h}×{w} (drop the flag, or resize the input)"
+        )));
+    }
+    if !p.has_head {
+        return Err(Error::Checkpoint(format!(
+            "{} has no classification head: there are no logits to compute",
+            p.source.display()
+        )));
+    }
+    p.set_img_size(h)?;
+    let model = p.build(0, device)?;
+    let classes = p.config.num_classes;
+    let per = c * h * w;
+    let (mut cls, mut dist) = (Vec::with_capacity(n * classes), Vec::new());
+    let ctx = Ctx::eval();
+    let host = |t: Tensor<2>| -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default()
+    };
+    for start in (0..n).step_by(32) {
+        let b = (n - start).min(32);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(
+                pixel_values.data[start * per..(start + b) * per].to_vec(),
+                [b, c, h, w],
+            ),
+            device,
+        );
+        let out = model.forward_heads(x, &ctx);
+        cls.extend(host(out.logits));
+        if let Some(d) = out.dist_logits {
+            dist.extend(host(d));
+        }
+    }
+    let t = |data: Vec<f32>| HostTensor {
+        shape: vec![n, classes],
+        data,
+    };
+    let mut out = BTreeMap::new();
+    if p.config.dist_token {
+        let avg = cls.iter().zip(&dist).map(|(a, b)| (a + b) / 2.0).collect();
+        out.insert("logits".to_string(), t(avg));
+        out.insert("logits_cls".to_string(), t(cls));
+        out.insert("logits_dist".to_string(), t(dist));
+    } else {
+        out.insert("logits".to_string(), t(cls));
+    }
+    Ok(out)
+}
+
 fn cmd_export(args: ExportArgs) -> Result<()> {
     let is_adapter_ckpt =
         crate::model::lora::is_adapter_dir(std::path::Path::new(&args.checkpoint));
@@ -395,11 +490,11 @@ fn cmd_export(args: ExportArgs) -> Result<()> {
             "exporting LoRA weights as a plain model needs --merge (the unmerged adapter already is in PEFT's format: adapter_model.safetensors + adapter_config.json)".into(),
         ));
     }
-    let mut p = pretrained::load(&args.checkpoint)?;
+    let mut p = checkpoint::load_pretrained(&args.checkpoint)?;
     if let Some(dir) = &args.adapter {
         p.merge_adapter(&crate::model::lora::read_peft(dir)?)?;
     }
-    pretrained::export(&p, args.format, &args.out)?;
+    crate::weights::export::export(&p, args.format, &args.out)?;
     println!(
         "wrote {} weights and config.json of {} to {}",
         format!("{:?}", args.format).to_lowercase(),
@@ -421,14 +516,16 @@ fn cmd_download(a: DataArgs) -> Result<()> {
     let cfg = data_config(&a);
     let dir = load::data_dir(&cfg);
     match a.dataset {
-        crate::config::DatasetKind::Cifar10 => {
-            crate::data::download::ensure_cifar(&dir, crate::data::cifar::CifarKind::Ten)
-                .map(|p| println!("CIFAR-10 ready in {}", p.display()))
-        }
-        crate::config::DatasetKind::Cifar100 => {
-            crate::data::download::ensure_cifar(&dir, crate::data::cifar::CifarKind::Hundred)
-                .map(|p| println!("CIFAR-100 ready in {}", p.display()))
-        }
+        crate::config::DatasetKind::Cifar10 => crate::data::formats::download::ensure_cifar(
+            &dir,
+            crate::data::formats::cifar::CifarKind::Ten,
+        )
+        .map(|p| println!("CIFAR-10 ready in {}", p.display())),
+        crate::config::DatasetKind::Cifar100 => crate::data::formats::download::ensure_cifar(
+            &dir,
+            crate::data::formats::cifar::CifarKind::Hundred,
+        )
+        .map(|p| println!("CIFAR-100 ready in {}", p.display())),
         other => Err(Error::Config(format!(
             "{other:?} is not downloaded by vitrs: Fashion-MNIST comes with Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist), imagefolder/synthetic need no download"
         ))),

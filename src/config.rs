@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::cnn::CnnConfig;
 use crate::model::precision::Precision;
+use crate::model::sparse::SparseConfig;
 use crate::model::{self, EvalHead, Pool, VitConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -666,7 +667,45 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Checks that need no data: contradictions and impossible values.
+    /// The checked SparseLoRA settings (`--sparsity*`, `--sparse-*`): the one place the CLI
+    /// flags become the model's own `SparseConfig`.
+    pub fn sparse(&self) -> Result<SparseConfig> {
+        let bad = |m: String| Err(Error::Config(m));
+        let attn = self.sparsity_attn;
+        for (flag, s) in [("--sparsity", self.sparsity), ("--sparsity-attn", attn)] {
+            if !(0.0..1.0).contains(&s) {
+                return bad(format!(
+                    "{flag} {s} must be in [0, 1) (the fraction of channels skipped, e.g. 0.5)"
+                ));
+            }
+        }
+        if self.sparse_rank == 0 {
+            return bad("--sparse-rank must be ≥ 1 (8 is the paper's choice)".into());
+        }
+        let [first, last] = self.sparse_layers[..] else {
+            return bad(format!(
+                "--sparse-layers takes two counts, first,last (e.g. 2,1), not {:?}",
+                self.sparse_layers
+            ));
+        };
+        if !(self.sparse_dense_steps >= 0.0 && self.sparse_dense_steps.is_finite()) {
+            return bad(format!(
+                "--sparse-dense-steps {} must be a fraction of the steps (< 1) or a step count (≥ 1)",
+                self.sparse_dense_steps
+            ));
+        }
+        Ok(SparseConfig {
+            mlp: self.sparsity,
+            attn,
+            rank: self.sparse_rank,
+            dense_first: first,
+            dense_last: last,
+            dense_steps: self.sparse_dense_steps,
+        })
+    }
+
+    /// Checks that need no data: contradictions and impossible values. The RandAugment policy
+    /// is the data side's to parse (`data::recipe::check`).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
         if self.batch_size == 0 {
@@ -737,10 +776,6 @@ impl Config {
         }
         if self.color_jitter.len() == 4 && self.color_jitter[3] > 0.5 {
             return bad("--color-jitter hue must be ≤ 0.5");
-        }
-        if let Some(p) = &self.randaugment {
-            crate::data::augment::RandAugment::parse(p)
-                .map_err(|e| Error::Config(format!("--randaugment {p}: {e}")))?;
         }
         for (name, p) in [
             ("--hflip", self.hflip),
@@ -921,6 +956,50 @@ mod tests {
             },
             "--loss-scale",
         );
+    }
+
+    #[test]
+    fn sparse_flags_out_of_range_are_named() {
+        for (cfg, msg) in [
+            (
+                Config {
+                    sparsity: 1.0,
+                    ..Config::default()
+                },
+                "--sparsity",
+            ),
+            (
+                Config {
+                    sparsity_attn: -0.1,
+                    ..Config::default()
+                },
+                "--sparsity-attn",
+            ),
+            (
+                Config {
+                    sparse_rank: 0,
+                    ..Config::default()
+                },
+                "--sparse-rank",
+            ),
+            (
+                Config {
+                    sparse_layers: vec![1],
+                    ..Config::default()
+                },
+                "--sparse-layers",
+            ),
+            (
+                Config {
+                    sparse_dense_steps: -1.0,
+                    ..Config::default()
+                },
+                "--sparse-dense-steps",
+            ),
+        ] {
+            let e = cfg.sparse().unwrap_err().to_string();
+            assert!(e.contains(msg), "{e}");
+        }
     }
 }
 

@@ -3,6 +3,12 @@
 //!
 //! The data path is one-way: CLI → [`config::Config`] → data + model → [`train::step`] →
 //! [`train::trainer`] → sinks ([`report`]).
+//!
+//! Modules depend one way, each only on those before it: the foundation ([`error`], [`rng`],
+//! [`util`], [`device`], `simd`; and [`report`], which needs nothing more) ← [`model`] ←
+//! [`config`] ← [`data`] ← [`weights`] ← [`train`] ← [`continual`] and the tools ([`bench`],
+//! [`compare_finetune`]) ← [`cli`] / [`commands`]; [`dist`] (parameters over MPI) sits
+//! between [`model`] and [`train`].
 
 /// `crate::log_line!` as one `write`: stderr is unbuffered, so `crate::log_line!` writes each formatted piece
 /// on its own, and the lines of MPI ranks sharing one stderr pipe interleave mid-line.
@@ -30,5 +36,8 @@ pub mod model;
 pub mod report;
 pub mod rng;
 mod simd;
+#[cfg(test)]
+mod testing;
 pub mod train;
 pub mod util;
+pub mod weights;

@@ -41,6 +41,24 @@ fn impossible_model_shapes_are_rejected_before_anything_runs() {
     assert_one_line_error(&err, "img-size 30 is not divisible by patch-size 4");
 }
 
+/// The policy string is parsed by the data side, still before any data is read.
+#[test]
+fn a_bad_randaugment_policy_is_rejected_before_the_data_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-cifar-here");
+    let (code, _, err) = vitrs(&[
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        missing.to_str().unwrap(),
+        "--randaugment",
+        "rand-m9-x3",
+    ]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "--randaugment rand-m9-x3: ");
+}
+
 #[test]
 fn missing_and_corrupt_data_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -145,7 +145,7 @@ fn naive_run_writes_every_output_and_consistent_metrics() {
         "no task_3/acc scalar"
     );
     // `vitrs compare` on continual runs.
-    let t = vitrs::report::compare::compare(&[dir.path().to_path_buf()], None).unwrap();
+    let t = vitrs::commands::compare(&[dir.path().to_path_buf()], None).unwrap();
     assert!(t.contains("| naive | class-il | 5/5 |"), "{t}");
 }
 

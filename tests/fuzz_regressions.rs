@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use vitrs::data::cifar::{CifarKind, LabelType, parse_pickle_batch};
+use vitrs::data::formats::cifar::{CifarKind, LabelType, parse_pickle_batch};
 use vitrs::error::Error;
 use vitrs::model::io::{HostTensor, parse_safetensors};
-use vitrs::model::pretrained::from_state_dict;
+use vitrs::weights::from_state_dict;
 
 /// The message, checked to be one line without control characters (what the fuzz targets
 /// assert about every error).

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
+use vitrs::commands::logits;
 use vitrs::model::io::{HostTensor, read_safetensors};
 use vitrs::model::lora;
-use vitrs::model::pretrained;
+use vitrs::train::checkpoint::load_pretrained;
 
 mod common;
 use common::{fixture, max_abs, vitrs};
@@ -24,9 +25,9 @@ fn peft_adapter_reproduces_peft_logits_and_merges_like_merge_and_unload() {
     assert_eq!(adapter.config.rank, 4);
     assert_eq!(adapter.config.scaling(), 2.0);
     assert_eq!(adapter.config.modules_to_save, vec!["head".to_string()]);
-    let base = pretrained::load(fixture("timm-vit-tiny").to_str().unwrap()).unwrap();
+    let base = load_pretrained(fixture("timm-vit-tiny").to_str().unwrap()).unwrap();
     // The base alone gives PEFT's `logits_base`.
-    let out = pretrained::logits(base.clone(), &g["pixel_values"], None, &Device::flex()).unwrap();
+    let out = logits(base.clone(), &g["pixel_values"], None, &Device::flex()).unwrap();
     let d = max_abs(&out["logits"], &g["logits_base"]);
     assert!(d <= 1e-4, "base: {d}");
     // Unmerged: the adapter on the base model, as PEFT runs it.
@@ -58,7 +59,7 @@ fn peft_adapter_reproduces_peft_logits_and_merges_like_merge_and_unload() {
         let d = max_abs(&merged.weights[k], v);
         assert!(d <= 1e-5, "merged {k}: {d}");
     }
-    let out = pretrained::logits(merged, &g["pixel_values"], None, &device).unwrap();
+    let out = logits(merged, &g["pixel_values"], None, &device).unwrap();
     let d = max_abs(&out["logits"], &g["logits"]);
     assert!(d <= 1e-4, "merged: {d}");
 }

@@ -7,12 +7,14 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use vitrs::config::{Config, DatasetKind};
-use vitrs::model::hub::Repo;
 use vitrs::model::io::{HostTensor, read_safetensors};
 use vitrs::model::layers::Ctx;
 use vitrs::model::params::{gradients, set_trainable};
-use vitrs::model::pretrained::{self, ExportFormat, Pretrained, is_head};
 use vitrs::train;
+use vitrs::weights::export::{ExportFormat, export};
+use vitrs::weights::hub::Repo;
+use vitrs::weights::resample::{Resample, resample_pos_embed};
+use vitrs::weights::{self, Origin, Pretrained, is_head};
 
 mod common;
 use common::{fixture, max_abs, vitrs_env as vitrs};
@@ -22,11 +24,11 @@ fn golden(name: &str) -> BTreeMap<String, HostTensor> {
 }
 
 fn load(p: &Path) -> Pretrained {
-    pretrained::load(p.to_str().unwrap()).unwrap()
+    train::checkpoint::load_pretrained(p.to_str().unwrap()).unwrap()
 }
 
 fn logits_of(p: Pretrained, x: &HostTensor) -> BTreeMap<String, HostTensor> {
-    pretrained::logits(p, x, None, &Device::flex()).unwrap()
+    vitrs::commands::logits(p, x, None, &Device::flex()).unwrap()
 }
 
 fn check_golden(name: &str, keys: &[&str]) {
@@ -41,7 +43,7 @@ fn check_golden(name: &str, keys: &[&str]) {
 #[test]
 fn hf_fixture_reproduces_transformers_logits() {
     let p = load(&fixture("hf-vit-tiny"));
-    assert_eq!(p.origin, pretrained::Origin::Hf);
+    assert_eq!(p.origin, Origin::Hf);
     assert_eq!(p.config.layer_norm_eps, 1e-12);
     assert_eq!(
         (p.config.embed_dim, p.config.depth, p.config.num_heads),
@@ -57,7 +59,7 @@ fn hf_fixture_reproduces_transformers_logits() {
 #[test]
 fn timm_fixture_reproduces_timm_logits() {
     let p = load(&fixture("timm-vit-tiny"));
-    assert_eq!(p.origin, pretrained::Origin::Timm);
+    assert_eq!(p.origin, Origin::Timm);
     assert_eq!(p.config.layer_norm_eps, 1e-6);
     assert_eq!((p.config.mlp_dim, p.config.num_heads), (192, 3));
     check_golden("timm-vit-tiny", &["logits"]);
@@ -123,13 +125,13 @@ fn export_then_load_gives_identical_logits() {
         let original = logits_of(load(&fixture(src)), x);
         for format in [ExportFormat::Timm, ExportFormat::Hf] {
             let out = tmp.path().join(format!("{src}-{format:?}"));
-            pretrained::export(&load(&fixture(src)), format, &out).unwrap();
+            export(&load(&fixture(src)), format, &out).unwrap();
             let back = load(&out);
             assert_eq!(
                 back.origin,
                 match format {
-                    ExportFormat::Timm => pretrained::Origin::Timm,
-                    ExportFormat::Hf => pretrained::Origin::Hf,
+                    ExportFormat::Timm => Origin::Timm,
+                    ExportFormat::Hf => Origin::Hf,
                 }
             );
             let again = logits_of(back, x);
@@ -149,8 +151,8 @@ fn hf_exported_as_timm_and_back_is_identical() {
     let hf = fixture("hf-vit-tiny");
     let as_timm = tmp.path().join("timm");
     let as_hf = tmp.path().join("hf");
-    pretrained::export(&load(&hf), ExportFormat::Timm, &as_timm).unwrap();
-    pretrained::export(&load(&as_timm), ExportFormat::Hf, &as_hf).unwrap();
+    export(&load(&hf), ExportFormat::Timm, &as_timm).unwrap();
+    export(&load(&as_timm), ExportFormat::Hf, &as_hf).unwrap();
     let original = read_safetensors(&hf.join("model.safetensors")).unwrap();
     let round = read_safetensors(&as_hf.join("model.safetensors")).unwrap();
     assert_eq!(round, original);
@@ -271,11 +273,8 @@ fn tiny_grid_resampling_matches_hand_computed_values() {
         shape: vec![1, 5, 1],
         data: vec![9.0, 1.0, 2.0, 3.0, 4.0],
     };
-    for (method, antialias) in [
-        (pretrained::Resample::Antialias, true),
-        (pretrained::Resample::Bicubic, false),
-    ] {
-        let got = pretrained::resample_pos_embed(&pe, 1, (3, 3), method).unwrap();
+    for (method, antialias) in [(Resample::Antialias, true), (Resample::Bicubic, false)] {
+        let got = resample_pos_embed(&pe, 1, (3, 3), method).unwrap();
         assert_eq!(got.data[0], 9.0, "class token kept");
         assert!((got.data[1 + 4] - 2.5).abs() < 1e-6, "{method:?} centre");
         let want = reference_pos_embed(&pe, 1, 3, antialias);
@@ -288,12 +287,11 @@ fn tiny_grid_resampling_matches_hand_computed_values() {
     let (a, b) = (cubic_half(1.0 / 6.0), cubic_half(7.0 / 6.0));
     let (wa, wb) = (a / (a + b), b / (a + b));
     let corner = wa * wa * 1.0 + wa * wb * 2.0 + wb * wa * 3.0 + wb * wb * 4.0;
-    let got =
-        pretrained::resample_pos_embed(&pe, 1, (3, 3), pretrained::Resample::Antialias).unwrap();
+    let got = resample_pos_embed(&pe, 1, (3, 3), Resample::Antialias).unwrap();
     assert!((got.data[1] as f64 - corner).abs() < 1e-6);
     // Identity when the size does not change.
     assert_eq!(
-        pretrained::resample_pos_embed(&pe, 1, (2, 2), pretrained::Resample::Bicubic).unwrap(),
+        resample_pos_embed(&pe, 1, (2, 2), Resample::Bicubic).unwrap(),
         pe
     );
 }
@@ -467,8 +465,8 @@ fn hub_ids_resolve_through_a_fake_cache() {
         std::fs::copy(fixture("hf-vit-tiny").join(f), snap.join(f)).unwrap();
     }
     let repo = Repo::new("acme/vit-tiny", cache.path().to_path_buf(), true);
-    let p = pretrained::load_hub(&repo).unwrap();
-    assert_eq!(p.origin, pretrained::Origin::Hf);
+    let p = weights::load_hub(&repo).unwrap();
+    assert_eq!(p.origin, Origin::Hf);
     let g = golden("hf-vit-tiny");
     let d = max_abs(&logits_of(p, &g["pixel_values"])["logits"], &g["logits"]);
     assert!(d <= 1e-4);

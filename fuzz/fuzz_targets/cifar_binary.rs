@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use vitrs::data::cifar::{CifarKind, IMAGE_BYTES, LabelType, parse_binary};
+use vitrs::data::formats::cifar::{CifarKind, IMAGE_BYTES, LabelType, parse_binary};
 
 mod common;
 

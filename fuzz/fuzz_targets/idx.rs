@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use vitrs::data::idx::{MNIST_CLASSES, parse_idx};
+use vitrs::data::formats::idx::{MNIST_CLASSES, parse_idx};
 
 mod common;
 

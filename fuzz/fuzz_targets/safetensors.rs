@@ -6,7 +6,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use vitrs::model::io::parse_safetensors;
-use vitrs::model::pretrained::from_state_dict;
+use vitrs::weights::from_state_dict;
 
 mod common;
 

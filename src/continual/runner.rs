@@ -26,6 +26,7 @@ use super::{
     task_targets,
 };
 use crate::config::{AdapterKind, Config};
+use crate::data::batch::HostBatch;
 use crate::data::dataset::Dataset;
 use crate::data::loader::Loader;
 use crate::error::{Error, Result};
@@ -35,7 +36,6 @@ use crate::model::io::{
 use crate::model::layers::Ctx;
 use crate::model::lora::{self, LoraConfig, is_adapter};
 use crate::model::params::{count_params, map_params, named_params, set_trainable};
-use crate::model::pretrained::is_head;
 use crate::model::{Model, VitConfig};
 use crate::report::tensorboard::now_secs;
 use crate::rng::{Rng, stream};
@@ -45,8 +45,9 @@ use crate::train::engine::{BatchPos, Engine, Hooks, Phase, Settings, Sinks, Stop
 use crate::train::evaluate::evaluate_preds;
 use crate::train::optim;
 use crate::train::schedule::WarmupCosine;
-use crate::train::step::{HostBatch, train_step_masked};
+use crate::train::step::train_step_masked;
 use crate::train::trainer::write_json;
+use crate::weights::is_head;
 
 pub const STATE_FILE: &str = "continual_state.json";
 pub const REPORT_JSON: &str = "continual.json";

@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 
-use super::cifar::{self, CifarKind, Format, LabelType};
+use super::Split;
 use super::dataset::Dataset;
-use super::{Split, download, idx, imagefolder, synthetic};
+use super::formats::cifar::{self, CifarKind, Format, LabelType};
+use super::formats::{download, idx, imagefolder, synthetic};
 use crate::config::{Config, DatasetKind, LabelKind};
 use crate::error::{Error, Result};
 
-use super::idx::FASHION_MNIST_DIR as DEBIAN_FASHION_MNIST;
+use super::formats::idx::FASHION_MNIST_DIR as DEBIAN_FASHION_MNIST;
 
 pub fn data_dir(cfg: &Config) -> PathBuf {
     match (&cfg.data_dir, cfg.dataset) {

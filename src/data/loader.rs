@@ -19,9 +19,9 @@ use rayon::prelude::*;
 
 use super::augment::mix::soft_targets;
 use super::augment::{EvalTransform, Image, MixConfig, TrainTransform};
+use super::batch::HostBatch;
 use super::dataset::Dataset;
 use crate::rng::{Rng, stream};
-use crate::train::step::HostBatch;
 
 pub enum SampleTransform {
     Train(Box<TrainTransform>),

@@ -2,22 +2,14 @@
 //! in-memory synthetic set for smoke tests. Every reader returns a [`Dataset`] of u8 HWC images.
 
 pub mod augment;
-pub mod cifar;
+pub mod batch;
 pub mod dataset;
-pub mod download;
-pub mod idx;
-pub mod imagefolder;
+pub mod formats;
 pub mod load;
 pub mod loader;
 pub mod recipe;
-pub mod synthetic;
 
-pub use cifar::{CifarKind, LabelType, find_cifar, load_cifar};
 pub use dataset::Dataset;
-pub use download::{default_data_dir, ensure_cifar};
-pub use idx::{FASHION_MNIST_CLASSES, MNIST_CLASSES, load_idx};
-pub use imagefolder::load_imagefolder;
-pub use synthetic::synthetic;
 
 /// Which half of a dataset to read. `Test` is the held-out split: CIFAR's and MNIST's test
 /// set, an image folder's `val/`.

@@ -16,6 +16,20 @@ fn interp(k: InterpKind) -> Interp {
     }
 }
 
+/// `--randaugment`'s policy, parsed; a bad one is a one-line config error.
+fn randaugment_policy(p: &str) -> Result<RandAugment> {
+    RandAugment::parse(p).map_err(|e| Error::Config(format!("--randaugment {p}: {e}")))
+}
+
+/// The flags only the data side can check (the RandAugment policy), for the commands to call
+/// before anything is loaded: `Config::validate` cannot, as config sits below data.
+pub fn check(cfg: &Config) -> Result<()> {
+    if let Some(p) = &cfg.randaugment {
+        randaugment_policy(p)?;
+    }
+    Ok(())
+}
+
 /// The training transform: [resize] → RandomResizedCrop | RandomCrop(pad) → flip → rotation →
 /// RandAugment | ColorJitter → normalise → random erasing.
 pub fn train_transform(
@@ -46,8 +60,7 @@ pub fn train_transform(
     };
     let randaugment = match &cfg.randaugment {
         Some(p) => Some(
-            RandAugment::parse(p)
-                .map_err(|e| Error::Config(format!("--randaugment {p}: {e}")))?
+            randaugment_policy(p)?
                 .with_fill_from_mean(mean)
                 .with_resample(Resample::Fixed(interp(cfg.interpolation))),
         ),
@@ -100,6 +113,21 @@ pub fn mix(cfg: &Config, num_classes: usize) -> Option<MixConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_randaugment_policy_is_a_config_error() {
+        check(&Config::default()).unwrap();
+        let cfg = Config {
+            randaugment: Some("rand-m9-x3".into()),
+            ..Config::default()
+        };
+        let e = check(&cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("--randaugment rand-m9-x3: unknown RandAugment section"),
+            "{e}"
+        );
+        assert!(train_transform(&cfg, &[0.5; 3], &[0.25; 3], 32).is_err());
+    }
 
     #[test]
     fn defaults_are_seed_001s_cifar_transform() {

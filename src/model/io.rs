@@ -283,7 +283,7 @@ mod tests {
         let sd = state_dict(&VisionTransformer::new(&tiny(), 1, &device).unwrap());
         write_safetensors(&path, &sd, None).unwrap();
         let valid = std::fs::read(&path).unwrap();
-        crate::util::assert_no_panic_on_mutants("safetensors", &valid, 3000, |b| {
+        crate::testing::assert_no_panic_on_mutants("safetensors", &valid, 3000, |b| {
             if let Ok(parsed) = parse_safetensors(b) {
                 // What parses must also load or be refused by name, never panic.
                 let m = VisionTransformer::new(&tiny(), 1, &device).unwrap();

@@ -1,17 +1,15 @@
-//! Models: the ViT (one file), its layers, parameter plumbing, weight I/O and pretrained
-//! weights (HF / timm, hub cache).
+//! Models: the ViT (one file), its layers, the CNNs, adapters, parameter plumbing and
+//! safetensors I/O. Pretrained weights (HF / timm, hub cache, export) are `crate::weights`.
 
 pub mod classifier;
 pub mod cnn;
 pub mod fused;
-pub mod hub;
 pub mod io;
 pub mod layers;
 pub mod linear;
 pub mod lora;
 pub mod params;
 pub mod precision;
-pub mod pretrained;
 pub mod resnet;
 pub mod sliced;
 pub mod sparse;

@@ -34,8 +34,7 @@ use rayon::prelude::*;
 use super::VisionTransformer;
 use super::layers::{Attention, Block, Ctx, Linear, Mlp, drop_path, dropout};
 use super::sliced::{self, Slicing};
-use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::rng::Rng;
 use crate::simd::multiversion;
 
@@ -56,41 +55,6 @@ pub struct SparseConfig {
 }
 
 impl SparseConfig {
-    pub fn from_config(cfg: &Config) -> Result<Self> {
-        let bad = |m: String| Err(Error::Config(m));
-        let attn = cfg.sparsity_attn;
-        for (flag, s) in [("--sparsity", cfg.sparsity), ("--sparsity-attn", attn)] {
-            if !(0.0..1.0).contains(&s) {
-                return bad(format!(
-                    "{flag} {s} must be in [0, 1) (the fraction of channels skipped, e.g. 0.5)"
-                ));
-            }
-        }
-        if cfg.sparse_rank == 0 {
-            return bad("--sparse-rank must be ≥ 1 (8 is the paper's choice)".into());
-        }
-        let [first, last] = cfg.sparse_layers[..] else {
-            return bad(format!(
-                "--sparse-layers takes two counts, first,last (e.g. 2,1), not {:?}",
-                cfg.sparse_layers
-            ));
-        };
-        if !(cfg.sparse_dense_steps >= 0.0 && cfg.sparse_dense_steps.is_finite()) {
-            return bad(format!(
-                "--sparse-dense-steps {} must be a fraction of the steps (< 1) or a step count (≥ 1)",
-                cfg.sparse_dense_steps
-            ));
-        }
-        Ok(SparseConfig {
-            mlp: cfg.sparsity,
-            attn,
-            rank: cfg.sparse_rank,
-            dense_first: first,
-            dense_last: last,
-            dense_steps: cfg.sparse_dense_steps,
-        })
-    }
-
     /// Optimizer steps run dense at the start of a run of `total_steps`.
     pub fn dense_steps(&self, total_steps: u64) -> u64 {
         if self.dense_steps < 1.0 {
@@ -948,8 +912,11 @@ impl Block {
 }
 
 /// Set up SparseLoRA for a run whose adapters are in place.
-pub fn setup(model: &VisionTransformer, cfg: &Config, device: &Device) -> Result<Arc<SparseLora>> {
-    let config = SparseConfig::from_config(cfg)?;
+pub fn setup(
+    model: &VisionTransformer,
+    config: SparseConfig,
+    device: &Device,
+) -> Result<Arc<SparseLora>> {
     let depth = model.blocks.len();
     if config.dense_first + config.dense_last >= depth && (config.mlp > 0.0 || config.attn > 0.0) {
         crate::log_line!(
@@ -1393,7 +1360,7 @@ mod tests {
     }
 
     #[test]
-    fn dense_steps_and_config_errors() {
+    fn dense_steps_and_sparse_blocks() {
         let c = sparse_cfg(0.5, 2, 1);
         assert_eq!(c.dense_steps(100), 0);
         let f = SparseConfig {
@@ -1409,45 +1376,5 @@ mod tests {
         assert_eq!(n.dense_steps(100), 7);
         assert!(!c.is_sparse_block(1, 12) && c.is_sparse_block(2, 12));
         assert!(c.is_sparse_block(10, 12) && !c.is_sparse_block(11, 12));
-        for (cfg, msg) in [
-            (
-                Config {
-                    sparsity: 1.0,
-                    ..Config::default()
-                },
-                "--sparsity",
-            ),
-            (
-                Config {
-                    sparsity_attn: -0.1,
-                    ..Config::default()
-                },
-                "--sparsity-attn",
-            ),
-            (
-                Config {
-                    sparse_rank: 0,
-                    ..Config::default()
-                },
-                "--sparse-rank",
-            ),
-            (
-                Config {
-                    sparse_layers: vec![1],
-                    ..Config::default()
-                },
-                "--sparse-layers",
-            ),
-            (
-                Config {
-                    sparse_dense_steps: -1.0,
-                    ..Config::default()
-                },
-                "--sparse-dense-steps",
-            ),
-        ] {
-            let e = SparseConfig::from_config(&cfg).unwrap_err().to_string();
-            assert!(e.contains(msg), "{e}");
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! `vitrs compare RUN_DIR...`: runs side by side from their `summary.json`, with ratios against
-//! the first run, and their validation curves overlaid. The LoRA and continual comparisons
-//! reuse this table.
+//! the first run, and their validation curves overlaid. The LoRA comparisons reuse this table;
+//! continual runs have their own (`continual::runner::compare`, which the command picks).
 
 use std::path::{Path, PathBuf};
 
@@ -167,12 +167,6 @@ pub fn compare(dirs: &[PathBuf], plot: Option<&Path>) -> Result<String> {
         return Err(Error::Config(
             "vitrs compare needs at least one run directory".into(),
         ));
-    }
-    if dirs
-        .iter()
-        .any(|d| crate::continual::runner::is_continual_run(d))
-    {
-        return crate::continual::runner::compare(dirs, plot);
     }
     let runs: Vec<RunSummary> = dirs.iter().map(|d| load_run(d)).collect::<Result<_>>()?;
     if let Some(out) = plot {

@@ -31,6 +31,7 @@ use crate::model::io::{
 };
 use crate::model::lora::{self, LoraConfig};
 use crate::util::{replace_dir, write_file_synced};
+use crate::weights::{self, Origin, Pretrained};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainingState {
@@ -310,6 +311,50 @@ pub fn load_weights(dir: &Path) -> Result<Checkpoint> {
         state: None,
         train_config: None,
         class_names: None,
+    })
+}
+
+/// Pretrained weights from `spec` (see [`weights::load`]), vitrs checkpoint directories
+/// included: what `--pretrained`, `--teacher`, `export` and `logits` read.
+pub fn load_pretrained(spec: &str) -> Result<Pretrained> {
+    weights::load(spec, as_pretrained)
+}
+
+/// A checkpoint directory as pretrained weights: the reader [`weights::load`] is given, since
+/// checkpoints are this module's format. The normalisation is the run's own, from its
+/// `train_config.toml`.
+fn as_pretrained(dir: &Path) -> Result<Pretrained> {
+    // An adapter checkpoint (LoRA run) becomes its base with the adapter merged in.
+    let ck = load_weights(dir)?;
+    let weights = ck.full_weights(dir, &ck.model)?;
+    let config = ck.vit_config;
+    let source = dir.to_path_buf();
+    let class_names = std::fs::read(dir.join("classes.json"))
+        .ok()
+        .and_then(|s| serde_json::from_slice(&s).ok());
+    let (mean, std) = match std::fs::read_to_string(dir.join("train_config.toml"))
+        .ok()
+        .and_then(|s| toml::from_str::<Config>(&s).ok())
+    {
+        Some(tc) => {
+            let (m, s) = crate::data::load::mean_std(&tc, config.in_chans);
+            (
+                Some(m.iter().map(|&x| x as f64).collect()),
+                Some(s.iter().map(|&x| x as f64).collect()),
+            )
+        }
+        None => (None, None),
+    };
+    Ok(Pretrained {
+        origin: Origin::Vitrs,
+        has_head: weights.contains_key("head.weight") || weights.contains_key("fc.weight"),
+        config,
+        weights,
+        mean,
+        std,
+        class_names,
+        source,
+        notes: Vec::new(),
     })
 }
 

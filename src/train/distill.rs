@@ -12,14 +12,14 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::loss::soft_cross_entropy;
-use super::step::HostBatch;
 use crate::config::DistillKind;
 use crate::data::augment::mix::soft_targets;
+use crate::data::batch::HostBatch;
 use crate::data::loader::Loader;
 use crate::error::{Error, Result};
 use crate::model::layers::Ctx;
 use crate::model::vit::VitOutput;
-use crate::model::{Model, VitConfig, pretrained};
+use crate::model::{Model, VitConfig};
 
 pub struct Teacher {
     /// On the plain device, eval mode.
@@ -45,7 +45,7 @@ pub fn load_teacher(
 ) -> Result<Teacher> {
     let plain = device.clone().inner();
     let wrap = |e: Error| Error::Config(format!("--teacher {spec}: {e}"));
-    let mut p = pretrained::load(spec).map_err(wrap)?;
+    let mut p = super::checkpoint::load_pretrained(spec).map_err(wrap)?;
     if !p.has_head || p.config.num_classes == 0 {
         return Err(Error::Config(format!(
             "--teacher {spec} has no classification head: a teacher must predict this run's {} classes",

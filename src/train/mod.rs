@@ -28,7 +28,8 @@ use crate::data::{Split, load, recipe};
 use crate::error::{Error, Result};
 use crate::model::io::HostTensor;
 use crate::model::layers::Ctx;
-use crate::model::{Model, VitConfig, pretrained};
+use crate::model::{Model, VitConfig};
+use crate::weights;
 pub use trainer::{Run, Summary, train};
 
 /// `runs/<UTC timestamp>`.
@@ -62,7 +63,7 @@ pub fn default_run_dir() -> PathBuf {
 fn pretrained_start(
     cfg: &mut Config,
     spec: &str,
-    loaded: Option<pretrained::Pretrained>,
+    loaded: Option<weights::Pretrained>,
     channels: usize,
     data_classes: usize,
 ) -> Result<(VitConfig, Option<BTreeMap<String, HostTensor>>)> {
@@ -137,7 +138,7 @@ fn pretrained_start(
                 cfg.std = Some(s.clone());
             }
             _ => {
-                let (m, s) = pretrained::imagenet();
+                let (m, s) = weights::imagenet();
                 cfg.mean = Some(m);
                 cfg.std = Some(s);
                 notes.push(format!(
@@ -160,7 +161,7 @@ pub fn prepare(mut cfg: Config) -> Result<Run> {
         crate::device::resolve(crate::dist::device_spec(cfg.device.as_deref(), dist).as_deref())?;
     // Pretrained weights first: a missing file should not wait for the data.
     let loaded = match (&cfg.pretrained, &cfg.resume_from) {
-        (Some(spec), None) => Some(pretrained::load(spec)?),
+        (Some(spec), None) => Some(checkpoint::load_pretrained(spec)?),
         _ => None,
     };
     let train_data = load::load_split(&cfg, Split::Train)?;

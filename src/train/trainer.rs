@@ -23,10 +23,10 @@ use crate::model::io::{
 };
 use crate::model::lora;
 use crate::model::params::{count_params, set_trainable};
-use crate::model::pretrained::is_head;
 use crate::model::sparse;
 use crate::model::{Model, VitConfig};
 use crate::report::tensorboard::HParam;
+use crate::weights::is_head;
 
 /// `summary.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -220,7 +220,7 @@ pub fn train(run: Run) -> Result<Summary> {
     let steps_per_epoch = train_loader.num_batches().div_ceil(accum);
     // SparseLoRA: SVD estimators of the frozen base, once; sparse after the dense steps.
     let sparse = match cfg.adapter {
-        AdapterKind::Sparselora => Some(sparse::setup(model.as_vit()?, &cfg, &device)?),
+        AdapterKind::Sparselora => Some(sparse::setup(model.as_vit()?, cfg.sparse()?, &device)?),
         _ => None,
     };
     let dense_steps = sparse.as_ref().map_or(0, |s| {

@@ -4,8 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::Split;
-use super::dataset::Dataset;
+use crate::data::Split;
+use crate::data::dataset::Dataset;
 use crate::error::{Error, Result};
 
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];

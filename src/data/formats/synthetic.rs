@@ -5,7 +5,7 @@
 //! image shifts the square by a few pixels, scales its brightness and adds pixel noise, so
 //! the images of a class differ but the class is recoverable from the pixels.
 
-use super::dataset::Dataset;
+use crate::data::dataset::Dataset;
 use crate::rng::{Rng, stream};
 
 /// First coordinates of the random streams, so prototypes, labels and images never share one.

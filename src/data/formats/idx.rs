@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
-use super::Split;
-use super::dataset::Dataset;
+use crate::data::Split;
+use crate::data::dataset::Dataset;
 use crate::error::{Error, Result};
 
 pub const FASHION_MNIST_CLASSES: [&str; 10] = [
@@ -265,7 +265,7 @@ mod tests {
             ("images", &images, true),
         ] {
             let valid = if gzip { gz(valid) } else { valid.clone() };
-            crate::util::assert_no_panic_on_mutants("idx", &valid, 300, |b| {
+            crate::testing::assert_no_panic_on_mutants("idx", &valid, 300, |b| {
                 write_split(tmp.path(), "t10k", &[1, 2, 3], false);
                 let name = format!(
                     "t10k-{which}-idx{}-ubyte",

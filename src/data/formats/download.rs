@@ -279,7 +279,8 @@ fn progress_bar(len: Option<u64>, url: &str) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{LabelType, Split, load_cifar};
+    use crate::data::Split;
+    use crate::data::formats::cifar::{LabelType, load_cifar};
     use flate2::Compression;
     use flate2::write::GzEncoder;
 
