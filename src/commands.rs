@@ -117,9 +117,9 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
 pub fn compare(dirs: &[PathBuf], plot: Option<&Path>) -> Result<String> {
     if dirs
         .iter()
-        .any(|d| crate::continual::runner::is_continual_run(d))
+        .any(|d| crate::continual::report::is_continual_run(d))
     {
-        return crate::continual::runner::compare(dirs, plot);
+        return crate::continual::report::compare(dirs, plot);
     }
     crate::report::compare::compare(dirs, plot)
 }

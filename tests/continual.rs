@@ -6,7 +6,8 @@ use std::path::Path;
 use clap::Parser;
 use vitrs::cli::Cli;
 use vitrs::config::{Config, DatasetKind};
-use vitrs::continual::runner::{ContinualReport, run};
+use vitrs::continual::report::ContinualReport;
+use vitrs::continual::runner::run;
 use vitrs::continual::{ContinualConfig, Scenario, Strategy};
 use vitrs::model::io::read_safetensors;
 

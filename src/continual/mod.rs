@@ -5,6 +5,7 @@
 pub mod ewc;
 pub mod metrics;
 pub mod replay;
+pub mod report;
 pub mod runner;
 
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! `vitrs compare RUN_DIR...`: runs side by side from their `summary.json`, with ratios against
 //! the first run, and their validation curves overlaid. The LoRA comparisons reuse this table;
-//! continual runs have their own (`continual::runner::compare`, which the command picks).
+//! continual runs have their own (`continual::report::compare`, which the command picks).
 
 use std::path::{Path, PathBuf};
 

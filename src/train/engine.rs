@@ -9,26 +9,27 @@
 //! the time limit, Ctrl-C / SIGTERM, `--max-steps`, and the events to the sinks.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 
+use super::accumulate::{Accumulator, Window};
 use super::checkpoint::{self, TrainingState};
+pub use super::sinks::Sinks;
+use super::sinks::progress_bar;
 use super::distill::{self, Teacher};
 use super::ema::Ema;
 use super::evaluate::evaluate_preds;
 use super::optim::{AdamW, global_grad_norm};
 use super::schedule::WarmupCosine;
-use super::step::{StepOutput, train_step_masked};
+use super::step::train_step_masked;
 use crate::config::Config;
 use crate::data::batch::HostBatch;
 use crate::data::loader::Loader;
-use crate::dist::{Comm, decide};
+use crate::dist::decide;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::model::io::load_state_dict_keeping;
@@ -36,8 +37,7 @@ use crate::model::layers::Ctx;
 use crate::model::params::{count_params, map_params};
 use crate::model::precision::Precision;
 use crate::model::sparse::SparseLora;
-use crate::report::metrics::{EvalReport, MetricRecord, MetricsWriter};
-use crate::report::tensorboard::{EventWriter, log_record};
+use crate::report::metrics::{EvalReport, MetricRecord};
 
 /// Ctrl-C / SIGTERM count, set by the handler `main` installs.
 pub static INTERRUPTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -162,237 +162,6 @@ pub struct PhaseEnd {
     pub last_preds: Vec<usize>,
     /// With a teacher: its predictions on the phase's validation set and its accuracy there.
     pub teacher_val: Option<(Vec<usize>, f64)>,
-}
-
-/// The sinks every event goes to (rank 0's only: the other ranks write nothing).
-pub struct Sinks {
-    pub metrics: Option<MetricsWriter>,
-    pub tensorboard: Option<EventWriter>,
-    start: Instant,
-    time_offset: f64,
-}
-
-impl Sinks {
-    /// A fresh run (step 0) starts metrics.jsonl over; a resumed one drops what it will redo.
-    pub fn open(run_dir: &Path, state: &TrainingState, is_main: bool) -> Result<Self> {
-        Ok(Sinks {
-            metrics: match is_main {
-                true => Some(MetricsWriter::resume(
-                    &run_dir.join("metrics.jsonl"),
-                    state.global_step,
-                )?),
-                false => None,
-            },
-            tensorboard: match is_main {
-                true => Some(EventWriter::create(run_dir)?),
-                false => None,
-            },
-            start: Instant::now(),
-            time_offset: state.elapsed_secs,
-        })
-    }
-
-    /// Sinks that write nothing (`vitrs bench`).
-    pub fn none() -> Self {
-        Sinks {
-            metrics: None,
-            tensorboard: None,
-            start: Instant::now(),
-            time_offset: 0.0,
-        }
-    }
-
-    pub fn emit(&mut self, mut r: MetricRecord) -> Result<()> {
-        r.time = self.time_offset + self.start.elapsed().as_secs_f64();
-        if let Some(m) = &mut self.metrics {
-            m.write(&r)?;
-        }
-        if let Some(tb) = &mut self.tensorboard {
-            log_record(tb, &r)?;
-        }
-        Ok(())
-    }
-}
-
-fn progress_bar(quiet: bool, len: usize, prefix: String) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_prefix(prefix);
-    pb
-}
-
-/// What the loop keeps between optimizer steps while gradients accumulate.
-#[derive(Default)]
-struct Accumulator {
-    /// Σ n_i · g_i over the micro-batches of this step, or, while `unweighted` is set, the
-    /// one micro-batch's mean gradient as the step computed it (a step of one batch then
-    /// costs no scaling pass over the gradients).
-    grads: BTreeMap<String, Tensor<1>>,
-    unweighted: Option<usize>,
-    images: usize,
-    loss_sum: f64,
-    correct: usize,
-    micro: usize,
-    /// Σ over micro-batches of the new BatchNorm running statistics, and how many
-    /// micro-batches produced them (an empty shard produces none).
-    buffers: BTreeMap<String, Tensor<1>>,
-    buffer_micro: usize,
-    /// Σ n_i · extra_i (distillation losses, agreement, ...).
-    extra: BTreeMap<String, f64>,
-}
-
-fn add_into(map: &mut BTreeMap<String, Tensor<1>>, k: String, t: Tensor<1>) {
-    let sum = match map.remove(&k) {
-        Some(acc) => acc + t,
-        None => t,
-    };
-    map.insert(k, sum);
-}
-
-impl Accumulator {
-    fn add(&mut self, out: StepOutput, n: usize) {
-        if self.grads.is_empty() && self.images == 0 {
-            self.grads = out.grads;
-            self.unweighted = Some(n);
-        } else {
-            self.weigh();
-            for (k, g) in out.grads {
-                add_into(&mut self.grads, k, g * n as f64);
-            }
-        }
-        self.buffer_micro += usize::from(!out.buffers.is_empty());
-        for (k, b) in out.buffers {
-            add_into(&mut self.buffers, k, b);
-        }
-        for (k, v) in out.extra {
-            // Seconds add up as they are; batch means are weighted by the batch size.
-            let w = if k == "teacher_s" { 1.0 } else { n as f64 };
-            *self.extra.entry(k).or_default() += v * w;
-        }
-        self.images += n;
-        self.loss_sum += out.loss * n as f64;
-        self.correct += out.correct;
-        self.micro += 1;
-    }
-
-    /// Sum the step's gradients, BatchNorm running statistics, counts and `extra_keys` over
-    /// all ranks (one all-reduce of one flat buffer, zeros for a rank whose shard ran out),
-    /// so that the means below are over every image of the global batch, however unevenly
-    /// they were spread, and every rank sets the same running statistics.
-    ///
-    /// `layout` is the gradients' layout followed by the statistics' (`grads` entries first).
-    fn all_reduce(
-        &mut self,
-        dist: &dyn Comm,
-        layout: &[(String, usize)],
-        grads: usize,
-        extra_keys: &[&str],
-        device: &Device,
-    ) {
-        let mut scalars = vec![
-            self.images as f64,
-            self.loss_sum,
-            self.correct as f64,
-            self.buffer_micro as f64,
-        ];
-        scalars.extend(
-            extra_keys
-                .iter()
-                .map(|k| self.extra.get(*k).copied().unwrap_or(0.0)),
-        );
-        self.weigh();
-        // Statistics' paths are not parameters' paths: they can share the map for the call.
-        self.grads.append(&mut self.buffers);
-        crate::dist::all_reduce_grads(dist, layout, &mut self.grads, &mut scalars, device);
-        for (path, _) in &layout[grads..] {
-            if let Some(b) = self.grads.remove(path) {
-                self.buffers.insert(path.clone(), b);
-            }
-        }
-        self.images = scalars[0] as usize;
-        self.loss_sum = scalars[1];
-        self.correct = scalars[2] as usize;
-        self.buffer_micro = scalars[3] as usize;
-        for (k, v) in extra_keys.iter().zip(&scalars[4..]) {
-            // Teacher seconds: the mean over ranks (they run side by side), not their sum.
-            let v = if *k == "teacher_s" {
-                v / dist.size() as f64
-            } else {
-                *v
-            };
-            self.extra.insert(k.to_string(), v);
-        }
-    }
-
-    /// The running statistics to set after the step: the mean over its micro-batches.
-    fn mean_buffers(&mut self) -> BTreeMap<String, Tensor<1>> {
-        let m = self.buffer_micro.max(1) as f64;
-        std::mem::take(&mut self.buffers)
-            .into_iter()
-            .map(|(k, b)| (k, b / m))
-            .collect()
-    }
-
-    /// Turn an unweighted single gradient into `n · g` (before adding or reducing).
-    fn weigh(&mut self) {
-        if let Some(n) = self.unweighted.take() {
-            let g = std::mem::take(&mut self.grads);
-            self.grads = g.into_iter().map(|(k, g)| (k, g * n as f64)).collect();
-        }
-    }
-
-    /// The mean gradient over every image of the step (what one big batch would give).
-    fn mean_grads(&mut self) -> BTreeMap<String, Tensor<1>> {
-        if self.unweighted.take().is_some() {
-            return std::mem::take(&mut self.grads);
-        }
-        let n = self.images.max(1) as f64;
-        std::mem::take(&mut self.grads)
-            .into_iter()
-            .map(|(k, g)| (k, g / n))
-            .collect()
-    }
-}
-
-/// Running means for the progress bar, the epoch line and the periodic train log.
-#[derive(Default)]
-struct Window {
-    loss_sum: f64,
-    correct: usize,
-    images: usize,
-    extra: BTreeMap<String, f64>,
-}
-
-impl Window {
-    fn add(&mut self, acc: &Accumulator) {
-        self.loss_sum += acc.loss_sum;
-        self.correct += acc.correct;
-        self.images += acc.images;
-        for (k, v) in &acc.extra {
-            *self.extra.entry(k.clone()).or_default() += v;
-        }
-    }
-    /// Means per image of the extras; `teacher_s` stays a sum (seconds in the window).
-    fn extras(&self) -> BTreeMap<String, f64> {
-        let n = self.images.max(1) as f64;
-        self.extra
-            .iter()
-            .map(|(k, v)| (k.clone(), if k == "teacher_s" { *v } else { v / n }))
-            .collect()
-    }
-    fn loss(&self) -> f64 {
-        self.loss_sum / self.images.max(1) as f64
-    }
-    fn acc(&self) -> f64 {
-        self.correct as f64 / self.images.max(1) as f64
-    }
 }
 
 /// The model and everything that changes with it step by step.

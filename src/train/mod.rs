@@ -1,5 +1,6 @@
 //! Training: the step, the optimizer and schedule, checkpoints, and the loop.
 
+mod accumulate;
 pub mod adapters;
 pub mod checkpoint;
 pub mod distill;
@@ -10,6 +11,7 @@ pub mod loss;
 pub mod optim;
 pub mod scaler;
 pub mod schedule;
+mod sinks;
 pub mod step;
 pub mod trainer;
 
