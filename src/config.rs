@@ -653,18 +653,27 @@ impl Config {
         ];
         let img_size = self.img_size.or(p.img_size).unwrap_or(data_size);
         let patch_size = self.patch_size.unwrap_or(p.patch_size);
-        let cfg = VitConfig {
+        let mut cfg = VitConfig {
             qkv_bias: self.qkv_bias,
-            drop_rate: self.dropout.unwrap_or(p.dropout),
-            attn_drop_rate: self.attn_dropout.unwrap_or(p.dropout),
-            drop_path_rate: self.drop_path,
+            drop_rate: p.dropout,
+            attn_drop_rate: p.dropout,
             pool: self.pool,
             dist_token: self.dist_token || model::is_distilled_preset(&self.model),
             eval_head: self.eval_head,
             ..VitConfig::with_shape(img_size, patch_size, channels, num_classes, dims)
         };
+        self.regularise(&mut cfg);
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// This run's regularisation on a ViT's config (a preset's or a pretrained checkpoint's):
+    /// dropout and attention dropout where given (else the model's own), DropPath always.
+    /// The one place these flags reach the model.
+    pub fn regularise(&self, vit: &mut VitConfig) {
+        vit.drop_rate = self.dropout.unwrap_or(vit.drop_rate);
+        vit.attn_drop_rate = self.attn_dropout.unwrap_or(vit.attn_drop_rate);
+        vit.drop_path_rate = self.drop_path;
     }
 
     /// The checked SparseLoRA settings (`--sparsity*`, `--sparse-*`): the one place the CLI

@@ -129,9 +129,7 @@ fn pretrained_start(
     if let Some(n) = p.set_img_size(cfg.img_size.unwrap_or(c.img_size))? {
         notes.push(n);
     }
-    p.config.drop_rate = cfg.dropout.unwrap_or(c.drop_rate);
-    p.config.attn_drop_rate = cfg.attn_dropout.unwrap_or(c.attn_drop_rate);
-    p.config.drop_path_rate = cfg.drop_path;
+    cfg.regularise(&mut p.config);
     p.config.validate()?;
     if cfg.mean.is_none() {
         match (&p.mean, &p.std) {
