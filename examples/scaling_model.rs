@@ -11,9 +11,10 @@ use vitrs::model::VisionTransformer;
 use vitrs::model::params::count_params;
 
 fn params(preset: &str) -> usize {
-    let cfg = Config {
-        model: preset.into(),
-        ..Config::default()
+    let cfg = {
+        let mut c = Config::default();
+        c.model.name = preset.into();
+        c
     };
     let vit = cfg.vit_config(224, 3, 1000).expect("preset");
     let model = VisionTransformer::new(&vit, 0, &burn::tensor::Device::flex()).expect("model");

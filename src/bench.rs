@@ -210,12 +210,13 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
         };
         model = model.map_vit(|m| crate::model::lora::add_adapters(m, &lcfg, 0, &ad))?;
         if a.adapter == AdapterKind::Sparselora {
-            let c = crate::config::Config {
-                sparsity: a.sparsity,
-                sparsity_attn: a.sparsity_attn,
-                sparse_layers: a.sparse_layers.clone(),
-                sparse_dense_steps: 0.0,
-                ..crate::config::Config::default()
+            let c = {
+                let mut c = crate::config::Config::default();
+                c.peft.sparsity = a.sparsity;
+                c.peft.sparsity_attn = a.sparsity_attn;
+                c.peft.sparse_layers = a.sparse_layers.clone();
+                c.peft.sparse_dense_steps = 0.0;
+                c
             };
             sparse = Some(sparse::setup(model.as_vit()?, c.sparse()?, &device)?);
         }
@@ -307,12 +308,13 @@ pub fn run(a: &BenchArgs) -> Result<BenchResult> {
         let (mean, std) = ([0.49f32, 0.48, 0.45], [0.2f32, 0.2, 0.2]);
         let default = TrainTransform::default_cifar(&mean, &std);
         data_default = Some(data_rate(&default, None));
-        let cfg = crate::config::Config {
-            randaugment: Some("rand-m9-mstd0.5-inc1".into()),
-            reprob: 0.25,
-            mixup: 0.8,
-            cutmix: 1.0,
-            ..crate::config::Config::default()
+        let cfg = {
+            let mut c = crate::config::Config::default();
+            c.augment.randaugment = Some("rand-m9-mstd0.5-inc1".into());
+            c.augment.reprob = 0.25;
+            c.augment.mixup = 0.8;
+            c.augment.cutmix = 1.0;
+            c
         };
         let strong = crate::data::recipe::train_transform(&cfg, &mean, &std, 32)?;
         data_strong = Some(data_rate(

@@ -55,12 +55,13 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 false => crate::dist::init()?,
             };
             let out = cfg
+                .run
                 .out_dir
                 .clone()
                 .unwrap_or_else(|| train::default_run_dir().with_extension("finetune"));
             if dist.size() > 1 {
                 // The methods run in this process, one after another (see compare_finetune).
-                set_threads(cfg.threads, dist);
+                set_threads(cfg.run.threads, dist);
                 install_interrupt_handler();
             }
             let md = crate::compare_finetune::run(&cfg, &args.methods, &out)?;
@@ -150,12 +151,12 @@ fn set_threads(threads: usize, dist: &dyn crate::dist::Comm) {
 /// Resolve the full configuration of a `train` invocation.
 pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Config> {
     // Resuming continues the run's own configuration; flags (e.g. --epochs) override it.
-    let base = match &args.config.resume_from {
+    let base = match &args.config.run.resume_from {
         Some(dir) => checkpoint::load(dir)?.train_config.unwrap_or_default(),
         None => Config::default(),
     };
     let mut cfg = Config::resolve(base, &args.config, matches, args.config_file.as_deref())?;
-    cfg.resume_from = args.config.resume_from.clone();
+    cfg.run.resume_from = args.config.run.resume_from.clone();
     crate::data::recipe::check(&cfg)?;
     Ok(cfg)
 }
@@ -163,7 +164,7 @@ pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Config> {
 fn cmd_train(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     let cfg = train_config(&args, matches)?;
     let dist = crate::dist::init()?;
-    set_threads(cfg.threads, dist);
+    set_threads(cfg.run.threads, dist);
     install_interrupt_handler();
     let run = train::prepare(cfg)?;
     let summary = train::train(run)?;
@@ -199,7 +200,7 @@ fn cmd_continual(args: ContinualArgs, matches: &ArgMatches) -> Result<()> {
     let cfg = train_config(&train_args, matches)?;
     let dist = crate::dist::init()?;
     // Resuming continues the run's own continual settings; only --stop-after-task may change.
-    let cl = match &cfg.resume_from {
+    let cl = match &cfg.run.resume_from {
         Some(dir) => {
             let mut saved = crate::continual::runner::ContinualState::load(dir)?.continual;
             let given = &args.continual;
@@ -232,7 +233,7 @@ fn cmd_continual(args: ContinualArgs, matches: &ArgMatches) -> Result<()> {
         args.config_file.as_deref(),
         Some(&cl),
     )?;
-    set_threads(cfg.threads, dist);
+    set_threads(cfg.run.threads, dist);
     install_interrupt_handler();
     let out = crate::continual::runner::run(cfg, cl)?;
     if !dist.is_main() {
@@ -265,19 +266,19 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     let ck = checkpoint::load(&args.checkpoint)?;
     let mut cfg = ck.train_config.clone().unwrap_or_default();
     if let Some(d) = args.dataset {
-        cfg.dataset = d;
+        cfg.data.dataset = d;
     }
     if args.data_dir.is_some() {
-        cfg.data_dir = args.data_dir.clone();
+        cfg.data.data_dir = args.data_dir.clone();
     }
     if let Some(n) = args.limit_val {
-        cfg.limit_val = n;
+        cfg.data.limit_val = n;
     }
     if let Some(b) = args.batch_size {
-        cfg.batch_size = b;
+        cfg.optim.batch_size = b;
     }
-    cfg.device = args.device.clone().or(cfg.device);
-    let device = crate::device::resolve(cfg.device.as_deref())?;
+    cfg.run.device = args.device.clone().or(cfg.run.device);
+    let device = crate::device::resolve(cfg.run.device.as_deref())?;
     let weights = match (args.ema, &ck.ema) {
         (false, _) => &ck.model,
         (true, Some(ema)) => ema,
@@ -341,7 +342,7 @@ fn model_with(
 fn cmd_predict(args: PredictArgs) -> Result<()> {
     let ck = checkpoint::load(&args.checkpoint)?;
     let cfg = ck.train_config.clone().unwrap_or_default();
-    let device = crate::device::resolve(args.device.as_deref().or(cfg.device.as_deref()))?;
+    let device = crate::device::resolve(args.device.as_deref().or(cfg.run.device.as_deref()))?;
     let mut model = model_with(&ck, &args.checkpoint, &ck.model, &device)?;
     if let Some(h) = args.eval_head {
         model = model.with_eval_head(h);
@@ -505,10 +506,11 @@ fn cmd_export(args: ExportArgs) -> Result<()> {
 }
 
 fn data_config(a: &DataArgs) -> Config {
-    Config {
-        dataset: a.dataset,
-        data_dir: a.data_dir.clone(),
-        ..Config::default()
+    {
+        let mut c = Config::default();
+        c.data.dataset = a.dataset;
+        c.data.data_dir = a.data_dir.clone();
+        c
     }
 }
 

@@ -24,15 +24,15 @@ pub const METHODS: [&str; 4] = ["full", "lora", "sparselora", "head-only"];
 /// The run configuration of one method.
 pub fn method_config(base: &Config, method: &str, out: &Path) -> Result<Config> {
     let mut c = base.clone();
-    c.out_dir = Some(out.join(method));
-    c.resume_from = None;
-    c.adapter = AdapterKind::None;
-    c.freeze_backbone = false;
+    c.run.out_dir = Some(out.join(method));
+    c.run.resume_from = None;
+    c.peft.adapter = AdapterKind::None;
+    c.peft.freeze_backbone = false;
     match method {
         "full" => {}
-        "lora" => c.adapter = AdapterKind::Lora,
-        "sparselora" => c.adapter = AdapterKind::Sparselora,
-        "head-only" => c.freeze_backbone = true,
+        "lora" => c.peft.adapter = AdapterKind::Lora,
+        "sparselora" => c.peft.adapter = AdapterKind::Sparselora,
+        "head-only" => c.peft.freeze_backbone = true,
         other => {
             return Err(Error::Config(format!(
                 "unknown method {other:?} in --methods (choose from {})",
@@ -72,11 +72,11 @@ fn row(method: &str, dir: &Path, cfg: &Config, isolated: bool) -> Result<Value> 
     let total = f("total_params").unwrap_or(f64::NAN);
     let trainable = f("trainable_params").unwrap_or(f64::NAN);
     let step_ms = f("step_ms_median").unwrap_or(f64::NAN);
-    let by_epochs = cfg.max_steps == 0;
+    let by_epochs = cfg.run.max_steps == 0;
     let epochs = f("epochs_completed").unwrap_or(0.0);
     let global_batch = f("global_batch_size")
         .filter(|&b| b > 0.0)
-        .unwrap_or((cfg.batch_size * cfg.accum_steps) as f64);
+        .unwrap_or((cfg.optim.batch_size * cfg.optim.accum_steps) as f64);
     Ok(json!({
         "method": method,
         "run_dir": dir,
@@ -324,12 +324,13 @@ mod tests {
         let base = Config::default();
         let out = Path::new("/tmp/x");
         assert_eq!(
-            method_config(&base, "lora", out).unwrap().adapter,
+            method_config(&base, "lora", out).unwrap().peft.adapter,
             AdapterKind::Lora
         );
         assert!(
             method_config(&base, "head-only", out)
                 .unwrap()
+                .peft
                 .freeze_backbone
         );
         let e = method_config(&base, "qlora", out).unwrap_err().to_string();

@@ -71,10 +71,11 @@ pub enum DistillKind {
     Hard,
 }
 
+/// What to train on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Args)]
 #[serde(rename_all = "kebab-case", default)]
-pub struct Config {
-    // ---- data ----
+#[command(next_help_heading = "Data")]
+pub struct DataConfig {
     /// Dataset to train on.
     #[arg(long, value_enum, default_value = "cifar10")]
     pub dataset: DatasetKind,
@@ -97,8 +98,28 @@ pub struct Config {
     /// Fail on unreadable images in an imagefolder instead of skipping them.
     #[arg(long)]
     pub strict: bool,
+    /// Train and evaluate on a subset of the dataset's classes, remapped to 0..k−1: ranges and lists, e.g. 0-4 or 5,6,7,8,9.
+    #[arg(long)]
+    pub classes: Option<String>,
+    /// Per-channel normalisation mean, comma-separated (default: the pretrained weights' own, ImageNet's for pretrained weights that do not say, else the dataset's).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub mean: Option<Vec<f64>>,
+    /// Per-channel normalisation standard deviation (defaults as for --mean).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub std: Option<Vec<f64>>,
+}
 
-    // ---- augmentation (train split only) ----
+impl Default for DataConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// Augmentation of the training split and its targets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Args)]
+#[serde(rename_all = "kebab-case", default)]
+#[command(next_help_heading = "Augmentation")]
+pub struct AugmentConfig {
     /// RandomCrop zero padding in pixels; 0 disables the random crop (seed 001: 4).
     #[arg(long, default_value_t = 4, alias = "crop_padding", alias = "padding")]
     pub crop_padding: usize,
@@ -164,84 +185,31 @@ pub struct Config {
     /// With both on, the probability of CutMix rather than Mixup.
     #[arg(long, default_value_t = 0.5, alias = "mixup_switch_prob")]
     pub mixup_switch_prob: f64,
+    #[arg(long, default_value_t = 0.1, alias = "label_smoothing")]
+    pub label_smoothing: f64,
+}
 
-    /// Train and evaluate on a subset of the dataset's classes, remapped to 0..k−1: ranges and lists, e.g. 0-4 or 5,6,7,8,9.
-    #[arg(long)]
-    pub classes: Option<String>,
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
 
-    // ---- model ----
+/// The model: a preset or pretrained weights, its shape and regularisation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Args)]
+#[serde(rename_all = "kebab-case", default)]
+#[command(next_help_heading = "Model")]
+pub struct ModelConfig {
     /// Model preset (vit-cifar-small, vit-tiny-c10, vit-cifar, vit-cifar-large, vit-tiny, vit-small, vit-base; vit-hf-scratch = vit-cifar; vit-hf-pretrained = seed 000's fine-tuning recipe, needs --pretrained).
-    #[arg(long, default_value = "vit-cifar")]
-    pub model: String,
+    #[arg(id = "model", long = "model", default_value = "vit-cifar")]
+    #[serde(rename = "model")]
+    pub name: String,
     /// Start from pretrained weights: a directory (HF transformers config.json + model.safetensors, timm, or a vitrs checkpoint), a .safetensors file, or a Hugging Face hub id (google/vit-base-patch16-224-in21k). The model's shape comes from them.
     #[arg(long)]
     pub pretrained: Option<String>,
     /// With --pretrained: a fresh classification head even when the class count matches.
     #[arg(long, alias = "reset_head")]
     pub reset_head: bool,
-    /// With --pretrained: train the head only (everything else frozen: no gradients, no optimizer state).
-    #[arg(long, alias = "freeze_backbone")]
-    pub freeze_backbone: bool,
-    /// Parameter-efficient fine-tuning: none (all parameters train), lora, or sparselora.
-    #[arg(long, value_enum, default_value = "none")]
-    pub adapter: AdapterKind,
-    /// LoRA rank r.
-    #[arg(long, default_value_t = 8, alias = "lora_rank", alias = "lora-r")]
-    pub lora_rank: usize,
-    /// LoRA alpha: the adapter's output is scaled by alpha / r.
-    #[arg(long, default_value_t = 16.0, alias = "lora_alpha")]
-    pub lora_alpha: f64,
-    /// Dropout on the adapter's input.
-    #[arg(long, default_value_t = 0.0, alias = "lora_dropout")]
-    pub lora_dropout: f64,
-    /// Linears that get adapters, comma-separated timm module names: qkv, attn.proj, fc1, fc2.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "qkv",
-        alias = "lora_targets",
-        alias = "target-modules"
-    )]
-    pub lora_targets: Vec<String>,
-    /// Modules trained in full beside the adapters (PEFT's modules_to_save), comma-separated: head, norm, blocks.11, ...
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "head",
-        alias = "train_modules",
-        alias = "modules-to-save"
-    )]
-    pub train_modules: Vec<String>,
-    /// Start the adapters (and saved modules) from a PEFT adapter directory (adapter_config.json + adapter_model.safetensors); implies --adapter lora unless sparselora is given.
-    #[arg(long, alias = "adapter_from")]
-    pub adapter_from: Option<PathBuf>,
-    /// SparseLoRA: rank of the truncated SVD of each frozen weight used to predict which channels matter.
-    #[arg(long, default_value_t = 8, alias = "sparse_rank")]
-    pub sparse_rank: usize,
-    /// SparseLoRA: fraction of each MLP's hidden channels skipped per batch.
-    #[arg(long, default_value_t = 0.5)]
-    pub sparsity: f64,
-    /// SparseLoRA: fraction of each attention's q/k and v channels skipped per batch (0: attention
-    /// dense, MLP-only sparsity: measured 1.23× LoRA's step instead of 1.31× at 224, and 0.55 points more accurate, RESULTS.md).
-    #[arg(long, default_value_t = 0.5, alias = "sparsity_attn")]
-    pub sparsity_attn: f64,
-    /// SparseLoRA: blocks kept dense, as "first,last" counts: 2,1 keeps the first 2 blocks and the last one dense.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "2,1",
-        alias = "sparse_layers"
-    )]
-    pub sparse_layers: Vec<usize>,
-    /// SparseLoRA: the first fraction of steps (< 1) or number of steps (≥ 1) run dense.
-    #[arg(long, default_value_t = 0.05, alias = "sparse_dense_steps")]
-    pub sparse_dense_steps: f64,
-    /// Per-channel normalisation mean, comma-separated (default: the pretrained weights' own, ImageNet's for pretrained weights that do not say, else the dataset's).
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
-    pub mean: Option<Vec<f64>>,
-    /// Per-channel normalisation standard deviation (defaults as for --mean).
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
-    pub std: Option<Vec<f64>>,
     /// Input resolution (default: the preset's, or the dataset's for CIFAR-sized presets).
     #[arg(long, alias = "img_size")]
     pub img_size: Option<usize>,
@@ -301,8 +269,89 @@ pub struct Config {
     /// --model cnn-fast: channels of its stages (each halves the resolution).
     #[arg(long, value_delimiter = ',', default_values_t = [64, 128, 256], alias = "cnn_widths")]
     pub cnn_widths: Vec<usize>,
+}
 
-    // ---- distillation ----
+impl Default for ModelConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// What trains: the whole model, the head, or LoRA / SparseLoRA adapters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Args)]
+#[serde(rename_all = "kebab-case", default)]
+#[command(next_help_heading = "Adapters")]
+pub struct PeftConfig {
+    /// With --pretrained: train the head only (everything else frozen: no gradients, no optimizer state).
+    #[arg(long, alias = "freeze_backbone")]
+    pub freeze_backbone: bool,
+    /// Parameter-efficient fine-tuning: none (all parameters train), lora, or sparselora.
+    #[arg(long, value_enum, default_value = "none")]
+    pub adapter: AdapterKind,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8, alias = "lora_rank", alias = "lora-r")]
+    pub lora_rank: usize,
+    /// LoRA alpha: the adapter's output is scaled by alpha / r.
+    #[arg(long, default_value_t = 16.0, alias = "lora_alpha")]
+    pub lora_alpha: f64,
+    /// Dropout on the adapter's input.
+    #[arg(long, default_value_t = 0.0, alias = "lora_dropout")]
+    pub lora_dropout: f64,
+    /// Linears that get adapters, comma-separated timm module names: qkv, attn.proj, fc1, fc2.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "qkv",
+        alias = "lora_targets",
+        alias = "target-modules"
+    )]
+    pub lora_targets: Vec<String>,
+    /// Modules trained in full beside the adapters (PEFT's modules_to_save), comma-separated: head, norm, blocks.11, ...
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "head",
+        alias = "train_modules",
+        alias = "modules-to-save"
+    )]
+    pub train_modules: Vec<String>,
+    /// Start the adapters (and saved modules) from a PEFT adapter directory (adapter_config.json + adapter_model.safetensors); implies --adapter lora unless sparselora is given.
+    #[arg(long, alias = "adapter_from")]
+    pub adapter_from: Option<PathBuf>,
+    /// SparseLoRA: rank of the truncated SVD of each frozen weight used to predict which channels matter.
+    #[arg(long, default_value_t = 8, alias = "sparse_rank")]
+    pub sparse_rank: usize,
+    /// SparseLoRA: fraction of each MLP's hidden channels skipped per batch.
+    #[arg(long, default_value_t = 0.5)]
+    pub sparsity: f64,
+    /// SparseLoRA: fraction of each attention's q/k and v channels skipped per batch (0: attention
+    /// dense, MLP-only sparsity: measured 1.23× LoRA's step instead of 1.31× at 224, and 0.55 points more accurate, RESULTS.md).
+    #[arg(long, default_value_t = 0.5, alias = "sparsity_attn")]
+    pub sparsity_attn: f64,
+    /// SparseLoRA: blocks kept dense, as "first,last" counts: 2,1 keeps the first 2 blocks and the last one dense.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2,1",
+        alias = "sparse_layers"
+    )]
+    pub sparse_layers: Vec<usize>,
+    /// SparseLoRA: the first fraction of steps (< 1) or number of steps (≥ 1) run dense.
+    #[arg(long, default_value_t = 0.05, alias = "sparse_dense_steps")]
+    pub sparse_dense_steps: f64,
+}
+
+impl Default for PeftConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// Knowledge distillation from a teacher.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Args)]
+#[serde(rename_all = "kebab-case", default)]
+#[command(next_help_heading = "Distillation")]
+pub struct DistillConfig {
     /// Teacher for knowledge distillation: a vitrs checkpoint directory or timm weights of any supported model (ViT, DeiT, ResNet). Runs in eval mode, without gradients, on the student's augmented batch.
     #[arg(long)]
     pub teacher: Option<String>,
@@ -325,8 +374,19 @@ pub struct Config {
         alias = "distillation-tau"
     )]
     pub distill_tau: f64,
+}
 
-    // ---- optimisation ----
+impl Default for DistillConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// The optimizer, its schedule and the step: batch, accumulation, clipping, EMA, precision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Args)]
+#[serde(rename_all = "kebab-case", default)]
+#[command(next_help_heading = "Optimisation")]
+pub struct OptimConfig {
     #[arg(
         long,
         default_value_t = 100,
@@ -369,8 +429,6 @@ pub struct Config {
     /// Floor of the cosine decay.
     #[arg(long, default_value_t = 0.0, alias = "min_lr")]
     pub min_lr: f64,
-    #[arg(long, default_value_t = 0.1, alias = "label_smoothing")]
-    pub label_smoothing: f64,
     /// Micro-batches per optimizer step: --batch-size 32 --accum-steps 4 updates like --batch-size 128.
     #[arg(
         long,
@@ -379,6 +437,9 @@ pub struct Config {
         alias = "gradient-accumulation-steps"
     )]
     pub accum_steps: usize,
+    /// Global gradient-norm clipping threshold (0 = off).
+    #[arg(long, default_value_t = 1.0, alias = "grad_clip", alias = "clip-grad")]
+    pub grad_clip: f64,
     /// Exponential moving average of the weights (0 = off; e.g. 0.9998). Validated and checkpointed beside the model.
     #[arg(
         long,
@@ -390,45 +451,6 @@ pub struct Config {
     /// EMA warmup: decay min(d, (1 + step)/(10 + step)), so early averages are not dominated by the init.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, alias = "ema_warmup")]
     pub ema_warmup: bool,
-    /// Global gradient-norm clipping threshold (0 = off).
-    #[arg(long, default_value_t = 1.0, alias = "grad_clip", alias = "clip-grad")]
-    pub grad_clip: f64,
-
-    // ---- schedule of the run ----
-    /// Validate every N epochs.
-    #[arg(long, default_value_t = 1, alias = "eval_every")]
-    pub eval_every: usize,
-    /// Early stopping: evaluations without a new best validation loss (0 = off).
-    #[arg(long, default_value_t = 15)]
-    pub patience: usize,
-    /// Stop cleanly (with a checkpoint) after this many hours (fractional; 0 = no limit).
-    #[arg(long, default_value_t = 0.0, alias = "max_training_hours")]
-    pub max_training_hours: f64,
-    /// Stop cleanly (with a checkpoint, without a final evaluation) after this many optimizer steps (0 = no limit): for timing runs such as compare-finetune.
-    #[arg(long, default_value_t = 0, alias = "max_steps", alias = "steps")]
-    pub max_steps: u64,
-    /// Write checkpoints/checkpoint_epoch_N every N epochs (0 = never).
-    #[arg(long, default_value_t = 5, alias = "save_every")]
-    pub save_every: usize,
-    /// Log training metrics every N steps.
-    #[arg(long, default_value_t = 50, alias = "log_every")]
-    pub log_every: usize,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-
-    // ---- where and how ----
-    /// Run directory (default runs/<timestamp>).
-    #[arg(long, alias = "out_dir", alias = "output-dir")]
-    pub out_dir: Option<PathBuf>,
-    /// Continue from a checkpoint directory (e.g. runs/X/checkpoints/last).
-    #[arg(long, alias = "resume_from", alias = "resume")]
-    pub resume_from: Option<PathBuf>,
-    /// flex, vulkan[:N] or cuda[:N] (default: the best one compiled in); `cuda:local` / `vulkan:local` = this process's index among the MPI ranks on its machine.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Compute threads (0 = all cores, divided among the MPI ranks on this machine).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
     /// Mixed precision: f32, bf16 or f16 matrix products (linear, attention, convolution) with f32 master weights, optimizer state, normalisation and loss; f16 adds dynamic loss scaling.
     #[arg(
         long,
@@ -455,6 +477,51 @@ pub struct Config {
         alias = "growth-interval"
     )]
     pub loss_scale_window: u64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// The run: evaluation and checkpoint cadence, limits, seed, outputs, device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Args)]
+#[serde(rename_all = "kebab-case", default)]
+#[command(next_help_heading = "Run")]
+pub struct RunConfig {
+    /// Validate every N epochs.
+    #[arg(long, default_value_t = 1, alias = "eval_every")]
+    pub eval_every: usize,
+    /// Early stopping: evaluations without a new best validation loss (0 = off).
+    #[arg(long, default_value_t = 15)]
+    pub patience: usize,
+    /// Stop cleanly (with a checkpoint) after this many hours (fractional; 0 = no limit).
+    #[arg(long, default_value_t = 0.0, alias = "max_training_hours")]
+    pub max_training_hours: f64,
+    /// Stop cleanly (with a checkpoint, without a final evaluation) after this many optimizer steps (0 = no limit): for timing runs such as compare-finetune.
+    #[arg(long, default_value_t = 0, alias = "max_steps", alias = "steps")]
+    pub max_steps: u64,
+    /// Write checkpoints/checkpoint_epoch_N every N epochs (0 = never).
+    #[arg(long, default_value_t = 5, alias = "save_every")]
+    pub save_every: usize,
+    /// Log training metrics every N steps.
+    #[arg(long, default_value_t = 50, alias = "log_every")]
+    pub log_every: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Run directory (default runs/<timestamp>).
+    #[arg(long, alias = "out_dir", alias = "output-dir")]
+    pub out_dir: Option<PathBuf>,
+    /// Continue from a checkpoint directory (e.g. runs/X/checkpoints/last).
+    #[arg(long, alias = "resume_from", alias = "resume")]
+    pub resume_from: Option<PathBuf>,
+    /// flex, vulkan[:N] or cuda[:N] (default: the best one compiled in); `cuda:local` / `vulkan:local` = this process's index among the MPI ranks on its machine.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Compute threads (0 = all cores, divided among the MPI ranks on this machine).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Recompute cheap (memory-bound) activations in the backward pass instead of storing them: less memory, more time (burn's balanced gradient checkpointing).
     #[arg(long, alias = "grad_checkpointing", alias = "gradient-checkpointing")]
     pub grad_checkpointing: bool,
@@ -463,11 +530,52 @@ pub struct Config {
     pub quiet: bool,
 }
 
+impl Default for RunConfig {
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+/// The one configuration of a training run, in sections. Every field is a kebab-case flag
+/// (`--batch-size`) and a key of the same name in `--config FILE.toml` and in the run's
+/// `config.toml`: the sections are flattened, so flags and keys are flat, as they always were
+/// (a TOML file may also group keys under `[data]`, `[optim]`, ... tables).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Args)]
+#[serde(default)]
+pub struct Config {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub data: DataConfig,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub augment: AugmentConfig,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelConfig,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub peft: PeftConfig,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub distill: DistillConfig,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub optim: OptimConfig,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunConfig,
+}
+
 impl Default for Config {
     fn default() -> Self {
-        let m = Config::augment_args(clap::Command::new("vitrs")).get_matches_from(["vitrs"]);
-        Config::from_arg_matches(&m).expect("built-in defaults parse")
+        clap_defaults()
     }
+}
+
+/// A section (or the whole config) with every field at its flag's default.
+fn clap_defaults<T: Args + FromArgMatches>() -> T {
+    let m = T::augment_args(clap::Command::new("vitrs")).get_matches_from(["vitrs"]);
+    T::from_arg_matches(&m).expect("built-in defaults parse")
 }
 
 /// The model name of seed 000's fine-tuning recipe.
@@ -565,7 +673,7 @@ impl Config {
         matches: &ArgMatches,
         file: Option<&Path>,
     ) -> Result<Config> {
-        let base_model = base.model.clone();
+        let base_model = base.model.name.clone();
         let mut table = match toml::Value::try_from(base) {
             Ok(toml::Value::Table(t)) => t,
             _ => toml::Table::new(),
@@ -615,16 +723,16 @@ impl Config {
         channels: usize,
         data_classes: usize,
     ) -> Result<VitConfig> {
-        if let Some(cnn) = CnnConfig::preset(&self.model, &self.cnn_widths) {
-            if self.dist_token {
+        if let Some(cnn) = CnnConfig::preset(&self.model.name, &self.model.cnn_widths) {
+            if self.model.dist_token {
                 return Err(Error::Config(format!(
                     "--dist-token is a ViT token; --model {} is a CNN (drop --dist-token)",
-                    self.model
+                    self.model.name
                 )));
             }
-            let num_classes = self.num_classes.unwrap_or(data_classes);
+            let num_classes = self.model.num_classes.unwrap_or(data_classes);
             let cfg = VitConfig::cnn(
-                self.img_size.unwrap_or(data_size),
+                self.model.img_size.unwrap_or(data_size),
                 channels,
                 num_classes,
                 cnn,
@@ -632,34 +740,34 @@ impl Config {
             cfg.validate()?;
             return Ok(cfg);
         }
-        let p = model::find_preset(&self.model).ok_or_else(|| {
+        let p = model::find_preset(&self.model.name).ok_or_else(|| {
             Error::Config(format!(
                 "unknown --model `{}` (choose one of: {})",
-                self.model,
+                self.model.name,
                 model::preset_names().join(", ")
             ))
         })?;
-        let num_classes = self.num_classes.unwrap_or(data_classes);
+        let num_classes = self.model.num_classes.unwrap_or(data_classes);
         if num_classes < data_classes {
             return Err(Error::Config(format!(
                 "--num-classes {num_classes} is smaller than the dataset's {data_classes} classes (drop the flag to use the dataset's count)"
             )));
         }
         let dims = [
-            self.embed_dim.unwrap_or(p.embed_dim),
-            self.depth.unwrap_or(p.depth),
-            self.num_heads.unwrap_or(p.num_heads),
-            self.mlp_dim.unwrap_or(p.mlp_dim),
+            self.model.embed_dim.unwrap_or(p.embed_dim),
+            self.model.depth.unwrap_or(p.depth),
+            self.model.num_heads.unwrap_or(p.num_heads),
+            self.model.mlp_dim.unwrap_or(p.mlp_dim),
         ];
-        let img_size = self.img_size.or(p.img_size).unwrap_or(data_size);
-        let patch_size = self.patch_size.unwrap_or(p.patch_size);
+        let img_size = self.model.img_size.or(p.img_size).unwrap_or(data_size);
+        let patch_size = self.model.patch_size.unwrap_or(p.patch_size);
         let mut cfg = VitConfig {
-            qkv_bias: self.qkv_bias,
+            qkv_bias: self.model.qkv_bias,
             drop_rate: p.dropout,
             attn_drop_rate: p.dropout,
-            pool: self.pool,
-            dist_token: self.dist_token || model::is_distilled_preset(&self.model),
-            eval_head: self.eval_head,
+            pool: self.model.pool,
+            dist_token: self.model.dist_token || model::is_distilled_preset(&self.model.name),
+            eval_head: self.model.eval_head,
             ..VitConfig::with_shape(img_size, patch_size, channels, num_classes, dims)
         };
         self.regularise(&mut cfg);
@@ -671,45 +779,48 @@ impl Config {
     /// dropout and attention dropout where given (else the model's own), DropPath always.
     /// The one place these flags reach the model.
     pub fn regularise(&self, vit: &mut VitConfig) {
-        vit.drop_rate = self.dropout.unwrap_or(vit.drop_rate);
-        vit.attn_drop_rate = self.attn_dropout.unwrap_or(vit.attn_drop_rate);
-        vit.drop_path_rate = self.drop_path;
+        vit.drop_rate = self.model.dropout.unwrap_or(vit.drop_rate);
+        vit.attn_drop_rate = self.model.attn_dropout.unwrap_or(vit.attn_drop_rate);
+        vit.drop_path_rate = self.model.drop_path;
     }
 
     /// The checked SparseLoRA settings (`--sparsity*`, `--sparse-*`): the one place the CLI
     /// flags become the model's own `SparseConfig`.
     pub fn sparse(&self) -> Result<SparseConfig> {
         let bad = |m: String| Err(Error::Config(m));
-        let attn = self.sparsity_attn;
-        for (flag, s) in [("--sparsity", self.sparsity), ("--sparsity-attn", attn)] {
+        let attn = self.peft.sparsity_attn;
+        for (flag, s) in [
+            ("--sparsity", self.peft.sparsity),
+            ("--sparsity-attn", attn),
+        ] {
             if !(0.0..1.0).contains(&s) {
                 return bad(format!(
                     "{flag} {s} must be in [0, 1) (the fraction of channels skipped, e.g. 0.5)"
                 ));
             }
         }
-        if self.sparse_rank == 0 {
+        if self.peft.sparse_rank == 0 {
             return bad("--sparse-rank must be ≥ 1 (8 is the paper's choice)".into());
         }
-        let [first, last] = self.sparse_layers[..] else {
+        let [first, last] = self.peft.sparse_layers[..] else {
             return bad(format!(
                 "--sparse-layers takes two counts, first,last (e.g. 2,1), not {:?}",
-                self.sparse_layers
+                self.peft.sparse_layers
             ));
         };
-        if !(self.sparse_dense_steps >= 0.0 && self.sparse_dense_steps.is_finite()) {
+        if !(self.peft.sparse_dense_steps >= 0.0 && self.peft.sparse_dense_steps.is_finite()) {
             return bad(format!(
                 "--sparse-dense-steps {} must be a fraction of the steps (< 1) or a step count (≥ 1)",
-                self.sparse_dense_steps
+                self.peft.sparse_dense_steps
             ));
         }
         Ok(SparseConfig {
-            mlp: self.sparsity,
+            mlp: self.peft.sparsity,
             attn,
-            rank: self.sparse_rank,
+            rank: self.peft.sparse_rank,
             dense_first: first,
             dense_last: last,
-            dense_steps: self.sparse_dense_steps,
+            dense_steps: self.peft.sparse_dense_steps,
         })
     }
 
@@ -717,80 +828,82 @@ impl Config {
     /// is the data side's to parse (`data::recipe::check`).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
-        if self.batch_size == 0 {
+        if self.optim.batch_size == 0 {
             return bad("--batch-size must be > 0");
         }
-        if self.epochs == 0 {
+        if self.optim.epochs == 0 {
             return bad("--epochs must be > 0");
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
+        if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
             return bad("--lr must be a positive number");
         }
-        if !(0.0..1.0).contains(&self.label_smoothing) {
+        if !(0.0..1.0).contains(&self.augment.label_smoothing) {
             return bad("--label-smoothing must be in [0, 1)");
         }
-        if self.grad_clip < 0.0
-            || self.weight_decay < 0.0
-            || self.min_lr < 0.0
-            || self.warmup_start_lr < 0.0
+        if self.optim.grad_clip < 0.0
+            || self.optim.weight_decay < 0.0
+            || self.optim.min_lr < 0.0
+            || self.optim.warmup_start_lr < 0.0
         {
             return bad("--grad-clip, --weight-decay, --min-lr and --warmup-start-lr must be ≥ 0");
         }
-        if self.min_lr > self.lr {
+        if self.optim.min_lr > self.optim.lr {
             return bad("--min-lr is larger than --lr (the cosine decay would go up)");
         }
-        if !(self.loss_scale > 0.0 && self.loss_scale.is_finite()) || self.loss_scale_window == 0 {
+        if !(self.optim.loss_scale > 0.0 && self.optim.loss_scale.is_finite())
+            || self.optim.loss_scale_window == 0
+        {
             return bad("--loss-scale must be a positive number and --loss-scale-window ≥ 1");
         }
-        if self.precision != Precision::F32 && self.adapter == AdapterKind::Sparselora {
+        if self.optim.precision != Precision::F32 && self.peft.adapter == AdapterKind::Sparselora {
             return bad(
                 "--adapter sparselora runs its sliced products in f32: use --precision f32 with it (or --adapter lora for half precision)",
             );
         }
-        if self.warmup_epochs < 0.0 || self.warmup_epochs > self.epochs as f64 {
+        if self.optim.warmup_epochs < 0.0 || self.optim.warmup_epochs > self.optim.epochs as f64 {
             return bad("--warmup-epochs must be between 0 and --epochs");
         }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+        if !(0.0..1.0).contains(&self.optim.beta1) || !(0.0..1.0).contains(&self.optim.beta2) {
             return bad("--beta1 and --beta2 must be in [0, 1)");
         }
-        if self.eval_every == 0 {
+        if self.run.eval_every == 0 {
             return bad("--eval-every must be ≥ 1");
         }
-        if self.max_training_hours < 0.0 {
+        if self.run.max_training_hours < 0.0 {
             return bad("--max-training-hours must be ≥ 0");
         }
-        if self.log_every == 0 {
+        if self.run.log_every == 0 {
             return bad("--log-every must be ≥ 1");
         }
-        if self.accum_steps == 0 {
+        if self.optim.accum_steps == 0 {
             return bad("--accum-steps must be ≥ 1");
         }
-        if !(0.0..1.0).contains(&self.ema_decay) {
+        if !(0.0..1.0).contains(&self.optim.ema_decay) {
             return bad("--ema-decay must be in [0, 1) (0 = off)");
         }
         let range =
             |v: &[f64], lo: f64, hi: f64| v.len() == 2 && v[0] > lo && v[0] <= v[1] && v[1] <= hi;
-        if !range(&self.rrc_scale, 0.0, 1.0) {
+        if !range(&self.augment.rrc_scale, 0.0, 1.0) {
             return bad("--rrc-scale takes MIN,MAX with 0 < MIN ≤ MAX ≤ 1 (e.g. 0.08,1.0)");
         }
-        if !range(&self.rrc_ratio, 0.0, f64::INFINITY) {
+        if !range(&self.augment.rrc_ratio, 0.0, f64::INFINITY) {
             return bad("--rrc-ratio takes MIN,MAX with 0 < MIN ≤ MAX (e.g. 0.75,1.3333)");
         }
-        if !matches!(self.color_jitter.len(), 0 | 1 | 4)
-            || self.color_jitter.iter().any(|&x| x < 0.0)
+        if !matches!(self.augment.color_jitter.len(), 0 | 1 | 4)
+            || self.augment.color_jitter.iter().any(|&x| x < 0.0)
         {
             return bad(
                 "--color-jitter takes one value (brightness = contrast = saturation) or four (B,C,S,HUE), all ≥ 0",
             );
         }
-        if self.color_jitter.len() == 4 && self.color_jitter[3] > 0.5 {
+        if self.augment.color_jitter.len() == 4 && self.augment.color_jitter[3] > 0.5 {
             return bad("--color-jitter hue must be ≤ 0.5");
         }
         for (name, p) in [
-            ("--hflip", self.hflip),
-            ("--reprob", self.reprob),
-            ("--mixup-prob", self.mixup_prob),
-            ("--mixup-switch-prob", self.mixup_switch_prob),
+            ("--hflip", self.augment.hflip),
+            ("--reprob", self.augment.reprob),
+            ("--mixup-prob", self.augment.mixup_prob),
+            ("--mixup-switch-prob", self.augment.mixup_switch_prob),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(Error::Config(format!(
@@ -798,42 +911,43 @@ impl Config {
                 )));
             }
         }
-        if self.mixup < 0.0 || self.cutmix < 0.0 || self.rotation < 0.0 {
+        if self.augment.mixup < 0.0 || self.augment.cutmix < 0.0 || self.augment.rotation < 0.0 {
             return bad("--mixup, --cutmix and --rotation must be ≥ 0");
         }
-        if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
+        if !(self.optim.layer_decay > 0.0 && self.optim.layer_decay <= 1.0) {
             return bad("--layer-decay must be in (0, 1] (1 = off)");
         }
-        if self.model == HF_PRETRAINED && self.pretrained.is_none() {
+        if self.model.name == HF_PRETRAINED && self.model.pretrained.is_none() {
             return bad(
                 "--model vit-hf-pretrained fine-tunes pretrained weights: give --pretrained PATH_OR_ID (e.g. google/vit-base-patch16-224-in21k)",
             );
         }
-        if self.pretrained.is_none() && (self.reset_head || self.freeze_backbone) {
+        if self.model.pretrained.is_none() && (self.model.reset_head || self.peft.freeze_backbone) {
             return bad("--reset-head and --freeze-backbone need --pretrained");
         }
-        for (name, v) in [("--mean", &self.mean), ("--std", &self.std)] {
+        for (name, v) in [("--mean", &self.data.mean), ("--std", &self.data.std)] {
             if v.as_ref()
                 .is_some_and(|v| v.is_empty() || v.iter().any(|x| !x.is_finite()))
             {
                 return bad(&format!("{name} needs one finite number per channel"));
             }
         }
-        if !(0.0..=1.0).contains(&self.distill_alpha) {
+        if !(0.0..=1.0).contains(&self.distill.distill_alpha) {
             return bad("--distill-alpha must be in [0, 1]");
         }
-        if !(self.distill_tau > 0.0 && self.distill_tau.is_finite()) {
+        if !(self.distill.distill_tau > 0.0 && self.distill.distill_tau.is_finite()) {
             return bad("--distill-tau must be > 0");
         }
-        if self.distillation != DistillKind::None && self.teacher.is_none() {
+        if self.distill.distillation != DistillKind::None && self.distill.teacher.is_none() {
             return bad(
                 "--distillation soft|hard needs a teacher: give --teacher PATH (a vitrs checkpoint, e.g. runs/X/checkpoints/best_model, or timm weights)",
             );
         }
-        if self.mean.is_some() != self.std.is_some() {
+        if self.data.mean.is_some() != self.data.std.is_some() {
             return bad("--mean and --std go together: give both or neither");
         }
         if self
+            .data
             .std
             .as_ref()
             .is_some_and(|s| s.iter().any(|&x| x <= 0.0))
@@ -851,20 +965,21 @@ mod tests {
     #[test]
     fn defaults_follow_the_seeds() {
         let c = Config::default();
-        assert_eq!(c.batch_size, 128);
-        assert_eq!(c.lr, 3e-4);
-        assert_eq!(c.label_smoothing, 0.1);
-        assert_eq!(c.grad_clip, 1.0);
-        assert_eq!(c.save_every, 5);
-        assert!(c.qkv_bias);
+        assert_eq!(c.optim.batch_size, 128);
+        assert_eq!(c.optim.lr, 3e-4);
+        assert_eq!(c.augment.label_smoothing, 0.1);
+        assert_eq!(c.optim.grad_clip, 1.0);
+        assert_eq!(c.run.save_every, 5);
+        assert!(c.model.qkv_bias);
         c.validate().unwrap();
     }
 
     #[test]
     fn toml_round_trip() {
-        let c = Config {
-            embed_dim: Some(64),
-            ..Config::default()
+        let c = {
+            let mut c = Config::default();
+            c.model.embed_dim = Some(64);
+            c
         };
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
@@ -900,37 +1015,39 @@ mod tests {
             "--lr",
             "2e-5",
         ]);
-        assert_eq!(c.lr, 2e-5);
-        assert_eq!(c.img_size, Some(224));
-        assert_eq!(c.batch_size, 32);
-        assert_eq!(c.epochs, 30);
-        assert_eq!(c.warmup_epochs, 3.0);
-        assert_eq!(c.patience, 8);
-        assert_eq!(c.weight_decay, 0.01);
+        assert_eq!(c.optim.lr, 2e-5);
+        assert_eq!(c.model.img_size, Some(224));
+        assert_eq!(c.optim.batch_size, 32);
+        assert_eq!(c.optim.epochs, 30);
+        assert_eq!(c.optim.warmup_epochs, 3.0);
+        assert_eq!(c.run.patience, 8);
+        assert_eq!(c.optim.weight_decay, 0.01);
         c.validate().unwrap();
         // Other models keep the ordinary defaults.
         let c = resolve_args(&["vitrs", "--pretrained", "x", "--layer-decay", "0.75"]);
-        assert_eq!(c.batch_size, 128);
-        assert_eq!(c.layer_decay, 0.75);
-        assert_eq!(c.img_size, None);
+        assert_eq!(c.optim.batch_size, 128);
+        assert_eq!(c.optim.layer_decay, 0.75);
+        assert_eq!(c.model.img_size, None);
         let c = resolve_args(&["vitrs", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5"]);
-        assert_eq!(c.mean, Some(vec![0.5; 3]));
+        assert_eq!(c.data.mean, Some(vec![0.5; 3]));
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
     }
 
     #[test]
     fn impossible_shapes_are_rejected() {
-        let c = Config {
-            embed_dim: Some(100),
-            num_heads: Some(3),
-            ..Config::default()
+        let c = {
+            let mut c = Config::default();
+            c.model.embed_dim = Some(100);
+            c.model.num_heads = Some(3);
+            c
         };
         let e = c.vit_config(32, 3, 10).unwrap_err().to_string();
         assert!(e.contains("not divisible by num-heads"), "{e}");
-        let c = Config {
-            patch_size: Some(5),
-            ..Config::default()
+        let c = {
+            let mut c = Config::default();
+            c.model.patch_size = Some(5);
+            c
         };
         let e = c.vit_config(32, 3, 10).unwrap_err().to_string();
         assert!(
@@ -942,26 +1059,31 @@ mod tests {
     #[test]
     fn precision_flags_parse_and_contradictions_are_named() {
         let c = resolve_args(&["vitrs", "--amp", "fp16", "--loss-scale", "1024"]);
-        assert_eq!((c.precision, c.loss_scale), (Precision::F16, 1024.0));
+        assert_eq!(
+            (c.optim.precision, c.optim.loss_scale),
+            (Precision::F16, 1024.0)
+        );
         c.validate().unwrap();
         let c = resolve_args(&["vitrs", "--precision", "bf16", "--grad-checkpointing"]);
-        assert!(c.precision == Precision::Bf16 && c.grad_checkpointing);
+        assert!(c.optim.precision == Precision::Bf16 && c.run.grad_checkpointing);
         let bad = |c: Config, what: &str| {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(what), "{e}");
         };
         bad(
-            Config {
-                precision: Precision::F16,
-                adapter: AdapterKind::Sparselora,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.optim.precision = Precision::F16;
+                c.peft.adapter = AdapterKind::Sparselora;
+                c
             },
             "--adapter sparselora",
         );
         bad(
-            Config {
-                loss_scale: 0.0,
-                ..Config::default()
+            {
+                let mut c = Config::default();
+                c.optim.loss_scale = 0.0;
+                c
             },
             "--loss-scale",
         );
@@ -971,37 +1093,42 @@ mod tests {
     fn sparse_flags_out_of_range_are_named() {
         for (cfg, msg) in [
             (
-                Config {
-                    sparsity: 1.0,
-                    ..Config::default()
+                {
+                    let mut c = Config::default();
+                    c.peft.sparsity = 1.0;
+                    c
                 },
                 "--sparsity",
             ),
             (
-                Config {
-                    sparsity_attn: -0.1,
-                    ..Config::default()
+                {
+                    let mut c = Config::default();
+                    c.peft.sparsity_attn = -0.1;
+                    c
                 },
                 "--sparsity-attn",
             ),
             (
-                Config {
-                    sparse_rank: 0,
-                    ..Config::default()
+                {
+                    let mut c = Config::default();
+                    c.peft.sparse_rank = 0;
+                    c
                 },
                 "--sparse-rank",
             ),
             (
-                Config {
-                    sparse_layers: vec![1],
-                    ..Config::default()
+                {
+                    let mut c = Config::default();
+                    c.peft.sparse_layers = vec![1];
+                    c
                 },
                 "--sparse-layers",
             ),
             (
-                Config {
-                    sparse_dense_steps: -1.0,
-                    ..Config::default()
+                {
+                    let mut c = Config::default();
+                    c.peft.sparse_dense_steps = -1.0;
+                    c
                 },
                 "--sparse-dense-steps",
             ),
@@ -1034,7 +1161,7 @@ mod config_files {
             cfg.validate()
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             // The image size and channels the dataset itself has.
-            let (size, channels) = match cfg.dataset {
+            let (size, channels) = match cfg.data.dataset {
                 DatasetKind::FashionMnist | DatasetKind::Mnist => (28, 1),
                 _ => (32, 3),
             };
@@ -1054,10 +1181,10 @@ mod config_files {
         let matches = cmd.get_matches_from(["vitrs", "--batch-size", "9"]);
         let cli = Config::from_arg_matches(&matches).unwrap();
         let cfg = Config::resolve(Config::default(), &cli, &matches, Some(&p)).unwrap();
-        assert_eq!(cfg.lr, 0.01); // file
-        assert_eq!(cfg.batch_size, 9); // flag beats file
-        assert_eq!(cfg.depth, Some(3)); // seed spelling in a file
-        assert_eq!(cfg.epochs, 100); // default
+        assert_eq!(cfg.optim.lr, 0.01); // file
+        assert_eq!(cfg.optim.batch_size, 9); // flag beats file
+        assert_eq!(cfg.model.depth, Some(3)); // seed spelling in a file
+        assert_eq!(cfg.optim.epochs, 100); // default
     }
 }
 

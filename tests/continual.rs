@@ -12,25 +12,26 @@ use vitrs::continual::{ContinualConfig, Scenario, Strategy};
 use vitrs::model::io::read_safetensors;
 
 fn tiny(out: &Path) -> Config {
-    Config {
-        dataset: DatasetKind::Synthetic,
-        synthetic_size: 1500,
-        img_size: Some(16),
-        patch_size: Some(4),
-        embed_dim: Some(32),
-        depth: Some(2),
-        num_heads: Some(2),
-        mlp_dim: Some(64),
+    {
+        let mut c = Config::default();
+        c.data.dataset = DatasetKind::Synthetic;
+        c.data.synthetic_size = 1500;
+        c.model.img_size = Some(16);
+        c.model.patch_size = Some(4);
+        c.model.embed_dim = Some(32);
+        c.model.depth = Some(2);
+        c.model.num_heads = Some(2);
+        c.model.mlp_dim = Some(64);
         // Dropout on: resume must also restore where the dropout masks are addressed.
-        dropout: Some(0.1),
-        attn_dropout: Some(0.0),
-        batch_size: 32,
-        lr: 3e-3,
-        warmup_epochs: 0.2,
-        log_every: 5,
-        quiet: true,
-        out_dir: Some(out.to_path_buf()),
-        ..Config::default()
+        c.model.dropout = Some(0.1);
+        c.model.attn_dropout = Some(0.0);
+        c.optim.batch_size = 32;
+        c.optim.lr = 3e-3;
+        c.optim.warmup_epochs = 0.2;
+        c.run.log_every = 5;
+        c.run.quiet = true;
+        c.run.out_dir = Some(out.to_path_buf());
+        c
     }
 }
 
@@ -80,7 +81,7 @@ fn resume_after_a_task_equals_the_straight_run() {
         assert!(ck.join(f).exists(), "{f} missing");
     }
     let mut resume_cfg = tiny(b.path());
-    resume_cfg.resume_from = Some(ck);
+    resume_cfg.run.resume_from = Some(ck);
     let resumed = run(resume_cfg, cl(Strategy::EwcReplay, 5)).unwrap();
 
     assert_eq!(resumed.report.acc_matrix, straight.report.acc_matrix);
@@ -261,16 +262,17 @@ fn metric_lines(dir: &Path) -> Vec<serde_json::Value> {
 /// gradient included): the engine's accumulation, as `train`'s test shows for one phase.
 #[test]
 fn accumulation_in_continual_equals_the_big_batch() {
-    let base = |dir: &Path, batch: usize, accum: usize| Config {
-        synthetic_size: 256,
-        batch_size: batch,
-        accum_steps: accum,
-        dropout: Some(0.0),
-        crop_padding: 0,
-        hflip: 0.0,
-        eps: 1.0,
-        lr: 0.05,
-        ..tiny(dir)
+    let base = |dir: &Path, batch: usize, accum: usize| {
+        let mut c = tiny(dir);
+        c.data.synthetic_size = 256;
+        c.optim.batch_size = batch;
+        c.optim.accum_steps = accum;
+        c.model.dropout = Some(0.0);
+        c.augment.crop_padding = 0;
+        c.augment.hflip = 0.0;
+        c.optim.eps = 1.0;
+        c.optim.lr = 0.05;
+        c
     };
     let mut c = cl(Strategy::Ewc, 2);
     c.epochs_per_task = 1;
@@ -287,8 +289,9 @@ fn accumulation_in_continual_equals_the_big_batch() {
     let fresh = {
         let cfg = base(a.path(), 32, 1);
         let vit = cfg.vit_config(16, 3, 10).unwrap();
-        let m = vitrs::model::VisionTransformer::new(&vit, cfg.seed, &burn::tensor::Device::flex())
-            .unwrap();
+        let m =
+            vitrs::model::VisionTransformer::new(&vit, cfg.run.seed, &burn::tensor::Device::flex())
+                .unwrap();
         vitrs::model::io::state_dict(&m)
     };
     assert!(max_diff(&fresh, &wa) > 1e-3);
@@ -309,19 +312,21 @@ fn accumulation_in_continual_equals_the_big_batch() {
 #[test]
 fn ema_f16_and_a_teacher_act_in_every_task() {
     let t = tempfile::tempdir().unwrap();
-    let teacher = Config {
-        epochs: 1,
-        ..tiny(t.path())
+    let teacher = {
+        let mut c = tiny(t.path());
+        c.optim.epochs = 1;
+        c
     };
     vitrs::train::train(vitrs::train::prepare(teacher).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        ema_decay: 0.9,
-        precision: vitrs::model::precision::Precision::F16,
-        teacher: Some(t.path().join("checkpoints/last").display().to_string()),
-        distillation: vitrs::config::DistillKind::Soft,
-        log_every: 1,
-        ..tiny(dir.path())
+    let cfg = {
+        let mut c = tiny(dir.path());
+        c.optim.ema_decay = 0.9;
+        c.optim.precision = vitrs::model::precision::Precision::F16;
+        c.distill.teacher = Some(t.path().join("checkpoints/last").display().to_string());
+        c.distill.distillation = vitrs::config::DistillKind::Soft;
+        c.run.log_every = 1;
+        c
     };
     let mut c = cl(Strategy::Naive, 2);
     c.epochs_per_task = 1;
@@ -364,9 +369,10 @@ fn time_limit_and_max_steps_stop_mid_task_and_resume_exactly() {
 
     let b = tempfile::tempdir().unwrap();
     let out = run(
-        Config {
-            max_training_hours: 1e-9,
-            ..tiny(b.path())
+        {
+            let mut c = tiny(b.path());
+            c.run.max_training_hours = 1e-9;
+            c
         },
         strat(),
     )
@@ -380,10 +386,11 @@ fn time_limit_and_max_steps_stop_mid_task_and_resume_exactly() {
         (0, "time_limit")
     );
     let resumed = run(
-        Config {
-            resume_from: Some(last),
-            max_training_hours: 0.0,
-            ..tiny(b.path())
+        {
+            let mut c = tiny(b.path());
+            c.run.resume_from = Some(last);
+            c.run.max_training_hours = 0.0;
+            c
         },
         strat(),
     )
@@ -396,9 +403,10 @@ fn time_limit_and_max_steps_stop_mid_task_and_resume_exactly() {
     // 1,500 images, 5 tasks: 300 per task, 10 steps per epoch of 32; step 25 is in task 2.
     let c = tempfile::tempdir().unwrap();
     let out = run(
-        Config {
-            max_steps: 25,
-            ..tiny(c.path())
+        {
+            let mut cfg_ = tiny(c.path());
+            cfg_.run.max_steps = 25;
+            cfg_
         },
         strat(),
     )
@@ -410,10 +418,11 @@ fn time_limit_and_max_steps_stop_mid_task_and_resume_exactly() {
         (1, "max_steps")
     );
     let resumed = run(
-        Config {
-            resume_from: Some(c.path().join("checkpoints/last")),
-            max_steps: 0,
-            ..tiny(c.path())
+        {
+            let mut cfg_ = tiny(c.path());
+            cfg_.run.resume_from = Some(c.path().join("checkpoints/last"));
+            cfg_.run.max_steps = 0;
+            cfg_
         },
         strat(),
     )
@@ -432,14 +441,15 @@ fn time_limit_and_max_steps_stop_mid_task_and_resume_exactly() {
 #[test]
 fn eval_every_save_every_and_patience_act_per_task() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
+    let cfg = {
+        let mut c = tiny(dir.path());
         // Too small to change an f32 weight: the validation loss cannot improve.
-        lr: 1e-30,
-        warmup_epochs: 0.0,
-        eval_every: 2,
-        save_every: 2,
-        patience: 1,
-        ..tiny(dir.path())
+        c.optim.lr = 1e-30;
+        c.optim.warmup_epochs = 0.0;
+        c.run.eval_every = 2;
+        c.run.save_every = 2;
+        c.run.patience = 1;
+        c
     };
     let mut c = cl(Strategy::Naive, 2);
     c.epochs_per_task = 6;

@@ -171,10 +171,10 @@ fn verdict(cmd: &str, key: &str, value: Option<&str>, extra: &[&str]) -> Result<
     let mut train = train;
     // Resolution would read the checkpoint to resume; the flag reaching the config is what
     // this test checks.
-    let resume = train.config.resume_from.take();
+    let resume = train.config.run.resume_from.take();
     let mut cfg =
         Config::resolve(Config::default(), &train.config, sub, None).map_err(|e| e.to_string())?;
-    cfg.resume_from = resume;
+    cfg.run.resume_from = resume;
     Ok(cfg)
 }
 

@@ -349,21 +349,22 @@ fn larger_input_resamples_position_embeddings_like_the_source_library() {
 // ---- fine-tuning ----
 
 fn finetune_config(out: &Path) -> Config {
-    Config {
-        dataset: DatasetKind::Synthetic,
-        synthetic_size: 64,
-        num_classes: Some(5),
-        pretrained: Some(fixture("timm-vit-tiny").to_string_lossy().into()),
-        epochs: 1,
-        batch_size: 16,
-        lr: 1e-3,
-        warmup_epochs: 0.0,
-        log_every: 1,
-        save_every: 0,
-        patience: 0,
-        quiet: true,
-        out_dir: Some(out.to_path_buf()),
-        ..Config::default()
+    {
+        let mut c = Config::default();
+        c.data.dataset = DatasetKind::Synthetic;
+        c.data.synthetic_size = 64;
+        c.model.num_classes = Some(5);
+        c.model.pretrained = Some(fixture("timm-vit-tiny").to_string_lossy().into());
+        c.optim.epochs = 1;
+        c.optim.batch_size = 16;
+        c.optim.lr = 1e-3;
+        c.optim.warmup_epochs = 0.0;
+        c.run.log_every = 1;
+        c.run.save_every = 0;
+        c.run.patience = 0;
+        c.run.quiet = true;
+        c.run.out_dir = Some(out.to_path_buf());
+        c
     }
 }
 
@@ -372,10 +373,11 @@ fn finetune_config(out: &Path) -> Config {
 #[test]
 fn fine_tuning_from_the_timm_fixture_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        img_size: Some(48),
-        layer_decay: 0.75,
-        ..finetune_config(dir.path())
+    let cfg = {
+        let mut c = finetune_config(dir.path());
+        c.model.img_size = Some(48);
+        c.optim.layer_decay = 0.75;
+        c
     };
     let run = train::prepare(cfg).unwrap();
     assert_eq!(run.vit_config.num_classes, 5);
@@ -388,7 +390,10 @@ fn fine_tuning_from_the_timm_fixture_runs_end_to_end() {
         "the 10-class head must go"
     );
     // Pretrained runs normalise like the weights: ImageNet's statistics when they do not say.
-    assert_eq!(run.config.mean.as_deref(), Some(&[0.485, 0.456, 0.406][..]));
+    assert_eq!(
+        run.config.data.mean.as_deref(),
+        Some(&[0.485, 0.456, 0.406][..])
+    );
     let s = train::train(run).unwrap();
     assert_eq!(s.epochs_completed, 1);
     assert!(
@@ -420,9 +425,10 @@ fn fine_tuning_from_the_timm_fixture_runs_end_to_end() {
 fn freeze_backbone_trains_the_head_only() {
     let dir = tempfile::tempdir().unwrap();
     let s = train::train(
-        train::prepare(Config {
-            freeze_backbone: true,
-            ..finetune_config(dir.path())
+        train::prepare({
+            let mut c = finetune_config(dir.path());
+            c.peft.freeze_backbone = true;
+            c
         })
         .unwrap(),
     )

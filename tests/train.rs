@@ -8,27 +8,28 @@ use vitrs::model::precision::Precision;
 use vitrs::train::{self, Summary};
 
 fn tiny(out: &Path) -> Config {
-    Config {
-        dataset: DatasetKind::Synthetic,
-        synthetic_size: 1280,
-        img_size: Some(16),
-        patch_size: Some(4),
-        embed_dim: Some(32),
-        depth: Some(2),
-        num_heads: Some(2),
-        mlp_dim: Some(64),
-        dropout: Some(0.0),
-        attn_dropout: Some(0.0),
-        epochs: 2,
-        batch_size: 32,
-        lr: 2e-3,
-        warmup_epochs: 0.2,
-        log_every: 5,
-        save_every: 0,
-        patience: 0,
-        quiet: true,
-        out_dir: Some(out.to_path_buf()),
-        ..Config::default()
+    {
+        let mut c = Config::default();
+        c.data.dataset = DatasetKind::Synthetic;
+        c.data.synthetic_size = 1280;
+        c.model.img_size = Some(16);
+        c.model.patch_size = Some(4);
+        c.model.embed_dim = Some(32);
+        c.model.depth = Some(2);
+        c.model.num_heads = Some(2);
+        c.model.mlp_dim = Some(64);
+        c.model.dropout = Some(0.0);
+        c.model.attn_dropout = Some(0.0);
+        c.optim.epochs = 2;
+        c.optim.batch_size = 32;
+        c.optim.lr = 2e-3;
+        c.optim.warmup_epochs = 0.2;
+        c.run.log_every = 5;
+        c.run.save_every = 0;
+        c.run.patience = 0;
+        c.run.quiet = true;
+        c.run.out_dir = Some(out.to_path_buf());
+        c
     }
 }
 
@@ -126,13 +127,14 @@ fn tensorboard_reads(run_dir: &Path) {
 #[test]
 fn resume_from_epoch_two_gives_the_same_weights_as_a_straight_run() {
     let a = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        epochs: 4,
-        save_every: 2,
-        synthetic_size: 256,
-        dropout: Some(0.1),
-        drop_path: 0.1,
-        ..tiny(a.path())
+    let cfg = {
+        let mut c = tiny(a.path());
+        c.optim.epochs = 4;
+        c.run.save_every = 2;
+        c.data.synthetic_size = 256;
+        c.model.dropout = Some(0.1);
+        c.model.drop_path = 0.1;
+        c
     };
     run(cfg.clone());
     let b = tempfile::tempdir().unwrap();
@@ -144,10 +146,11 @@ fn resume_from_epoch_two_gives_the_same_weights_as_a_straight_run() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
-    let resumed = run(Config {
-        resume_from: Some(dst),
-        out_dir: Some(b.path().to_path_buf()),
-        ..cfg
+    let resumed = run({
+        let mut c = cfg;
+        c.run.resume_from = Some(dst);
+        c.run.out_dir = Some(b.path().to_path_buf());
+        c
     });
     assert_eq!(resumed.epochs_completed, 4);
     let wa = read_safetensors(&a.path().join("checkpoints/last/model.safetensors")).unwrap();
@@ -160,16 +163,17 @@ fn early_stopping_fires_and_restores_the_best_weights() {
     let dir = tempfile::tempdir().unwrap();
     // 32 training images, constant high LR: the model memorises them and validation loss
     // turns up within a few epochs.
-    let s = run(Config {
-        synthetic_size: 32,
-        limit_val: 200,
-        epochs: 40,
-        warmup_epochs: 0.0,
-        lr: 3e-3,
-        min_lr: 3e-3,
-        label_smoothing: 0.0,
-        patience: 2,
-        ..tiny(dir.path())
+    let s = run({
+        let mut c = tiny(dir.path());
+        c.data.synthetic_size = 32;
+        c.data.limit_val = 200;
+        c.optim.epochs = 40;
+        c.optim.warmup_epochs = 0.0;
+        c.optim.lr = 3e-3;
+        c.optim.min_lr = 3e-3;
+        c.augment.label_smoothing = 0.0;
+        c.run.patience = 2;
+        c
     });
     assert_eq!(s.stopped_reason, "early_stopping");
     assert!(s.epochs_completed < 40);
@@ -179,19 +183,20 @@ fn early_stopping_fires_and_restores_the_best_weights() {
 
 #[test]
 fn four_accumulated_micro_batches_update_like_one_big_batch() {
-    let base = |dir: &Path, batch: usize, accum: usize| Config {
-        synthetic_size: 256,
-        epochs: 1,
-        batch_size: batch,
-        accum_steps: accum,
-        crop_padding: 0,
-        hflip: 0.0,
+    let base = |dir: &Path, batch: usize, accum: usize| {
+        let mut c = tiny(dir);
+        c.data.synthetic_size = 256;
+        c.optim.epochs = 1;
+        c.optim.batch_size = batch;
+        c.optim.accum_steps = accum;
+        c.augment.crop_padding = 0;
+        c.augment.hflip = 0.0;
         // Adam's g/√v turns float noise in near-zero gradients into full-size steps of either
         // sign; a large eps keeps the update a smooth function of the gradient, so the test
         // measures the accumulation, not that amplification.
-        eps: 1.0,
-        lr: 0.05,
-        ..tiny(dir)
+        c.optim.eps = 1.0;
+        c.optim.lr = 0.05;
+        c
     };
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     run(base(a.path(), 128, 1));
@@ -209,8 +214,9 @@ fn four_accumulated_micro_batches_update_like_one_big_batch() {
     // ... and the steps did move the weights away from the initialisation.
     let cfg = base(a.path(), 128, 1);
     let vit = cfg.vit_config(16, 3, 10).unwrap();
-    let fresh = vitrs::model::VisionTransformer::new(&vit, cfg.seed, &burn::tensor::Device::flex())
-        .unwrap();
+    let fresh =
+        vitrs::model::VisionTransformer::new(&vit, cfg.run.seed, &burn::tensor::Device::flex())
+            .unwrap();
     let fresh = vitrs::model::io::state_dict(&fresh);
     let moved = fresh["head.weight"]
         .data
@@ -225,16 +231,17 @@ fn four_accumulated_micro_batches_update_like_one_big_batch() {
 fn sparselora_runs_dense_first_then_logs_its_sparsity_per_layer() {
     use vitrs::config::AdapterKind;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        epochs: 1,
-        synthetic_size: 320,
-        log_every: 1,
-        adapter: AdapterKind::Sparselora,
-        lora_targets: vec!["qkv".into(), "fc1".into(), "fc2".into()],
-        sparse_layers: vec![0, 1],
-        sparse_dense_steps: 2.0,
-        sparsity_attn: 0.5,
-        ..tiny(dir.path())
+    let cfg = {
+        let mut c = tiny(dir.path());
+        c.optim.epochs = 1;
+        c.data.synthetic_size = 320;
+        c.run.log_every = 1;
+        c.peft.adapter = AdapterKind::Sparselora;
+        c.peft.lora_targets = vec!["qkv".into(), "fc1".into(), "fc2".into()];
+        c.peft.sparse_layers = vec![0, 1];
+        c.peft.sparse_dense_steps = 2.0;
+        c.peft.sparsity_attn = 0.5;
+        c
     };
     let s = run(cfg);
     let records: Vec<_> = vitrs::report::metrics::read_metrics(&dir.path().join("metrics.jsonl"))
@@ -273,12 +280,13 @@ fn f16_skips_overflowing_steps_lowers_the_scale_learns_and_resumes_exactly() {
     // A loss scale of 2^24 overflows f16 gradients (max 65504): the first steps are skipped,
     // each halving the scale, until the gradients fit; training then proceeds normally.
     let a = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        precision: Precision::F16,
-        loss_scale: 2f64.powi(24),
-        loss_scale_window: 20,
-        save_every: 1,
-        ..tiny(a.path())
+    let cfg = {
+        let mut c = tiny(a.path());
+        c.optim.precision = Precision::F16;
+        c.optim.loss_scale = 2f64.powi(24);
+        c.optim.loss_scale_window = 20;
+        c.run.save_every = 1;
+        c
     };
     let s = run(cfg.clone());
     assert_eq!(s.precision, "f16");
@@ -312,10 +320,11 @@ fn f16_skips_overflowing_steps_lowers_the_scale_learns_and_resumes_exactly() {
     );
 
     let b = tempfile::tempdir().unwrap();
-    let resumed = run(Config {
-        resume_from: Some(a.path().join("checkpoints/checkpoint_epoch_1")),
-        out_dir: Some(b.path().to_path_buf()),
-        ..cfg
+    let resumed = run({
+        let mut c = cfg;
+        c.run.resume_from = Some(a.path().join("checkpoints/checkpoint_epoch_1"));
+        c.run.out_dir = Some(b.path().to_path_buf());
+        c
     });
     assert_eq!(resumed.skipped_steps, s.skipped_steps);
     let wa = read_safetensors(&a.path().join("checkpoints/last/model.safetensors")).unwrap();

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ewc::{Ewc, FisherSum, ParamMap, trainable_params};
 use super::metrics::{joint_metrics, metrics};
-use super::report::{ContinualReport, write_outputs};
 use super::replay::{ReplayBuffer, sample_indices};
+use super::report::{ContinualReport, write_outputs};
 use super::{
     ContinualConfig, Scenario, Strategy, class_order, split_tasks, task_masks, task_of_class,
     task_targets,
@@ -84,32 +84,31 @@ impl ContinualState {
     }
 }
 
-
 /// Settings whose meaning in a task sequence is unclear, as one error each. Every other
 /// `train` flag acts in `continual` as it does in `train` (tests/flags.rs checks the table).
 fn check_train_flags(cfg: &Config, cl: &ContinualConfig) -> Result<()> {
-    if cl.scenario == Scenario::TaskIl && (cfg.mixup > 0.0 || cfg.cutmix > 0.0) {
+    if cl.scenario == Scenario::TaskIl && (cfg.augment.mixup > 0.0 || cfg.augment.cutmix > 0.0) {
         return Err(Error::Config(
             "--scenario task-il cannot mix images of different tasks: drop --mixup/--cutmix".into(),
         ));
     }
-    if cl.scenario == Scenario::TaskIl && cfg.teacher.is_some() {
+    if cl.scenario == Scenario::TaskIl && cfg.distill.teacher.is_some() {
         return Err(Error::Config(
             "--scenario task-il masks the student's logits to the task but not the teacher's: drop --teacher or use --scenario class-il".into(),
         ));
     }
-    if cl.strategy.uses_replay() && cfg.batch_size < 2 {
+    if cl.strategy.uses_replay() && cfg.optim.batch_size < 2 {
         return Err(Error::Config(
             "replay mixes new and stored examples in every batch: --batch-size must be at least 2"
                 .into(),
         ));
     }
-    if cfg.adapter != AdapterKind::None || cfg.adapter_from.is_some() {
+    if cfg.peft.adapter != AdapterKind::None || cfg.peft.adapter_from.is_some() {
         return Err(Error::Config(
             "vitrs continual sets up its adapters itself: use --strategy lora or lora+replay (with --lora-rank, --lora-alpha, --lora-targets) instead of --adapter/--adapter-from".into(),
         ));
     }
-    if cl.strategy.uses_lora() && cfg.freeze_backbone {
+    if cl.strategy.uses_lora() && cfg.peft.freeze_backbone {
         return Err(Error::Config(
             "--strategy lora already freezes the backbone: drop --freeze-backbone".into(),
         ));
@@ -274,7 +273,7 @@ impl Hooks for TaskHooks<'_> {
 pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     cl.validate()?;
     check_train_flags(&cfg, &cl)?;
-    let resumed = match &cfg.resume_from {
+    let resumed = match &cfg.run.resume_from {
         Some(dir) => Some(ContinualState::load(dir)?),
         None => None,
     };
@@ -286,7 +285,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     let vit: VitConfig = run.vit_config.clone();
     let (device, ad) = (
         run.device.clone(),
-        crate::device::autodiff(&run.device, cfg.grad_checkpointing),
+        crate::device::autodiff(&run.device, cfg.run.grad_checkpointing),
     );
     let train_data = run.train.dataset().clone();
     let test_data = run.val.dataset().clone();
@@ -295,7 +294,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     let (order, tasks) = match &resumed {
         Some(s) => (s.class_order.clone(), s.task_classes.clone()),
         None => {
-            let order = class_order(&cl.class_order, &train_data.class_names, cfg.seed)?;
+            let order = class_order(&cl.class_order, &train_data.class_names, cfg.run.seed)?;
             let tasks = split_tasks(&order, cl.tasks)?;
             (order, tasks)
         }
@@ -320,41 +319,42 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         cl.scenario.name(),
         order
     ));
-    if cfg.warmup_epochs >= cl.epochs_per_task as f64 {
+    if cfg.optim.warmup_epochs >= cl.epochs_per_task as f64 {
         say(format!(
             "note: --warmup-epochs {} is not shorter than --epochs-per-task {}: every task is all warmup (the LR never reaches --lr)",
-            cfg.warmup_epochs, cl.epochs_per_task
+            cfg.optim.warmup_epochs, cl.epochs_per_task
         ));
     }
 
     // The model, as `train` builds it.
-    let mut model = Model::new(&vit, cfg.seed, &ad)?;
+    let mut model = Model::new(&vit, cfg.run.seed, &ad)?;
     if let Some(w) = &run.init_weights {
         model = load_state_dict_keeping(model, w, &ad, is_head)?;
     }
-    if cfg.freeze_backbone {
+    if cfg.peft.freeze_backbone {
         model = set_trainable(model, is_head);
     }
     // LoRA strategies: the backbone frozen, adapters and the head (and --train-modules) train.
     let lora_cfg = cl.strategy.uses_lora().then(|| {
-        let mut modules = cfg.train_modules.clone();
+        let mut modules = cfg.peft.train_modules.clone();
         if !modules.iter().any(|m| m == "head") {
             modules.push("head".into());
         }
         LoraConfig {
-            rank: cfg.lora_rank,
-            alpha: cfg.lora_alpha,
-            dropout: cfg.lora_dropout,
-            targets: cfg.lora_targets.clone(),
+            rank: cfg.peft.lora_rank,
+            alpha: cfg.peft.lora_alpha,
+            dropout: cfg.peft.lora_dropout,
+            targets: cfg.peft.lora_targets.clone(),
             modules_to_save: modules,
             use_rslora: false,
         }
     });
     if let Some(l) = &lora_cfg {
-        model = model.map_vit(|m| lora::add_adapters(m, l, cfg.seed, &ad))?;
+        model = model.map_vit(|m| lora::add_adapters(m, l, cfg.run.seed, &ad))?;
     }
     let mut optim = optim::adamw(&cfg, &model, vit.depth);
-    let mut ema = (cfg.ema_decay > 0.0).then(|| Ema::new(&model, cfg.ema_decay, cfg.ema_warmup));
+    let mut ema = (cfg.optim.ema_decay > 0.0)
+        .then(|| Ema::new(&model, cfg.optim.ema_decay, cfg.optim.ema_warmup));
     let mut mem = Memory {
         state: ContinualState {
             continual: cl.clone(),
@@ -384,7 +384,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         best_val_loss: f64::INFINITY,
         ..Default::default()
     };
-    if let (Some(dir), Some(s)) = (&cfg.resume_from, resumed) {
+    if let (Some(dir), Some(s)) = (&cfg.run.resume_from, resumed) {
         let ck = checkpoint::load(dir)?;
         if ck.vit_config != vit {
             return Err(Error::Checkpoint(format!(
@@ -418,20 +418,20 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         ));
         mem.state = s;
     }
-    checkpoint::fit_scaler(&mut state, cfg.precision, cfg.loss_scale);
+    checkpoint::fit_scaler(&mut state, cfg.optim.precision, cfg.optim.loss_scale);
     // Every rank starts from rank 0's weights (every rank built or read the same ones; this
     // makes it certain).
     model = crate::dist::broadcast_params(dist, model);
     if let Some(e) = &mut ema {
         e.model = crate::dist::broadcast_params(dist, e.model.clone());
     }
-    let teacher = match &cfg.teacher {
+    let teacher = match &cfg.distill.teacher {
         Some(spec) => Some(crate::train::distill::load_teacher(
             spec,
             &vit,
-            cfg.distillation,
-            cfg.distill_alpha,
-            cfg.distill_tau,
+            cfg.distill.distillation,
+            cfg.distill.distill_alpha,
+            cfg.distill.distill_tau,
             &device,
         )?),
         None => None,
@@ -467,10 +467,10 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         .map(|c| {
             let idx = indices_of(&test_data, c);
             run.val
-                .with_data(Arc::new(test_data.subset(&idx)), cfg.batch_size)
+                .with_data(Arc::new(test_data.subset(&idx)), cfg.optim.batch_size)
         })
         .collect();
-    let bs = cfg.batch_size;
+    let bs = cfg.optim.batch_size;
     let mut stop = (StopReason::Completed, None);
     let report_of = |mem: &Memory, stop_reason: &str| {
         let m = if joint {
@@ -481,8 +481,12 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         ContinualReport {
             strategy: cl.strategy.name().into(),
             scenario: cl.scenario.name().into(),
-            dataset: format!("{:?}", cfg.dataset),
-            model: cfg.pretrained.clone().unwrap_or(cfg.model.clone()),
+            dataset: format!("{:?}", cfg.data.dataset),
+            model: cfg
+                .model
+                .pretrained
+                .clone()
+                .unwrap_or(cfg.model.name.clone()),
             tasks: t_count,
             epochs_per_task: cl.epochs_per_task,
             class_order: order.clone(),
@@ -508,7 +512,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         if !mid_task {
             if let (Some(l), true, true) = (&lora_cfg, cl.lora_per_task, t > 0) {
                 // A fresh adapter (B = 0: the frozen base) and fresh optimizer state for it.
-                let seed = cfg.seed.wrapping_add(t as u64);
+                let seed = cfg.run.seed.wrapping_add(t as u64);
                 engine.map_model(|m| m.map_vit(|v| lora::add_adapters(v, l, seed, &ad)))?;
                 engine.optim = optim::adamw(&cfg, engine.model(), vit.depth);
             }
@@ -535,12 +539,12 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             false => test_loaders[t].clone(),
         };
         let schedule = WarmupCosine::new(
-            cfg.lr,
-            cfg.warmup_start_lr,
-            cfg.min_lr,
-            cfg.warmup_epochs,
+            cfg.optim.lr,
+            cfg.optim.warmup_start_lr,
+            cfg.optim.min_lr,
+            cfg.optim.warmup_epochs,
             cl.epochs_per_task,
-            task_loader.num_batches().div_ceil(cfg.accum_steps),
+            task_loader.num_batches().div_ceil(cfg.optim.accum_steps),
         );
         say(format!(
             "task {}/{}: classes {:?}, {} train images{}, {} steps/epoch",
@@ -557,7 +561,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             } else {
                 String::new()
             },
-            task_loader.num_batches().div_ceil(cfg.accum_steps)
+            task_loader.num_batches().div_ceil(cfg.optim.accum_steps)
         ));
         let phase = Phase {
             train: &task_loader,
@@ -573,13 +577,13 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         let mut hooks = TaskHooks {
             saver: &saver,
             mem: &mem,
-            seed: cfg.seed,
+            seed: cfg.run.seed,
             task: t,
             replay: (replay_n > 0).then(|| {
                 let data = Arc::new(mem.buffer.to_dataset(&train_data.class_names));
                 (replay_n, run.train.with_data(data, replay_n))
             }),
-            task_il: task_il.then_some((&task_of[..], &tasks[..], cfg.label_smoothing)),
+            task_il: task_il.then_some((&task_of[..], &tasks[..], cfg.augment.label_smoothing)),
             single_epoch: cl.epochs_per_task == 1,
             ewc_hint: if mem.ewc.is_active() {
                 " or --ewc-lambda"
@@ -602,12 +606,12 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         }
         let last = t + 1 == phases;
         if mem.buffer.capacity > 0 {
-            let mut rng = Rng::at(cfg.seed, stream::REPLAY, &[t as u64, u64::MAX]);
+            let mut rng = Rng::at(cfg.run.seed, stream::REPLAY, &[t as u64, u64::MAX]);
             mem.buffer.add(&train_data, &train_idx, &mut rng);
         }
         if cl.strategy.uses_ewc() && !last {
             let fisher_loader = run.val.with_data(task_ds.clone(), 1);
-            let mut rng = Rng::at(cfg.seed, stream::FISHER, &[t as u64]);
+            let mut rng = Rng::at(cfg.run.seed, stream::FISHER, &[t as u64]);
             let pick = sample_indices(task_ds.len(), cl.ewc_samples, &mut rng);
             let mut sum = FisherSum::default();
             // Each rank takes every N-th example of the one global draw; the sums and the

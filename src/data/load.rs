@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use super::formats::idx::FASHION_MNIST_DIR as DEBIAN_FASHION_MNIST;
 
 pub fn data_dir(cfg: &Config) -> PathBuf {
-    match (&cfg.data_dir, cfg.dataset) {
+    match (&cfg.data.data_dir, cfg.data.dataset) {
         (Some(d), _) => d.clone(),
         (None, DatasetKind::FashionMnist)
             if std::path::Path::new(DEBIAN_FASHION_MNIST).is_dir() =>
@@ -37,11 +37,11 @@ fn cifar_kind(d: DatasetKind) -> Option<CifarKind> {
 /// Load one split as configured (with --limit-train / --limit-val applied).
 pub fn load_split(cfg: &Config, split: Split) -> Result<Dataset> {
     let dir = data_dir(cfg);
-    let data = match cfg.dataset {
+    let data = match cfg.data.dataset {
         DatasetKind::Cifar10 | DatasetKind::Cifar100 => {
-            let kind = cifar_kind(cfg.dataset)
+            let kind = cifar_kind(cfg.data.dataset)
                 .ok_or_else(|| Error::Config("not a CIFAR dataset".into()))?;
-            let label = match cfg.label_type {
+            let label = match cfg.data.label_type {
                 LabelKind::Fine => LabelType::Fine,
                 LabelKind::Coarse => LabelType::Coarse,
             };
@@ -57,7 +57,7 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<Dataset> {
         DatasetKind::FashionMnist => idx::load_idx(&dir, split, &idx::FASHION_MNIST_CLASSES)?,
         DatasetKind::Mnist => idx::load_idx(&dir, split, &idx::MNIST_CLASSES)?,
         DatasetKind::Imagefolder => {
-            let (d, skipped) = imagefolder::load_imagefolder(&dir, split, cfg.strict)?;
+            let (d, skipped) = imagefolder::load_imagefolder(&dir, split, cfg.data.strict)?;
             if skipped > 0 {
                 crate::log_line!(
                     "warning: skipped {skipped} unreadable images in {} (use --strict to fail instead)",
@@ -68,20 +68,20 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<Dataset> {
         }
         DatasetKind::Synthetic => {
             let n = match split {
-                Split::Train => cfg.synthetic_size,
-                Split::Test => (cfg.synthetic_size / 5).max(1),
+                Split::Train => cfg.data.synthetic_size,
+                Split::Test => (cfg.data.synthetic_size / 5).max(1),
             };
-            let classes = cfg.num_classes.unwrap_or(10);
-            let size = cfg.img_size.unwrap_or(32);
+            let classes = cfg.model.num_classes.unwrap_or(10);
+            let size = cfg.model.img_size.unwrap_or(32);
             if classes == 0 || classes > 65536 || size == 0 {
                 return Err(Error::Config(
                     "synthetic data needs 1..=65536 classes and --img-size > 0".into(),
                 ));
             }
-            synthetic::synthetic(n, classes, size, 3, cfg.seed, split as u64)
+            synthetic::synthetic(n, classes, size, 3, cfg.run.seed, split as u64)
         }
     };
-    let data = match &cfg.classes {
+    let data = match &cfg.data.classes {
         Some(spec) => {
             let classes = super::dataset::parse_classes(spec, data.num_classes())?;
             data.select_classes(&classes)
@@ -89,8 +89,8 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<Dataset> {
         None => data,
     };
     let limit = match split {
-        Split::Train => cfg.limit_train,
-        Split::Test => cfg.limit_val,
+        Split::Train => cfg.data.limit_train,
+        Split::Test => cfg.data.limit_val,
     };
     if data.is_empty() {
         return Err(Error::Data(format!(
@@ -113,10 +113,10 @@ pub fn mean_std(cfg: &Config, channels: usize) -> (Vec<f32>, Vec<f32>) {
             .filter(|v| !v.is_empty())
             .map(|v| v.iter().map(|&x| x as f32).collect())
     };
-    let (m, s): (Vec<f32>, Vec<f32>) = match (given(&cfg.mean), given(&cfg.std)) {
+    let (m, s): (Vec<f32>, Vec<f32>) = match (given(&cfg.data.mean), given(&cfg.data.std)) {
         (Some(m), Some(s)) => (m, s),
         _ => {
-            let (m, s): (&[f32], &[f32]) = match cfg.dataset {
+            let (m, s): (&[f32], &[f32]) = match cfg.data.dataset {
                 DatasetKind::Cifar10 => (&super::CIFAR10_MEAN, &super::CIFAR10_STD),
                 DatasetKind::Cifar100 => (&super::CIFAR100_MEAN, &super::CIFAR100_STD),
                 DatasetKind::FashionMnist => {

@@ -24,7 +24,7 @@ fn randaugment_policy(p: &str) -> Result<RandAugment> {
 /// The flags only the data side can check (the RandAugment policy), for the commands to call
 /// before anything is loaded: `Config::validate` cannot, as config sits below data.
 pub fn check(cfg: &Config) -> Result<()> {
-    if let Some(p) = &cfg.randaugment {
+    if let Some(p) = &cfg.augment.randaugment {
         randaugment_policy(p)?;
     }
     Ok(())
@@ -38,7 +38,7 @@ pub fn train_transform(
     std: &[f32],
     out_size: usize,
 ) -> Result<TrainTransform> {
-    let color_jitter = match cfg.color_jitter.as_slice() {
+    let color_jitter = match cfg.augment.color_jitter.as_slice() {
         [] => None,
         [x] => Some(ColorJitter {
             brightness: *x,
@@ -58,34 +58,35 @@ pub fn train_transform(
             ));
         }
     };
-    let randaugment = match &cfg.randaugment {
+    let randaugment = match &cfg.augment.randaugment {
         Some(p) => Some(
             randaugment_policy(p)?
                 .with_fill_from_mean(mean)
-                .with_resample(Resample::Fixed(interp(cfg.interpolation))),
+                .with_resample(Resample::Fixed(interp(cfg.augment.interpolation))),
         ),
         None => None,
     };
-    let erase_mode = match cfg.remode {
+    let erase_mode = match cfg.augment.remode {
         EraseKind::Pixel => EraseMode::Pixel,
         EraseKind::Rand => EraseMode::Rand,
         EraseKind::Const => EraseMode::Const,
     };
     Ok(TrainTransform {
         out_size: Some((out_size, out_size)),
-        resize_interp: interp(cfg.interpolation),
-        crop_padding: (cfg.crop_padding > 0).then_some(cfg.crop_padding),
-        rrc: cfg.rrc.then(|| RrcConfig {
-            scale: (cfg.rrc_scale[0], cfg.rrc_scale[1]),
-            ratio: (cfg.rrc_ratio[0], cfg.rrc_ratio[1]),
-            interp: interp(cfg.interpolation),
+        resize_interp: interp(cfg.augment.interpolation),
+        crop_padding: (cfg.augment.crop_padding > 0).then_some(cfg.augment.crop_padding),
+        rrc: cfg.augment.rrc.then(|| RrcConfig {
+            scale: (cfg.augment.rrc_scale[0], cfg.augment.rrc_scale[1]),
+            ratio: (cfg.augment.rrc_ratio[0], cfg.augment.rrc_ratio[1]),
+            interp: interp(cfg.augment.interpolation),
         }),
-        flip_prob: cfg.hflip,
-        rotation_degrees: cfg.rotation,
+        flip_prob: cfg.augment.hflip,
+        rotation_degrees: cfg.augment.rotation,
         color_jitter,
         randaugment,
         normalize: Some(Normalize::new(mean, std)),
-        erasing: (cfg.reprob > 0.0).then(|| ErasingConfig::timm(cfg.reprob, erase_mode)),
+        erasing: (cfg.augment.reprob > 0.0)
+            .then(|| ErasingConfig::timm(cfg.augment.reprob, erase_mode)),
     })
 }
 
@@ -93,19 +94,19 @@ pub fn train_transform(
 pub fn eval_transform(cfg: &Config, mean: &[f32], std: &[f32], out_size: usize) -> EvalTransform {
     EvalTransform {
         out_size: Some((out_size, out_size)),
-        interp: interp(cfg.interpolation),
+        interp: interp(cfg.augment.interpolation),
         ..EvalTransform::normalize_only(mean, std)
     }
 }
 
 /// Mixup/CutMix, when either alpha is set.
 pub fn mix(cfg: &Config, num_classes: usize) -> Option<MixConfig> {
-    (cfg.mixup > 0.0 || cfg.cutmix > 0.0).then_some(MixConfig {
-        mixup_alpha: cfg.mixup,
-        cutmix_alpha: cfg.cutmix,
-        prob: cfg.mixup_prob,
-        switch_prob: cfg.mixup_switch_prob,
-        label_smoothing: cfg.label_smoothing,
+    (cfg.augment.mixup > 0.0 || cfg.augment.cutmix > 0.0).then_some(MixConfig {
+        mixup_alpha: cfg.augment.mixup,
+        cutmix_alpha: cfg.augment.cutmix,
+        prob: cfg.augment.mixup_prob,
+        switch_prob: cfg.augment.mixup_switch_prob,
+        label_smoothing: cfg.augment.label_smoothing,
         num_classes,
     })
 }
@@ -117,9 +118,10 @@ mod tests {
     #[test]
     fn a_bad_randaugment_policy_is_a_config_error() {
         check(&Config::default()).unwrap();
-        let cfg = Config {
-            randaugment: Some("rand-m9-x3".into()),
-            ..Config::default()
+        let cfg = {
+            let mut c = Config::default();
+            c.augment.randaugment = Some("rand-m9-x3".into());
+            c
         };
         let e = check(&cfg).unwrap_err().to_string();
         assert!(
@@ -145,16 +147,17 @@ mod tests {
 
     #[test]
     fn flags_reach_the_transform() {
-        let cfg = Config {
-            rrc: true,
-            rrc_scale: vec![0.5, 1.0],
-            color_jitter: vec![0.1, 0.2, 0.3, 0.05],
-            randaugment: Some("rand-m7-n3-mstd0.5".into()),
-            reprob: 0.25,
-            remode: EraseKind::Const,
-            mixup: 0.8,
-            cutmix: 1.0,
-            ..Config::default()
+        let cfg = {
+            let mut c = Config::default();
+            c.augment.rrc = true;
+            c.augment.rrc_scale = vec![0.5, 1.0];
+            c.augment.color_jitter = vec![0.1, 0.2, 0.3, 0.05];
+            c.augment.randaugment = Some("rand-m7-n3-mstd0.5".into());
+            c.augment.reprob = 0.25;
+            c.augment.remode = EraseKind::Const;
+            c.augment.mixup = 0.8;
+            c.augment.cutmix = 1.0;
+            c
         };
         let t = train_transform(&cfg, &[0.5; 3], &[0.25; 3], 32).unwrap();
         assert_eq!(t.rrc.as_ref().unwrap().scale, (0.5, 1.0));

@@ -174,4 +174,3 @@ impl Window {
         self.correct as f64 / self.images.max(1) as f64
     }
 }
-

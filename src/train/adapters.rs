@@ -15,16 +15,16 @@ use crate::model::lora::{self, LoraConfig};
 
 /// The LoRA configuration the flags ask for (`None` without `--adapter`).
 pub fn lora_config(cfg: &Config) -> Option<LoraConfig> {
-    let adapter = match (cfg.adapter, &cfg.adapter_from) {
+    let adapter = match (cfg.peft.adapter, &cfg.peft.adapter_from) {
         (AdapterKind::None, Some(_)) => AdapterKind::Lora,
         (a, _) => a,
     };
     (adapter != AdapterKind::None).then(|| LoraConfig {
-        rank: cfg.lora_rank,
-        alpha: cfg.lora_alpha,
-        dropout: cfg.lora_dropout,
-        targets: cfg.lora_targets.clone(),
-        modules_to_save: cfg.train_modules.clone(),
+        rank: cfg.peft.lora_rank,
+        alpha: cfg.peft.lora_alpha,
+        dropout: cfg.peft.lora_dropout,
+        targets: cfg.peft.lora_targets.clone(),
+        modules_to_save: cfg.peft.train_modules.clone(),
         use_rslora: false,
     })
 }
@@ -40,7 +40,7 @@ pub fn setup(
     let Some(mut lcfg) = lora_config(cfg) else {
         return Ok((model, None));
     };
-    if cfg.freeze_backbone {
+    if cfg.peft.freeze_backbone {
         return Err(Error::Config(
             "--freeze-backbone and --adapter contradict each other (an adapter run trains the adapters and --train-modules; use --adapter none --freeze-backbone for head-only)".into(),
         ));
@@ -50,8 +50,8 @@ pub fn setup(
     }
     lcfg.validate()?;
     let base = write_base(&model, cfg, run_dir)?;
-    let model = match &cfg.adapter_from {
-        None => lora::add_adapters(model, &lcfg, cfg.seed, device)?,
+    let model = match &cfg.peft.adapter_from {
+        None => lora::add_adapters(model, &lcfg, cfg.run.seed, device)?,
         Some(dir) => {
             let mut a = lora::read_peft(dir)?;
             if (a.config.rank, &a.config.targets) != (lcfg.rank, &lcfg.targets) {
@@ -91,6 +91,10 @@ fn write_base(model: &VisionTransformer, cfg: &Config, run_dir: &Path) -> Result
     Ok(BaseRef {
         path,
         sha256,
-        source: cfg.pretrained.clone().unwrap_or_else(|| "scratch".into()),
+        source: cfg
+            .model
+            .pretrained
+            .clone()
+            .unwrap_or_else(|| "scratch".into()),
     })
 }

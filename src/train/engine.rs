@@ -18,13 +18,13 @@ use burn::tensor::{Device, Tensor};
 
 use super::accumulate::{Accumulator, Window};
 use super::checkpoint::{self, TrainingState};
-pub use super::sinks::Sinks;
-use super::sinks::progress_bar;
 use super::distill::{self, Teacher};
 use super::ema::Ema;
 use super::evaluate::evaluate_preds;
 use super::optim::{AdamW, global_grad_norm};
 use super::schedule::WarmupCosine;
+pub use super::sinks::Sinks;
+use super::sinks::progress_bar;
 use super::step::train_step_masked;
 use crate::config::Config;
 use crate::data::batch::HostBatch;
@@ -64,18 +64,19 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(cfg: &Config) -> Self {
         Settings {
-            seed: cfg.seed,
-            accum: cfg.accum_steps,
-            grad_clip: cfg.grad_clip,
-            precision: cfg.precision,
-            loss_scale_window: cfg.loss_scale_window,
-            log_every: cfg.log_every,
-            max_steps: cfg.max_steps,
-            time_limit: (cfg.max_training_hours > 0.0).then_some(cfg.max_training_hours * 3600.0),
-            eval_every: cfg.eval_every,
-            save_every: cfg.save_every,
-            patience: cfg.patience,
-            quiet: cfg.quiet,
+            seed: cfg.run.seed,
+            accum: cfg.optim.accum_steps,
+            grad_clip: cfg.optim.grad_clip,
+            precision: cfg.optim.precision,
+            loss_scale_window: cfg.optim.loss_scale_window,
+            log_every: cfg.run.log_every,
+            max_steps: cfg.run.max_steps,
+            time_limit: (cfg.run.max_training_hours > 0.0)
+                .then_some(cfg.run.max_training_hours * 3600.0),
+            eval_every: cfg.run.eval_every,
+            save_every: cfg.run.save_every,
+            patience: cfg.run.patience,
+            quiet: cfg.run.quiet,
         }
     }
 }

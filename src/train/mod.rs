@@ -71,7 +71,7 @@ fn pretrained_start(
 ) -> Result<(VitConfig, Option<BTreeMap<String, HostTensor>>)> {
     let Some(mut p) = loaded else {
         // Resuming: the checkpoint holds the weights and its config is the model.
-        let dir = cfg.resume_from.clone().unwrap_or_default();
+        let dir = cfg.run.resume_from.clone().unwrap_or_default();
         let path = dir.join("config.json");
         let s = std::fs::read(&path).map_err(|e| Error::io(&path, "reading", e))?;
         let vit: VitConfig = serde_json::from_slice(&s)
@@ -81,11 +81,11 @@ fn pretrained_start(
     let mut notes = std::mem::take(&mut p.notes);
     let c = p.config.clone();
     let ignored: Vec<String> = [
-        ("--patch-size", cfg.patch_size, c.patch_size),
-        ("--embed-dim", cfg.embed_dim, c.embed_dim),
-        ("--depth", cfg.depth, c.depth),
-        ("--num-heads", cfg.num_heads, c.num_heads),
-        ("--mlp-dim", cfg.mlp_dim, c.mlp_dim),
+        ("--patch-size", cfg.model.patch_size, c.patch_size),
+        ("--embed-dim", cfg.model.embed_dim, c.embed_dim),
+        ("--depth", cfg.model.depth, c.depth),
+        ("--num-heads", cfg.model.num_heads, c.num_heads),
+        ("--mlp-dim", cfg.model.mlp_dim, c.mlp_dim),
     ]
     .iter()
     .filter(|(_, given, has)| given.is_some_and(|g| g != *has))
@@ -100,10 +100,10 @@ fn pretrained_start(
     if channels != c.in_chans {
         return Err(Error::Config(format!(
             "{spec} expects {}-channel images but {:?} has {channels} (use a dataset with {} channels)",
-            c.in_chans, cfg.dataset, c.in_chans
+            c.in_chans, cfg.data.dataset, c.in_chans
         )));
     }
-    let num_classes = cfg.num_classes.unwrap_or(data_classes);
+    let num_classes = cfg.model.num_classes.unwrap_or(data_classes);
     if num_classes < data_classes {
         return Err(Error::Config(format!(
             "--num-classes {num_classes} is smaller than the dataset's {data_classes} classes"
@@ -114,7 +114,7 @@ fn pretrained_start(
             "{spec} has no classification head: adding a fresh {num_classes}-class head"
         ));
         p.replace_head(num_classes);
-    } else if num_classes != c.num_classes || cfg.reset_head {
+    } else if num_classes != c.num_classes || cfg.model.reset_head {
         notes.push(format!(
             "replacing the {}-class head of {spec} with a fresh {num_classes}-class head{}",
             c.num_classes,
@@ -126,21 +126,21 @@ fn pretrained_start(
         ));
         p.replace_head(num_classes);
     }
-    if let Some(n) = p.set_img_size(cfg.img_size.unwrap_or(c.img_size))? {
+    if let Some(n) = p.set_img_size(cfg.model.img_size.unwrap_or(c.img_size))? {
         notes.push(n);
     }
     cfg.regularise(&mut p.config);
     p.config.validate()?;
-    if cfg.mean.is_none() {
+    if cfg.data.mean.is_none() {
         match (&p.mean, &p.std) {
             (Some(m), Some(s)) => {
-                cfg.mean = Some(m.clone());
-                cfg.std = Some(s.clone());
+                cfg.data.mean = Some(m.clone());
+                cfg.data.std = Some(s.clone());
             }
             _ => {
                 let (m, s) = weights::imagenet();
-                cfg.mean = Some(m);
-                cfg.std = Some(s);
+                cfg.data.mean = Some(m);
+                cfg.data.std = Some(s);
                 notes.push(format!(
                     "{spec} does not say how its inputs were normalised: using ImageNet's mean/std"
                 ));
@@ -157,10 +157,11 @@ fn pretrained_start(
 pub fn prepare(mut cfg: Config) -> Result<Run> {
     cfg.validate()?;
     let dist = crate::dist::world();
-    let device =
-        crate::device::resolve(crate::dist::device_spec(cfg.device.as_deref(), dist).as_deref())?;
+    let device = crate::device::resolve(
+        crate::dist::device_spec(cfg.run.device.as_deref(), dist).as_deref(),
+    )?;
     // Pretrained weights first: a missing file should not wait for the data.
-    let loaded = match (&cfg.pretrained, &cfg.resume_from) {
+    let loaded = match (&cfg.model.pretrained, &cfg.run.resume_from) {
         (Some(spec), None) => Some(checkpoint::load_pretrained(spec)?),
         _ => None,
     };
@@ -172,7 +173,7 @@ pub fn prepare(mut cfg: Config) -> Result<Run> {
             train_data.height, train_data.width
         )));
     }
-    let (vit_config, init_weights) = match cfg.pretrained.clone() {
+    let (vit_config, init_weights) = match cfg.model.pretrained.clone() {
         Some(spec) => pretrained_start(
             &mut cfg,
             &spec,
@@ -192,18 +193,18 @@ pub fn prepare(mut cfg: Config) -> Result<Run> {
     let (mean, std) = load::mean_std(&cfg, train_data.channels);
     let out_size = vit_config.img_size;
     let loader_cfg = |shuffle: bool| LoaderConfig {
-        batch_size: cfg.batch_size,
+        batch_size: cfg.optim.batch_size,
         shuffle,
-        seed: cfg.seed,
+        seed: cfg.run.seed,
         num_classes: vit_config.num_classes,
-        label_smoothing: cfg.label_smoothing,
+        label_smoothing: cfg.augment.label_smoothing,
         mix: recipe::mix(&cfg, vit_config.num_classes),
         out_size,
         prefetch: 3,
     };
     let class_names = train_data.class_names.clone();
     let train_tf = recipe::train_transform(&cfg, &mean, &std, out_size)?;
-    let run_dir = match (&cfg.out_dir, &cfg.resume_from) {
+    let run_dir = match (&cfg.run.out_dir, &cfg.run.resume_from) {
         (Some(d), _) => d.clone(),
         (None, Some(r)) => checkpoint::run_dir_of(r).unwrap_or_else(default_run_dir),
         (None, None) => default_run_dir(),
@@ -236,9 +237,9 @@ pub fn prepare(mut cfg: Config) -> Result<Run> {
 pub fn val_loader(cfg: &Config, vit: &VitConfig, data: Dataset) -> Loader {
     let (mean, std) = load::mean_std(cfg, data.channels);
     let config = LoaderConfig {
-        batch_size: cfg.batch_size,
+        batch_size: cfg.optim.batch_size,
         shuffle: false,
-        seed: cfg.seed,
+        seed: cfg.run.seed,
         num_classes: vit.num_classes,
         label_smoothing: 0.0,
         mix: None,

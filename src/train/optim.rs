@@ -211,11 +211,11 @@ pub fn adamw<M: Module>(cfg: &crate::config::Config, model: &M, depth: usize) ->
         .collect();
     AdamW::new(
         AdamWConfig {
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            eps: cfg.eps,
-            weight_decay: cfg.weight_decay,
-            layer_decay: cfg.layer_decay,
+            beta1: cfg.optim.beta1,
+            beta2: cfg.optim.beta2,
+            eps: cfg.optim.eps,
+            weight_decay: cfg.optim.weight_decay,
+            layer_decay: cfg.optim.layer_decay,
             depth,
         },
         &trainable,

@@ -75,4 +75,3 @@ pub(super) fn progress_bar(quiet: bool, len: usize, prefix: String) -> ProgressB
     pb.set_prefix(prefix);
     pb
 }
-

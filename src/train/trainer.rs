@@ -105,23 +105,25 @@ pub fn train(run: Run) -> Result<Summary> {
         run_dir,
     } = run;
     let dist = crate::dist::world();
-    let ad = crate::device::autodiff(&device, cfg.grad_checkpointing);
+    let ad = crate::device::autodiff(&device, cfg.run.grad_checkpointing);
     let resume_ck = cfg
+        .run
         .resume_from
         .as_deref()
         .map(checkpoint::load)
         .transpose()?;
-    let mut model = Model::new(&vit_config, cfg.seed, &ad)?;
+    let mut model = Model::new(&vit_config, cfg.run.seed, &ad)?;
     if let Some(w) = &init_weights {
         model = load_state_dict_keeping(model, w, &ad, is_head)?;
     }
     let adapter = match &resume_ck {
         // A resumed adapter run: the frozen base comes from the checkpoint's pointer.
-        Some(ck) => match (&ck.adapter, &cfg.resume_from) {
+        Some(ck) => match (&ck.adapter, &cfg.run.resume_from) {
             (Some(meta), Some(dir)) => {
                 let base = read_safetensors(&meta.base.resolve(dir)?)?;
                 model = load_state_dict(model, &base, &ad)?;
-                model = model.map_vit(|m| lora::add_adapters(m, &meta.config, cfg.seed, &ad))?;
+                model =
+                    model.map_vit(|m| lora::add_adapters(m, &meta.config, cfg.run.seed, &ad))?;
                 Some(meta.clone())
             }
             _ => None,
@@ -144,7 +146,7 @@ pub fn train(run: Run) -> Result<Summary> {
             }
         },
     };
-    if cfg.freeze_backbone && adapter.is_none() {
+    if cfg.peft.freeze_backbone && adapter.is_none() {
         model = set_trainable(model, is_head);
     }
     // What a checkpoint keeps: everything, or for an adapter run the trained parameters.
@@ -166,8 +168,9 @@ pub fn train(run: Run) -> Result<Summary> {
         best_val_loss: f64::INFINITY,
         ..Default::default()
     };
-    let mut ema = (cfg.ema_decay > 0.0).then(|| Ema::new(&model, cfg.ema_decay, cfg.ema_warmup));
-    if let (Some(dir), Some(ck)) = (&cfg.resume_from, resume_ck) {
+    let mut ema = (cfg.optim.ema_decay > 0.0)
+        .then(|| Ema::new(&model, cfg.optim.ema_decay, cfg.optim.ema_warmup));
+    if let (Some(dir), Some(ck)) = (&cfg.run.resume_from, resume_ck) {
         if ck.vit_config != vit_config {
             return Err(Error::Checkpoint(format!(
                 "{} holds a different model ({} dim, {} blocks, {} classes) than this run ({} dim, {} blocks, {} classes); resume with the same model flags",
@@ -197,37 +200,37 @@ pub fn train(run: Run) -> Result<Summary> {
             state.global_step
         );
     }
-    checkpoint::fit_scaler(&mut state, cfg.precision, cfg.loss_scale);
+    checkpoint::fit_scaler(&mut state, cfg.optim.precision, cfg.optim.loss_scale);
 
     // Every rank starts from rank 0's weights (fresh, pretrained or resumed).
     model = crate::dist::broadcast_params(dist, model);
     if let Some(e) = &mut ema {
         e.model = crate::dist::broadcast_params(dist, e.model.clone());
     }
-    let teacher = match &cfg.teacher {
+    let teacher = match &cfg.distill.teacher {
         Some(spec) => Some(distill::load_teacher(
             spec,
             &vit_config,
-            cfg.distillation,
-            cfg.distill_alpha,
-            cfg.distill_tau,
+            cfg.distill.distillation,
+            cfg.distill.distill_alpha,
+            cfg.distill.distill_tau,
             &device,
         )?),
         None => None,
     };
     let (total_params, trainable_params) = count_params(&model);
-    let accum = cfg.accum_steps;
+    let accum = cfg.optim.accum_steps;
     let steps_per_epoch = train_loader.num_batches().div_ceil(accum);
     // SparseLoRA: SVD estimators of the frozen base, once; sparse after the dense steps.
-    let sparse = match cfg.adapter {
+    let sparse = match cfg.peft.adapter {
         AdapterKind::Sparselora => Some(sparse::setup(model.as_vit()?, cfg.sparse()?, &device)?),
         _ => None,
     };
     let dense_steps = sparse.as_ref().map_or(0, |s| {
         // The fraction is of the steps this run will take (a --max-steps run stops early).
-        let total = (cfg.epochs * steps_per_epoch) as u64;
-        let total = if cfg.max_steps > 0 {
-            total.min(cfg.max_steps)
+        let total = (cfg.optim.epochs * steps_per_epoch) as u64;
+        let total = if cfg.run.max_steps > 0 {
+            total.min(cfg.run.max_steps)
         } else {
             total
         };
@@ -245,18 +248,18 @@ pub fn train(run: Run) -> Result<Summary> {
         );
     }
     let schedule = WarmupCosine::new(
-        cfg.lr,
-        cfg.warmup_start_lr,
-        cfg.min_lr,
-        cfg.warmup_epochs,
-        cfg.epochs,
+        cfg.optim.lr,
+        cfg.optim.warmup_start_lr,
+        cfg.optim.min_lr,
+        cfg.optim.warmup_epochs,
+        cfg.optim.epochs,
         steps_per_epoch,
     );
     let mut sinks = Sinks::open(&run_dir, &state, dist.is_main())?;
     if let Some(tb) = &mut sinks.tensorboard {
         tb.hparams("hparams", &hparams(&cfg, &vit_config))?;
     }
-    let global_batch = cfg.batch_size * accum * dist.size();
+    let global_batch = cfg.optim.batch_size * accum * dist.size();
     if dist.size() > 1 {
         crate::log_line!(
             "rank {} of {}: {} threads, device {device:?}, {} images per epoch",
@@ -269,15 +272,15 @@ pub fn train(run: Run) -> Result<Summary> {
     if dist.is_main() {
         crate::log_line!(
             "training {} on {:?} ({} train / {} val images, {} classes) for {} epochs: {} params, {} steps/epoch (global batch {global_batch} = {} per process × {accum} accumulation × {} processes), run dir {}",
-            cfg.pretrained.as_deref().unwrap_or(&cfg.model),
-            cfg.dataset,
+            cfg.model.pretrained.as_deref().unwrap_or(&cfg.model.name),
+            cfg.data.dataset,
             train_loader.dataset().len(),
             val_loader.dataset().len(),
             vit_config.num_classes,
-            cfg.epochs,
+            cfg.optim.epochs,
             total_params,
             steps_per_epoch,
-            cfg.batch_size,
+            cfg.optim.batch_size,
             dist.size(),
             run_dir.display()
         );
@@ -325,7 +328,7 @@ pub fn train(run: Run) -> Result<Summary> {
         train: &train_loader,
         val: &val_loader,
         val_classes: None,
-        epochs: cfg.epochs,
+        epochs: cfg.optim.epochs,
         epoch_base: 0,
         data_epoch: 1,
         step_base: 0,
@@ -385,17 +388,17 @@ pub fn train(run: Run) -> Result<Summary> {
                 .sparse
                 .as_ref()
                 .map_or(0.0, |s| s.mean_skipped_params()),
-        adapter: match (&adapter, cfg.adapter) {
+        adapter: match (&adapter, cfg.peft.adapter) {
             (None, _) => "none",
             (Some(_), crate::config::AdapterKind::Sparselora) => "sparselora",
             (Some(_), _) => "lora",
         }
         .into(),
-        freeze_backbone: cfg.freeze_backbone,
+        freeze_backbone: cfg.peft.freeze_backbone,
         run_dir: run_dir.clone(),
         processes: dist.size(),
         global_batch_size: global_batch,
-        precision: cfg.precision.name().into(),
+        precision: cfg.optim.precision.name().into(),
         skipped_steps: state.loss_scaler.as_ref().map_or(0, |s| s.skipped),
         teacher_val_acc: teacher_val.as_ref().map(|(_, a)| *a),
         teacher_agreement: teacher_val
@@ -420,7 +423,7 @@ pub fn train(run: Run) -> Result<Summary> {
     }
     match crate::report::write_report(&run_dir, final_eval.as_ref()) {
         Ok(md) => {
-            if !cfg.quiet {
+            if !cfg.run.quiet {
                 crate::log_line!("{md}");
             }
         }
