@@ -35,7 +35,7 @@ use crate::model::io::{
     HostTensor, load_state_dict, load_state_dict_keeping, read_safetensors, state_dict,
 };
 use crate::model::layers::Ctx;
-use crate::model::lora::{self, LoraConfig, is_adapter};
+use crate::model::lora::{self, is_adapter};
 use crate::model::params::{count_params, map_params, named_params, set_trainable};
 use crate::model::{Model, VitConfig};
 use crate::report::tensorboard::now_secs;
@@ -336,23 +336,16 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     }
     // LoRA strategies: the backbone frozen, adapters and the head (and --train-modules) train.
     let lora_cfg = cl.strategy.uses_lora().then(|| {
-        let mut modules = cfg.peft.train_modules.clone();
-        if !modules.iter().any(|m| m == "head") {
-            modules.push("head".into());
+        let mut l = cfg.peft.lora();
+        if !l.modules_to_save.iter().any(|m| m == "head") {
+            l.modules_to_save.push("head".into());
         }
-        LoraConfig {
-            rank: cfg.peft.lora_rank,
-            alpha: cfg.peft.lora_alpha,
-            dropout: cfg.peft.lora_dropout,
-            targets: cfg.peft.lora_targets.clone(),
-            modules_to_save: modules,
-            use_rslora: false,
-        }
+        l
     });
     if let Some(l) = &lora_cfg {
         model = model.map_vit(|m| lora::add_adapters(m, l, cfg.run.seed, &ad))?;
     }
-    let mut optim = optim::adamw(&cfg, &model, vit.depth);
+    let mut optim = optim::adamw(&cfg.optim, &model, vit.depth);
     let mut ema = (cfg.optim.ema_decay > 0.0)
         .then(|| Ema::new(&model, cfg.optim.ema_decay, cfg.optim.ema_warmup));
     let mut mem = Memory {
@@ -425,17 +418,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     if let Some(e) = &mut ema {
         e.model = crate::dist::broadcast_params(dist, e.model.clone());
     }
-    let teacher = match &cfg.distill.teacher {
-        Some(spec) => Some(crate::train::distill::load_teacher(
-            spec,
-            &vit,
-            cfg.distill.distillation,
-            cfg.distill.distill_alpha,
-            cfg.distill.distill_tau,
-            &device,
-        )?),
-        None => None,
-    };
+    let teacher = crate::train::distill::teacher_of(&cfg.distill, &vit, &device)?;
     let ckpt_root = run.run_dir.join("checkpoints");
     if dist.is_main() {
         checkpoint::clear_partial(&ckpt_root);
@@ -446,7 +429,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         optim,
         ema,
         state,
-        Settings::from_config(&cfg),
+        Settings::new(&cfg.optim, &cfg.run),
         device.clone(),
         ad.clone(),
         sinks,
@@ -514,7 +497,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 // A fresh adapter (B = 0: the frozen base) and fresh optimizer state for it.
                 let seed = cfg.run.seed.wrapping_add(t as u64);
                 engine.map_model(|m| m.map_vit(|v| lora::add_adapters(v, l, seed, &ad)))?;
-                engine.optim = optim::adamw(&cfg, engine.model(), vit.depth);
+                engine.optim = optim::adamw(&cfg.optim, engine.model(), vit.depth);
             }
             mem.state.task_start = Some((engine.state.global_step, engine.elapsed()));
             engine.reset_best();
@@ -538,11 +521,8 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             true => run.val.clone(),
             false => test_loaders[t].clone(),
         };
-        let schedule = WarmupCosine::new(
-            cfg.optim.lr,
-            cfg.optim.warmup_start_lr,
-            cfg.optim.min_lr,
-            cfg.optim.warmup_epochs,
+        let schedule = WarmupCosine::of(
+            &cfg.optim,
             cl.epochs_per_task,
             task_loader.num_batches().div_ceil(cfg.optim.accum_steps),
         );

@@ -19,14 +19,7 @@ pub fn lora_config(cfg: &Config) -> Option<LoraConfig> {
         (AdapterKind::None, Some(_)) => AdapterKind::Lora,
         (a, _) => a,
     };
-    (adapter != AdapterKind::None).then(|| LoraConfig {
-        rank: cfg.peft.lora_rank,
-        alpha: cfg.peft.lora_alpha,
-        dropout: cfg.peft.lora_dropout,
-        targets: cfg.peft.lora_targets.clone(),
-        modules_to_save: cfg.peft.train_modules.clone(),
-        use_rslora: false,
-    })
+    (adapter != AdapterKind::None).then(|| cfg.peft.lora())
 }
 
 /// Add the run's adapters to `model` (its base weights already loaded). Returns the model

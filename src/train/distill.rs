@@ -32,6 +32,27 @@ pub struct Teacher {
     pub source: String,
 }
 
+/// The run's teacher (`--teacher` with its `--distillation`, α and τ), if it has one.
+pub fn teacher_of(
+    cfg: &crate::config::DistillConfig,
+    student: &VitConfig,
+    device: &Device,
+) -> Result<Option<Teacher>> {
+    cfg.teacher
+        .as_deref()
+        .map(|spec| {
+            load_teacher(
+                spec,
+                student,
+                cfg.distillation,
+                cfg.distill_alpha,
+                cfg.distill_tau,
+                device,
+            )
+        })
+        .transpose()
+}
+
 /// Load `spec` (anything `--pretrained` takes: a vitrs checkpoint, timm ViT/DeiT/ResNet
 /// weights) as the teacher of a student described by `student`. A teacher that predicts
 /// another number of classes or reads other images is an error naming both.

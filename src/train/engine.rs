@@ -26,7 +26,7 @@ use super::schedule::WarmupCosine;
 pub use super::sinks::Sinks;
 use super::sinks::progress_bar;
 use super::step::train_step_masked;
-use crate::config::Config;
+use crate::config::{OptimConfig, RunConfig};
 use crate::data::batch::HostBatch;
 use crate::data::loader::Loader;
 use crate::dist::decide;
@@ -62,21 +62,20 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(cfg: &Config) -> Self {
+    pub fn new(optim: &OptimConfig, run: &RunConfig) -> Self {
         Settings {
-            seed: cfg.run.seed,
-            accum: cfg.optim.accum_steps,
-            grad_clip: cfg.optim.grad_clip,
-            precision: cfg.optim.precision,
-            loss_scale_window: cfg.optim.loss_scale_window,
-            log_every: cfg.run.log_every,
-            max_steps: cfg.run.max_steps,
-            time_limit: (cfg.run.max_training_hours > 0.0)
-                .then_some(cfg.run.max_training_hours * 3600.0),
-            eval_every: cfg.run.eval_every,
-            save_every: cfg.run.save_every,
-            patience: cfg.run.patience,
-            quiet: cfg.run.quiet,
+            seed: run.seed,
+            accum: optim.accum_steps,
+            grad_clip: optim.grad_clip,
+            precision: optim.precision,
+            loss_scale_window: optim.loss_scale_window,
+            log_every: run.log_every,
+            max_steps: run.max_steps,
+            time_limit: (run.max_training_hours > 0.0).then_some(run.max_training_hours * 3600.0),
+            eval_every: run.eval_every,
+            save_every: run.save_every,
+            patience: run.patience,
+            quiet: run.quiet,
         }
     }
 }

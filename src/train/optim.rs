@@ -203,7 +203,7 @@ pub fn global_grad_norm(grads: &BTreeMap<String, Tensor<1>>) -> f64 {
 
 /// The run's AdamW over the trainable parameters of `model` (`depth` blocks, for the
 /// layer-wise decay): the one place its settings are read.
-pub fn adamw<M: Module>(cfg: &crate::config::Config, model: &M, depth: usize) -> AdamW {
+pub fn adamw<M: Module>(cfg: &crate::config::OptimConfig, model: &M, depth: usize) -> AdamW {
     let trainable: Vec<(String, usize)> = crate::model::params::named_params(model)
         .into_iter()
         .filter(|p| p.trainable)
@@ -211,11 +211,11 @@ pub fn adamw<M: Module>(cfg: &crate::config::Config, model: &M, depth: usize) ->
         .collect();
     AdamW::new(
         AdamWConfig {
-            beta1: cfg.optim.beta1,
-            beta2: cfg.optim.beta2,
-            eps: cfg.optim.eps,
-            weight_decay: cfg.optim.weight_decay,
-            layer_decay: cfg.optim.layer_decay,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+            layer_decay: cfg.layer_decay,
             depth,
         },
         &trainable,

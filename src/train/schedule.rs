@@ -33,6 +33,18 @@ impl WarmupCosine {
     }
 
     /// The learning rate for optimizer step `step` (0-based).
+    /// The schedule `optim` asks for over `epochs` epochs of `steps_per_epoch` steps.
+    pub fn of(optim: &crate::config::OptimConfig, epochs: usize, steps_per_epoch: usize) -> Self {
+        WarmupCosine::new(
+            optim.lr,
+            optim.warmup_start_lr,
+            optim.min_lr,
+            optim.warmup_epochs,
+            epochs,
+            steps_per_epoch,
+        )
+    }
+
     pub fn lr(&self, step: u64) -> f64 {
         if step < self.warmup_steps {
             let alpha = step as f64 / self.warmup_steps as f64;

@@ -163,7 +163,7 @@ pub fn train(run: Run) -> Result<Summary> {
     if dist.is_main() {
         checkpoint::clear_partial(&ckpt_root);
     }
-    let mut optim = optim::adamw(&cfg, &model, vit_config.depth);
+    let mut optim = optim::adamw(&cfg.optim, &model, vit_config.depth);
     let mut state = TrainingState {
         best_val_loss: f64::INFINITY,
         ..Default::default()
@@ -207,17 +207,7 @@ pub fn train(run: Run) -> Result<Summary> {
     if let Some(e) = &mut ema {
         e.model = crate::dist::broadcast_params(dist, e.model.clone());
     }
-    let teacher = match &cfg.distill.teacher {
-        Some(spec) => Some(distill::load_teacher(
-            spec,
-            &vit_config,
-            cfg.distill.distillation,
-            cfg.distill.distill_alpha,
-            cfg.distill.distill_tau,
-            &device,
-        )?),
-        None => None,
-    };
+    let teacher = distill::teacher_of(&cfg.distill, &vit_config, &device)?;
     let (total_params, trainable_params) = count_params(&model);
     let accum = cfg.optim.accum_steps;
     let steps_per_epoch = train_loader.num_batches().div_ceil(accum);
@@ -247,14 +237,7 @@ pub fn train(run: Run) -> Result<Summary> {
             c.rank
         );
     }
-    let schedule = WarmupCosine::new(
-        cfg.optim.lr,
-        cfg.optim.warmup_start_lr,
-        cfg.optim.min_lr,
-        cfg.optim.warmup_epochs,
-        cfg.optim.epochs,
-        steps_per_epoch,
-    );
+    let schedule = WarmupCosine::of(&cfg.optim, cfg.optim.epochs, steps_per_epoch);
     let mut sinks = Sinks::open(&run_dir, &state, dist.is_main())?;
     if let Some(tb) = &mut sinks.tensorboard {
         tb.hparams("hparams", &hparams(&cfg, &vit_config))?;
@@ -293,7 +276,7 @@ pub fn train(run: Run) -> Result<Summary> {
         optim,
         ema,
         state,
-        Settings::from_config(&cfg),
+        Settings::new(&cfg.optim, &cfg.run),
         device.clone(),
         ad.clone(),
         sinks,
