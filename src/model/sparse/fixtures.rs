@@ -1,9 +1,11 @@
-//! Fixtures shared by the SparseLoRA tests: a tiny ViT with random adapters, a config, and
-//! matrices of known singular values.
+//! Fixtures shared by the SparseLoRA tests: a tiny ViT with random adapters, a config,
+//! matrices of known singular values, and the sliced ops' random inputs, channel masks and
+//! comparison against the masked dense reference.
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Gradients, Tensor, TensorData};
 
 use super::SparseConfig;
+use super::sliced_linear::Slicing;
 use super::svd::orthonormalize;
 use crate::model::lora::{LoraConfig, add_adapters};
 use crate::model::params::map_params;
@@ -94,4 +96,60 @@ pub(super) fn column_norms(x: Tensor<2>) -> Vec<f64> {
         .convert::<f64>()
         .try_into_vec::<f64>()
         .unwrap()
+}
+
+// The sliced ops' tests: 2-D f32 on autodiff-over-flex.
+
+pub(super) fn random<const D: usize>(
+    shape: [usize; D],
+    rng: &mut Rng,
+    device: &Device,
+) -> Tensor<D> {
+    let v: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| rng.normal() as f32)
+        .collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// `[r, width]`: 1 on the prefix rows and on the kept columns, 0 elsewhere.
+pub(super) fn mask(s: &Slicing, r: usize, width: usize, device: &Device) -> Tensor<2> {
+    let v: Vec<f32> = (0..r * width)
+        .map(|i| {
+            let (row, c) = (i / width, i % width);
+            (row % s.seq < s.prefix || s.kept.contains(&c)) as u8 as f32
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(v, [r, width]), device)
+}
+
+pub(super) fn slicing(width: usize, keep_every: usize, prefix: usize, seq: usize) -> Slicing {
+    let (kept, skipped): (Vec<usize>, Vec<usize>) = (0..width).partition(|c| c % keep_every != 1);
+    Slicing {
+        kept: kept.into(),
+        skipped: skipped.into(),
+        prefix,
+        seq,
+    }
+}
+
+pub(super) fn max_diff(a: Tensor<2>, b: Tensor<2>) -> f32 {
+    let scale: f32 = b.clone().abs().max().into_scalar::<f32>().max(1.0);
+    (a - b).abs().max().into_scalar::<f32>() / scale
+}
+
+/// Asserts that `fused` equals `reference` (≤ 1e-5 relative to the largest value, or
+/// absolute below 1), and so does x's gradient of Σ dy ⊙ output; both gradient sets.
+pub(super) fn compare(
+    fused: Tensor<2>,
+    reference: Tensor<2>,
+    x: &Tensor<2>,
+    dy: &Tensor<2>,
+    what: &str,
+) -> [Gradients; 2] {
+    let gf = (fused.clone() * dy.clone()).sum().backward();
+    let gr = (reference.clone() * dy.clone()).sum().backward();
+    assert!(max_diff(fused, reference) < 1e-5, "{what}");
+    let (dx_f, dx_r) = (x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
+    assert!(max_diff(dx_f, dx_r) < 1e-5, "{what}: dx");
+    [gf, gr]
 }

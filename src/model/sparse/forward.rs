@@ -8,8 +8,8 @@ use burn::tensor::module::linear;
 use burn::tensor::{IndexingUpdateOp, Tensor};
 
 use super::{AttnPlan, Keep, SparseLora};
+use super::{sliced_linear, sliced_mlp};
 use crate::model::layers::{Attention, Block, Ctx, Linear, Mlp, drop_path, dropout};
-use crate::model::sliced;
 
 /// `rows` (`[b, n, d]`) with its first `prefix` token rows replaced by `dense` (`[b, prefix, d]`).
 /// The sparse paths run over every row, prefix included (1 row in ~200 of extra work), and
@@ -51,9 +51,9 @@ pub fn forward_out_sparse(
         _ => Tensor::zeros([b * n, d_out], (&device, x.dtype())),
     };
     let (w, bias) = (lin.weight.val(), lin.bias.as_ref().map(|b| b.val()));
-    if sliced::frozen(&w, bias.as_ref()) {
+    if sliced_linear::frozen(&w, bias.as_ref()) {
         let s = keep.slicing(prefix, n);
-        return sliced::linear_kept_outputs(rows, into, w, bias, s).reshape([b, n, d_out]);
+        return sliced_linear::linear_kept_outputs(rows, into, w, bias, s).reshape([b, n, d_out]);
     }
     let idx = keep.kept_index(&device);
     let kept = linear(
@@ -81,9 +81,9 @@ pub fn forward_in_sparse(
     let [b, n, d_in] = x.dims();
     let w = lin.weight.val();
     let bias = lin.bias.as_ref().map(|b| b.val());
-    if sliced::frozen(&w, bias.as_ref()) {
+    if sliced_linear::frozen(&w, bias.as_ref()) {
         let rows = x.clone().reshape([b * n, d_in]);
-        let base = sliced::linear_kept_inputs(rows, w, bias, keep.slicing(prefix, n));
+        let base = sliced_linear::linear_kept_inputs(rows, w, bias, keep.slicing(prefix, n));
         return lin.plus_adapter(base.reshape([b, n, lin.d_out()]), x, ctx);
     }
     let idx = keep.kept_index(&x.device());
@@ -149,10 +149,14 @@ impl Mlp {
         // The fused sliced MLP has no adapters and no dropout.
         let dropout_on = ctx.train && self.drop > 0.0;
         let plain = !(fc1.has_adapter() || fc2.has_adapter() || dropout_on);
-        if plain && sliced::frozen(&w1, bias1.as_ref()) && sliced::frozen(&w2, bias2.as_ref()) {
+        if plain
+            && sliced_linear::frozen(&w1, bias1.as_ref())
+            && sliced_linear::frozen(&w2, bias2.as_ref())
+        {
             let rows = x.reshape([b * n, d]);
             let s = keep.slicing(prefix, n);
-            return sliced::mlp_kept_hidden(rows, [w1, w2], [bias1, bias2], s).reshape([b, n, d]);
+            return sliced_mlp::mlp_kept_hidden(rows, [w1, w2], [bias1, bias2], s)
+                .reshape([b, n, d]);
         }
         let device = x.device();
         let (k, s) = (keep.kept_index(&device), keep.skipped_index(&device));
@@ -216,8 +220,8 @@ mod tests {
 
     use crate::model::layers::{Attention, Ctx, Mlp};
     use crate::model::params::gradients;
-    use crate::model::sliced;
     use crate::model::sparse::fixtures::{PREFIX, setup_model_as};
+    use crate::model::sparse::sliced_linear;
     use crate::model::sparse::{AttnPlan, Keep};
     use crate::rng::Rng;
 
@@ -351,7 +355,7 @@ mod tests {
             let (m, x, _) = setup_model_as(targets, dtype);
             let mlp = &m.blocks[1].mlp;
             let plain = !mlp.fc1.has_adapter() && !mlp.fc2.has_adapter();
-            let fused = sliced::frozen(&mlp.fc1.weight.val(), None) && plain;
+            let fused = sliced_linear::frozen(&mlp.fc1.weight.val(), None) && plain;
             assert_eq!(fused, dtype == DType::F32 && *targets == ["qkv"]);
             let keep = some_keep(16, &[0, 3, 4, 7, 9, 10, 14, 15]);
             let ctx = Ctx::train(0, &[0]);
@@ -375,7 +379,7 @@ mod tests {
             let (m, x, _) = setup_model_as(targets, dtype);
             let attn = &m.blocks[2].attn;
             assert_eq!(
-                sliced::frozen(&attn.qkv.weight.val(), None),
+                sliced_linear::frozen(&attn.qkv.weight.val(), None),
                 dtype == DType::F32
             );
             // 2 heads of 4: q/k channels {0, 2} ∪ {5, 6}, v channels {1, 3} ∪ {4, 7}.

@@ -25,14 +25,18 @@
 //! Here: the configuration, the channel sets ([`Keep`], [`AttnPlan`]) and the run's state
 //! ([`SparseLora`]). The rest, one job a file: [`svd`] (the randomized truncated SVD),
 //! [`estimate`] (the low-rank estimators and their channel norms), `select` (the channel
-//! sets of a batch) and [`forward`] (the sparse forward of `Block`, `Attention` and `Mlp`);
-//! the fused flex ops are [`super::sliced`].
+//! sets of a batch), [`forward`] (the sparse forward of `Block`, `Attention` and `Mlp`), and
+//! the fused flex ops [`sliced_linear`] and [`sliced_mlp`] (on the row and GEMM helpers of
+//! `buffers`).
 
 pub mod estimate;
 pub mod forward;
 mod select;
+pub mod sliced_linear;
+pub mod sliced_mlp;
 pub mod svd;
 
+mod buffers;
 #[cfg(test)]
 mod fixtures;
 
@@ -42,9 +46,9 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::VisionTransformer;
-use super::sliced::Slicing;
 use crate::error::Result;
 use estimate::BlockEstimator;
+use sliced_linear::Slicing;
 
 /// What `--adapter sparselora` asks for.
 #[derive(Clone, Debug, PartialEq)]
