@@ -11,7 +11,6 @@ pub mod lora;
 pub mod params;
 pub mod precision;
 pub mod resnet;
-pub mod sliced;
 pub mod sparse;
 pub mod vit;
 
