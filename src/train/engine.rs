@@ -241,10 +241,17 @@ impl Engine {
     }
 
     fn plan(&self) -> StepPlan {
-        let grad_layout = crate::dist::grad_layout(self.model());
+        // One process reduces nothing: no layout (walking the parameters is not free).
+        let (grad_layout, buffer_layout) = match crate::dist::world().size() {
+            1 => (Vec::new(), Vec::new()),
+            _ => (
+                crate::dist::grad_layout(self.model()),
+                crate::dist::buffer_layout(self.model()),
+            ),
+        };
         StepPlan {
             grads_in_layout: grad_layout.len(),
-            reduce_layout: [grad_layout, crate::dist::buffer_layout(self.model())].concat(),
+            reduce_layout: [grad_layout, buffer_layout].concat(),
             extra_keys: match self.teacher {
                 Some(_) => &distill::EXTRA_KEYS,
                 None => &[],
