@@ -192,6 +192,14 @@ impl Saver<'_> {
     }
 }
 
+/// Task-IL: the task of every class, the tasks, and the label smoothing of the targets.
+#[derive(Clone, Copy)]
+struct TaskIl<'a> {
+    task_of: &'a [usize],
+    tasks: &'a [Vec<usize>],
+    smoothing: f64,
+}
+
 /// The continual strategies as hooks of one task's phase.
 struct TaskHooks<'a> {
     saver: &'a Saver<'a>,
@@ -200,8 +208,7 @@ struct TaskHooks<'a> {
     task: usize,
     /// Replayed examples per batch and the buffer's loader (once it holds data).
     replay: Option<(usize, Loader)>,
-    /// Task-IL: the task of every class, the tasks, and the label smoothing of the targets.
-    task_il: Option<(&'a [usize], &'a [Vec<usize>], f64)>,
+    task_il: Option<TaskIl<'a>>,
     ewc_hint: &'static str,
     /// One epoch per task: the best epoch is the last, so `best_model` is never restored
     /// and need not be written.
@@ -230,11 +237,16 @@ impl Hooks for TaskHooks<'_> {
                 .collect();
             batch = batch.concat(rl.make_batch(pos.data_epoch, pos.micro, &idx));
         }
-        let mask = self.task_il.map(|(task_of, tasks, smoothing)| {
-            let rows: Vec<usize> = batch.labels.iter().map(|&y| task_of[y]).collect();
-            batch.targets =
-                task_targets(&batch.labels, task_of, tasks, batch.num_classes, smoothing);
-            task_masks(&rows, tasks, batch.num_classes)
+        let mask = self.task_il.map(|t| {
+            let rows: Vec<usize> = batch.labels.iter().map(|&y| t.task_of[y]).collect();
+            batch.targets = task_targets(
+                &batch.labels,
+                t.task_of,
+                t.tasks,
+                batch.num_classes,
+                t.smoothing,
+            );
+            task_masks(&rows, t.tasks, batch.num_classes)
         });
         Ok((batch, mask))
     }
@@ -563,7 +575,11 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 let data = Arc::new(mem.buffer.to_dataset(&train_data.class_names));
                 (replay_n, run.train.with_data(data, replay_n))
             }),
-            task_il: task_il.then_some((&task_of[..], &tasks[..], cfg.augment.label_smoothing)),
+            task_il: task_il.then_some(TaskIl {
+                task_of: &task_of,
+                tasks: &tasks,
+                smoothing: cfg.augment.label_smoothing,
+            }),
             single_epoch: cl.epochs_per_task == 1,
             ewc_hint: if mem.ewc.is_active() {
                 " or --ewc-lambda"

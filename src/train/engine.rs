@@ -668,7 +668,7 @@ impl Engine {
                     100.0 * (self.reduce_secs - reduce_start) / secs
                 );
             }
-            if s.save_every > 0 && epoch % s.save_every == 0 {
+            if s.save_every > 0 && epoch.is_multiple_of(s.save_every) {
                 hooks.save(self, &format!("checkpoint_epoch_{epoch}"))?;
             }
             hooks.save(self, "last")?;
