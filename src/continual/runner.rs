@@ -40,9 +40,8 @@ use crate::model::params::{count_params, map_params, named_params, set_trainable
 use crate::model::{Model, VitConfig};
 use crate::report::tensorboard::now_secs;
 use crate::rng::{Rng, stream};
-use crate::train::checkpoint::{self, Checkpoint, TrainingState};
-use crate::train::ema::Ema;
-use crate::train::engine::{BatchPos, Engine, Hooks, Phase, Settings, Sinks, StopReason};
+use crate::train::checkpoint::{self, Checkpoint};
+use crate::train::engine::{BatchPos, Engine, Hooks, Phase, StopReason};
 use crate::train::evaluate::evaluate_preds;
 use crate::train::optim;
 use crate::train::schedule::WarmupCosine;
@@ -357,9 +356,6 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     if let Some(l) = &lora_cfg {
         model = model.map_vit(|m| lora::add_adapters(m, l, cfg.run.seed, &ad))?;
     }
-    let mut optim = optim::adamw(&cfg.optim, &model, vit.depth);
-    let mut ema = (cfg.optim.ema_decay > 0.0)
-        .then(|| Ema::new(&model, cfg.optim.ema_decay, cfg.optim.ema_warmup));
     let mut mem = Memory {
         state: ContinualState {
             continual: cl.clone(),
@@ -385,20 +381,32 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         ),
         task_adapters: Vec::new(),
     };
-    let mut state = TrainingState {
-        best_val_loss: f64::INFINITY,
-        ..Default::default()
-    };
-    if let (Some(dir), Some(s)) = (&cfg.run.resume_from, resumed) {
-        let ck = checkpoint::load(dir)?;
-        if ck.vit_config != vit {
-            return Err(Error::Checkpoint(format!(
-                "{} holds a different model than this run; resume with the same model flags",
-                dir.display()
-            )));
+    let ck = match &cfg.run.resume_from {
+        Some(dir) => {
+            let ck = checkpoint::load(dir)?;
+            if ck.vit_config != vit {
+                return Err(Error::Checkpoint(format!(
+                    "{} holds a different model than this run; resume with the same model flags",
+                    dir.display()
+                )));
+            }
+            model = load_state_dict(model, &ck.model, &ad)?;
+            Some((dir.as_path(), ck))
         }
-        model = load_state_dict(model, &ck.model, &ad)?;
-        state = checkpoint::resume_into(dir, &ck, &mut optim, &mut ema, &ad, &device, &|_| false)?;
+        None => None,
+    };
+    // The continual checkpoint holds the whole model: nothing is kept from elsewhere.
+    let mut engine = Engine::start(
+        &cfg,
+        &vit,
+        model,
+        ck.as_ref().map(|(d, c)| (*d, c)),
+        &|_| false,
+        &run.run_dir,
+        &device,
+        &ad,
+    )?;
+    if let (Some((dir, _)), Some(s)) = (&ck, resumed) {
         let ewc_path = dir.join("ewc.safetensors");
         if ewc_path.exists() {
             mem.ewc
@@ -417,37 +425,17 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             s.tasks_done,
             phases,
             match s.task_start {
-                Some(_) => format!(" (task {} at step {})", s.tasks_done + 1, state.global_step),
+                Some(_) => format!(
+                    " (task {} at step {})",
+                    s.tasks_done + 1,
+                    engine.state.global_step
+                ),
                 None => String::new(),
             }
         ));
         mem.state = s;
     }
-    checkpoint::fit_scaler(&mut state, cfg.optim.precision, cfg.optim.loss_scale);
-    // Every rank starts from rank 0's weights (every rank built or read the same ones; this
-    // makes it certain).
-    model = crate::dist::broadcast_params(dist, model);
-    if let Some(e) = &mut ema {
-        e.model = crate::dist::broadcast_params(dist, e.model.clone());
-    }
-    let teacher = crate::train::distill::teacher_of(&cfg.distill, &vit, &device)?;
-    let ckpt_root = run.run_dir.join("checkpoints");
-    if dist.is_main() {
-        checkpoint::clear_partial(&ckpt_root);
-    }
-    let sinks = Sinks::open(&run.run_dir, &state, dist.is_main())?;
-    let mut engine = Engine::new(
-        model,
-        optim,
-        ema,
-        state,
-        Settings::new(&cfg.optim, &cfg.run),
-        device.clone(),
-        ad.clone(),
-        sinks,
-        ckpt_root.clone(),
-    );
-    engine.teacher = teacher;
+    let ckpt_root = engine.ckpt_root.clone();
     let (total_params, trainable_params_n) = count_params(engine.model());
     let saver = Saver {
         ckpt_root: ckpt_root.clone(),

@@ -26,17 +26,17 @@ use super::schedule::WarmupCosine;
 pub use super::sinks::Sinks;
 use super::sinks::progress_bar;
 use super::step::train_step_masked;
-use crate::config::{OptimConfig, RunConfig};
+use crate::config::{Config, OptimConfig, RunConfig};
 use crate::data::batch::HostBatch;
 use crate::data::loader::Loader;
 use crate::dist::decide;
 use crate::error::{Error, Result};
-use crate::model::Model;
 use crate::model::io::load_state_dict_keeping;
 use crate::model::layers::Ctx;
 use crate::model::params::{count_params, map_params};
 use crate::model::precision::Precision;
 use crate::model::sparse::SparseLora;
+use crate::model::{Model, VitConfig};
 use crate::report::metrics::{EvalReport, MetricRecord};
 
 /// Ctrl-C / SIGTERM count, set by the handler `main` installs.
@@ -381,6 +381,62 @@ impl Engine {
                 self.state.global_step
             ))),
         }
+    }
+
+    /// What `train` and `continual` do alike before the first step: AdamW over the
+    /// trainable parameters, the EMA, a resumed run's optimizer moments, EMA and training
+    /// state (`model` holds its resumed weights already; `keep` names the parameters a
+    /// checkpoint does not hold), the f16 loss scaler, rank 0's weights on every rank, the
+    /// teacher, and the sinks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        cfg: &Config,
+        vit: &VitConfig,
+        model: Model,
+        resume: Option<(&Path, &checkpoint::Checkpoint)>,
+        keep: &dyn Fn(&str) -> bool,
+        run_dir: &Path,
+        device: &Device,
+        ad: &Device,
+    ) -> Result<Engine> {
+        let dist = crate::dist::world();
+        let mut optim = super::optim::adamw(&cfg.optim, &model, vit.depth);
+        let mut ema = (cfg.optim.ema_decay > 0.0)
+            .then(|| Ema::new(&model, cfg.optim.ema_decay, cfg.optim.ema_warmup));
+        let mut state = match resume {
+            Some((dir, ck)) => {
+                checkpoint::resume_into(dir, ck, &mut optim, &mut ema, ad, device, keep)?
+            }
+            None => TrainingState {
+                best_val_loss: f64::INFINITY,
+                ..Default::default()
+            },
+        };
+        checkpoint::fit_scaler(&mut state, cfg.optim.precision, cfg.optim.loss_scale);
+        // Every rank starts from rank 0's weights (fresh, pretrained or resumed).
+        let model = crate::dist::broadcast_params(dist, model);
+        if let Some(e) = &mut ema {
+            e.model = crate::dist::broadcast_params(dist, e.model.clone());
+        }
+        let teacher = distill::teacher_of(&cfg.distill, vit, device)?;
+        let ckpt_root = run_dir.join("checkpoints");
+        if dist.is_main() {
+            checkpoint::clear_partial(&ckpt_root);
+        }
+        let sinks = Sinks::open(run_dir, &state, dist.is_main())?;
+        let mut engine = Engine::new(
+            model,
+            optim,
+            ema,
+            state,
+            Settings::new(&cfg.optim, &cfg.run),
+            device.clone(),
+            ad.clone(),
+            sinks,
+            ckpt_root,
+        );
+        engine.teacher = teacher;
+        Ok(engine)
     }
 
     #[allow(clippy::too_many_arguments)]

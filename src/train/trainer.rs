@@ -8,12 +8,10 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::adapters;
-use super::checkpoint::{self, Checkpoint, TrainingState};
+use super::checkpoint::{self, Checkpoint};
 use super::distill;
-use super::ema::Ema;
-use super::engine::{Engine, Hooks, Phase, PhaseEnd, Settings, Sinks, StopReason};
+use super::engine::{Engine, Hooks, Phase, PhaseEnd, StopReason};
 use super::evaluate::evaluate_preds;
-use super::optim;
 use super::schedule::WarmupCosine;
 use crate::config::{AdapterKind, Config};
 use crate::data::loader::Loader;
@@ -160,60 +158,53 @@ pub fn train(run: Run) -> Result<Summary> {
         })
     };
     let ckpt_root = run_dir.join("checkpoints");
-    if dist.is_main() {
-        checkpoint::clear_partial(&ckpt_root);
-    }
-    let mut optim = optim::adamw(&cfg.optim, &model, vit_config.depth);
-    let mut state = TrainingState {
-        best_val_loss: f64::INFINITY,
-        ..Default::default()
-    };
-    let mut ema = (cfg.optim.ema_decay > 0.0)
-        .then(|| Ema::new(&model, cfg.optim.ema_decay, cfg.optim.ema_warmup));
-    if let (Some(dir), Some(ck)) = (&cfg.run.resume_from, resume_ck) {
-        if ck.vit_config != vit_config {
-            return Err(Error::Checkpoint(format!(
-                "{} holds a different model ({} dim, {} blocks, {} classes) than this run ({} dim, {} blocks, {} classes); resume with the same model flags",
-                dir.display(),
-                ck.vit_config.embed_dim,
-                ck.vit_config.depth,
-                ck.vit_config.num_classes,
-                vit_config.embed_dim,
-                vit_config.depth,
-                vit_config.num_classes
-            )));
+    let resume = match (&cfg.run.resume_from, &resume_ck) {
+        (Some(dir), Some(ck)) => {
+            if ck.vit_config != vit_config {
+                return Err(Error::Checkpoint(format!(
+                    "{} holds a different model ({} dim, {} blocks, {} classes) than this run ({} dim, {} blocks, {} classes); resume with the same model flags",
+                    dir.display(),
+                    ck.vit_config.embed_dim,
+                    ck.vit_config.depth,
+                    ck.vit_config.num_classes,
+                    vit_config.embed_dim,
+                    vit_config.depth,
+                    vit_config.num_classes
+                )));
+            }
+            model = load_state_dict_keeping(model, &ck.model, &ad, is_frozen_base)?;
+            Some((dir.as_path(), ck))
         }
-        model = load_state_dict_keeping(model, &ck.model, &ad, is_frozen_base)?;
-        state = checkpoint::resume_into(
-            dir,
-            &ck,
-            &mut optim,
-            &mut ema,
-            &ad,
-            &device,
-            &is_frozen_base,
-        )?;
+        _ => None,
+    };
+    let mut engine = Engine::start(
+        &cfg,
+        &vit_config,
+        model,
+        resume,
+        &is_frozen_base,
+        &run_dir,
+        &device,
+        &ad,
+    )?;
+    if let Some((dir, _)) = resume {
         crate::log_line!(
             "resuming from {} at epoch {} (step {})",
             dir.display(),
-            state.epoch + 1,
-            state.global_step
+            engine.state.epoch + 1,
+            engine.state.global_step
         );
     }
-    checkpoint::fit_scaler(&mut state, cfg.optim.precision, cfg.optim.loss_scale);
-
-    // Every rank starts from rank 0's weights (fresh, pretrained or resumed).
-    model = crate::dist::broadcast_params(dist, model);
-    if let Some(e) = &mut ema {
-        e.model = crate::dist::broadcast_params(dist, e.model.clone());
-    }
-    let teacher = distill::teacher_of(&cfg.distill, &vit_config, &device)?;
-    let (total_params, trainable_params) = count_params(&model);
+    let (total_params, trainable_params) = count_params(engine.model());
     let accum = cfg.optim.accum_steps;
     let steps_per_epoch = train_loader.num_batches().div_ceil(accum);
     // SparseLoRA: SVD estimators of the frozen base, once; sparse after the dense steps.
     let sparse = match cfg.peft.adapter {
-        AdapterKind::Sparselora => Some(sparse::setup(model.as_vit()?, cfg.sparse()?, &device)?),
+        AdapterKind::Sparselora => Some(sparse::setup(
+            engine.model().as_vit()?,
+            cfg.sparse()?,
+            &device,
+        )?),
         _ => None,
     };
     let dense_steps = sparse.as_ref().map_or(0, |s| {
@@ -238,8 +229,7 @@ pub fn train(run: Run) -> Result<Summary> {
         );
     }
     let schedule = WarmupCosine::of(&cfg.optim, cfg.optim.epochs, steps_per_epoch);
-    let mut sinks = Sinks::open(&run_dir, &state, dist.is_main())?;
-    if let Some(tb) = &mut sinks.tensorboard {
+    if let Some(tb) = &mut engine.sinks.tensorboard {
         tb.hparams("hparams", &hparams(&cfg, &vit_config))?;
     }
     let global_batch = cfg.optim.batch_size * accum * dist.size();
@@ -269,20 +259,8 @@ pub fn train(run: Run) -> Result<Summary> {
         );
     }
 
-    let start_elapsed = state.elapsed_secs;
-    let start_images = state.images_seen;
-    let mut engine = Engine::new(
-        model,
-        optim,
-        ema,
-        state,
-        Settings::new(&cfg.optim, &cfg.run),
-        device.clone(),
-        ad.clone(),
-        sinks,
-        ckpt_root.clone(),
-    );
-    engine.teacher = teacher;
+    let start_elapsed = engine.state.elapsed_secs;
+    let start_images = engine.state.images_seen;
     engine.sparse = sparse;
     engine.dense_steps = dense_steps;
     let mut hooks = TrainHooks {
