@@ -384,12 +384,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     let ck = match &cfg.run.resume_from {
         Some(dir) => {
             let ck = checkpoint::load(dir)?;
-            if ck.vit_config != vit {
-                return Err(Error::Checkpoint(format!(
-                    "{} holds a different model than this run; resume with the same model flags",
-                    dir.display()
-                )));
-            }
+            checkpoint::same_model(dir, &ck.vit_config, &vit)?;
             model = load_state_dict(model, &ck.model, &ad)?;
             Some((dir.as_path(), ck))
         }

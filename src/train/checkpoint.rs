@@ -366,6 +366,23 @@ pub fn run_dir_of(ckpt_dir: &Path) -> Option<PathBuf> {
         .flatten()
 }
 
+/// A checkpoint resumes only into the model it holds.
+pub fn same_model(dir: &Path, held: &VitConfig, run: &VitConfig) -> Result<()> {
+    if held == run {
+        return Ok(());
+    }
+    Err(Error::Checkpoint(format!(
+        "{} holds a different model ({} dim, {} blocks, {} classes) than this run ({} dim, {} blocks, {} classes); resume with the same model flags",
+        dir.display(),
+        held.embed_dim,
+        held.depth,
+        held.num_classes,
+        run.embed_dim,
+        run.depth,
+        run.num_classes
+    )))
+}
+
 /// Remove the half-written checkpoints (`.tmp-*`) a killed process left: never used.
 pub fn clear_partial(ckpt_root: &Path) {
     if let Ok(entries) = std::fs::read_dir(ckpt_root) {

@@ -160,18 +160,7 @@ pub fn train(run: Run) -> Result<Summary> {
     let ckpt_root = run_dir.join("checkpoints");
     let resume = match (&cfg.run.resume_from, &resume_ck) {
         (Some(dir), Some(ck)) => {
-            if ck.vit_config != vit_config {
-                return Err(Error::Checkpoint(format!(
-                    "{} holds a different model ({} dim, {} blocks, {} classes) than this run ({} dim, {} blocks, {} classes); resume with the same model flags",
-                    dir.display(),
-                    ck.vit_config.embed_dim,
-                    ck.vit_config.depth,
-                    ck.vit_config.num_classes,
-                    vit_config.embed_dim,
-                    vit_config.depth,
-                    vit_config.num_classes
-                )));
-            }
+            checkpoint::same_model(dir, &ck.vit_config, &vit_config)?;
             model = load_state_dict_keeping(model, &ck.model, &ad, is_frozen_base)?;
             Some((dir.as_path(), ck))
         }
