@@ -155,8 +155,20 @@ pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Config> {
         Some(dir) => checkpoint::load(dir)?.train_config.unwrap_or_default(),
         None => Config::default(),
     };
+    let resuming = args.config.run.resume_from.is_some();
     let mut cfg = Config::resolve(base, &args.config, matches, args.config_file.as_deref())?;
     cfg.run.resume_from = args.config.run.resume_from.clone();
+    // A warmup nobody chose (the default's, not a flag's, a file's or a resumed run's)
+    // shrinks to fit a short run, saying so.
+    let mut given = flags::given_on_command_line(matches);
+    if let Some(f) = &args.config_file {
+        given.extend(Config::table_from_file(f)?.keys().cloned());
+    }
+    if !resuming && !given.contains("warmup-epochs") {
+        if let Some(note) = cfg.fit_default_warmup() {
+            crate::log_line!("note: {note}");
+        }
+    }
     crate::data::recipe::check(&cfg)?;
     Ok(cfg)
 }
@@ -275,6 +287,11 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
         cfg.data.limit_val = n;
     }
     if let Some(b) = args.batch_size {
+        if b == 0 {
+            return Err(Error::Config(
+                "--batch-size 0 is out of range: it must be at least 1".into(),
+            ));
+        }
         cfg.optim.batch_size = b;
     }
     cfg.run.device = args.device.clone().or(cfg.run.device);
@@ -310,7 +327,7 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
             1.0,
             &device,
         )?;
-        let t_preds = crate::train::distill::predictions(&t.model, &loader, &t.device);
+        let t_preds = crate::train::distill::predictions(&t.model, &loader, &t.device)?;
         report.teacher_agreement = Some(crate::train::distill::agreement(&preds, &t_preds));
     }
     if args.json {

@@ -2,6 +2,20 @@ use clap::{CommandFactory, FromArgMatches};
 
 fn main() {
     vitrs::util::tune_allocator();
+    // A panic while the loader makes a batch (on its thread or the pool's) is reported once,
+    // as the command's error line (`Batches::finish`), not as a backtrace per sample.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let in_loader = thread.name() == Some(vitrs::data::loader::LOADER_THREAD)
+            || thread.name() != Some("main")
+                && info
+                    .location()
+                    .is_some_and(|l| l.file().contains("src/data/"));
+        if !in_loader {
+            default_hook(info);
+        }
+    }));
     let matches = vitrs::cli::Cli::command().get_matches();
     let cli = vitrs::cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(e) = vitrs::commands::run(cli, &matches) {

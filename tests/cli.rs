@@ -178,6 +178,16 @@ fn train_then_eval_predict_report_and_compare_from_the_command_line() {
     assert!(out.contains("done (completed)"), "{out}");
     let ckpt = run.join("checkpoints/best_model");
 
+    // A batch size of 0 is refused, not a division by zero in the loader (issue 23, case 2).
+    let (code, _, err) = vitrs(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--batch-size",
+        "0",
+    ]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "--batch-size 0 is out of range");
     // eval --json: accuracies are fractions, one per class, and a full confusion matrix.
     let (code, out, err) = vitrs(&["eval", "--checkpoint", ckpt.to_str().unwrap(), "--json"]);
     assert_eq!(code, 0, "{err}");
@@ -284,5 +294,104 @@ fn single_process_commands_refuse_to_run_as_several_ranks() {
     assert_one_line_error(
         &as_rank_0_of_2(&["report", "/nonexistent/run"]),
         "`vitrs report` runs in one process (it is not data-parallel)",
+    );
+}
+
+/// Numbers that are not numbers, or out of their range, are refused with the flag named,
+/// from the command line and from a config file (issue 23, case 3); so is a huge padding
+/// that would overflow the image size (case 2: every sample used to panic, exit 0).
+#[test]
+fn non_finite_and_out_of_range_numbers_are_refused_naming_the_flag() {
+    let base = ["train", "--dataset", "synthetic"];
+    for (extra, needle) in [
+        (
+            &["--weight-decay", "nan"][..],
+            "--weight-decay NaN is not a finite number",
+        ),
+        (
+            &["--grad-clip", "nan"][..],
+            "--grad-clip NaN is not a finite number",
+        ),
+        (
+            &["--warmup-epochs", "nan"][..],
+            "--warmup-epochs NaN is not a finite number",
+        ),
+        (
+            &["--mixup", "inf"][..],
+            "--mixup inf is not a finite number",
+        ),
+        (
+            &["--eps=-1"][..],
+            "--eps -1 is out of range: it must be > 0",
+        ),
+        (&["--hflip", "2"][..], "--hflip 2 is out of range"),
+        (&["--rotation=-5"][..], "--rotation -5 is out of range"),
+        (
+            &["--crop-padding", "9223372036854775807"][..],
+            "--crop-padding 9223372036854775807 is out of range",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (code, _, err) = vitrs(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_one_line_error(&err, needle);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("r.toml");
+    std::fs::write(&f, "dataset = \"synthetic\"\nrotation = nan\n").unwrap();
+    let (code, _, err) = vitrs(&["train", "--config", f.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "--rotation NaN is not a finite number");
+}
+
+/// A newcomer's first short run (issue 23, case 9): the default warmup (5 epochs) shrinks
+/// to a tenth of a 1-epoch run, saying so in one line; a warmup the user gave is theirs.
+#[test]
+fn the_default_warmup_fits_a_short_run_and_a_given_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let small = [
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "64",
+        "--img-size",
+        "16",
+        "--patch-size",
+        "8",
+        "--embed-dim",
+        "16",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "32",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "1",
+        "--quiet",
+        "--out-dir",
+    ];
+    let mut args = vec!["train"];
+    args.extend(small);
+    args.push(out.to_str().unwrap());
+    let (code, _, err) = vitrs(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "the default warmup of 5 epochs does not fit --epochs 1: warming up for 0.1 epochs"
+        ),
+        "{err}"
+    );
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(saved.contains("warmup-epochs = 0.1"), "{saved}");
+    args.extend(["--warmup-epochs", "3"]);
+    let (code, _, err) = vitrs(&args);
+    assert_eq!(code, 1);
+    assert_one_line_error(
+        &err,
+        "--warmup-epochs 3 must be between 0 and --epochs 1 (e.g. --warmup-epochs 0.1)",
     );
 }

@@ -282,6 +282,23 @@ impl Config {
         Ok(cfg)
     }
 
+    /// A warmup longer than the run (the default 5 epochs of a 1-epoch run) shrinks to a
+    /// tenth of the run; returns the line saying so. For a warmup nobody set: one the user
+    /// gave is theirs, and `validate` names it.
+    pub fn fit_default_warmup(&mut self) -> Option<String> {
+        let epochs = self.optim.epochs as f64;
+        if self.optim.warmup_epochs <= epochs || epochs == 0.0 {
+            return None;
+        }
+        let fitted = epochs / 10.0;
+        let note = format!(
+            "the default warmup of {} epochs does not fit --epochs {}: warming up for {fitted} epochs instead (a tenth of the run; --warmup-epochs sets it)",
+            self.optim.warmup_epochs, self.optim.epochs
+        );
+        self.optim.warmup_epochs = fitted;
+        Some(note)
+    }
+
     /// This run's regularisation on a ViT's config (a preset's or a pretrained checkpoint's):
     /// dropout and attention dropout where given (else the model's own), DropPath always.
     /// The one place these flags reach the model.

@@ -5,11 +5,60 @@ use super::{AdapterKind, Config, DistillKind, HF_PRETRAINED};
 use crate::error::{Error, Result};
 use crate::model::precision::Precision;
 
+/// More padding than this is no augmentation anyone means (and image sizes overflow).
+const MAX_PADDING: usize = 1024;
+
 impl Config {
     /// Checks that need no data: contradictions and impossible values. The RandAugment policy
     /// is the data side's to parse (`data::recipe::check`).
     pub fn validate(&self) -> Result<()> {
+        self.all_finite()?;
         let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.augment.crop_padding > MAX_PADDING {
+            return Err(Error::Config(format!(
+                "--crop-padding {} is out of range: at most {MAX_PADDING} pixels",
+                self.augment.crop_padding
+            )));
+        }
+        for (flag, v) in [
+            ("--eps", self.optim.eps),
+            ("--distill-tau", self.distill.distill_tau),
+        ] {
+            if v <= 0.0 {
+                return Err(Error::Config(format!(
+                    "{flag} {v} is out of range: it must be > 0"
+                )));
+            }
+        }
+        for (flag, v) in [
+            ("--hflip", self.augment.hflip),
+            ("--reprob", self.augment.reprob),
+            ("--mixup-prob", self.augment.mixup_prob),
+            ("--mixup-switch-prob", self.augment.mixup_switch_prob),
+            ("--lora-dropout", self.peft.lora_dropout),
+            ("--distill-alpha", self.distill.distill_alpha),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::Config(format!(
+                    "{flag} {v} is out of range: it must be in [0, 1]"
+                )));
+            }
+        }
+        for (flag, v) in [
+            ("--ema-decay", self.optim.ema_decay),
+            ("--lora-alpha", self.peft.lora_alpha),
+            ("--rotation", self.augment.rotation),
+            ("--mixup", self.augment.mixup),
+            ("--cutmix", self.augment.cutmix),
+            ("--drop-path", self.model.drop_path),
+            ("--max-training-hours", self.run.max_training_hours),
+        ] {
+            if v < 0.0 {
+                return Err(Error::Config(format!(
+                    "{flag} {v} is out of range: it must be ≥ 0"
+                )));
+            }
+        }
         if self.optim.batch_size == 0 {
             return bad("--batch-size must be > 0");
         }
@@ -43,7 +92,12 @@ impl Config {
             );
         }
         if self.optim.warmup_epochs < 0.0 || self.optim.warmup_epochs > self.optim.epochs as f64 {
-            return bad("--warmup-epochs must be between 0 and --epochs");
+            return Err(Error::Config(format!(
+                "--warmup-epochs {} must be between 0 and --epochs {} (e.g. --warmup-epochs {})",
+                self.optim.warmup_epochs,
+                self.optim.epochs,
+                self.optim.epochs as f64 / 10.0
+            )));
         }
         if !(0.0..1.0).contains(&self.optim.beta1) || !(0.0..1.0).contains(&self.optim.beta2) {
             return bad("--beta1 and --beta2 must be in [0, 1)");
@@ -135,6 +189,27 @@ impl Config {
             .is_some_and(|s| s.iter().any(|&x| x <= 0.0))
         {
             return bad("--std values must be > 0");
+        }
+        Ok(())
+    }
+
+    /// Every number of the configuration is finite: NaN or infinity in a flag or a key would
+    /// otherwise train as if it were some other value (a NaN clip is no clipping).
+    fn all_finite(&self) -> Result<()> {
+        let Ok(toml::Value::Table(t)) = toml::Value::try_from(self) else {
+            return Ok(());
+        };
+        for (key, v) in &t {
+            let floats: Vec<f64> = match v {
+                toml::Value::Float(f) => vec![*f],
+                toml::Value::Array(a) => a.iter().filter_map(toml::Value::as_float).collect(),
+                _ => continue,
+            };
+            if let Some(f) = floats.iter().find(|f| !f.is_finite()) {
+                return Err(Error::Config(format!(
+                    "--{key} {f} is not a finite number (give --{key} a number)"
+                )));
+            }
         }
         Ok(())
     }

@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
 
 use rayon::prelude::*;
 
@@ -21,6 +22,7 @@ use super::augment::mix::soft_targets;
 use super::augment::{EvalTransform, Image, MixConfig, TrainTransform};
 use super::batch::HostBatch;
 use super::dataset::Dataset;
+use crate::error::{Error, Result};
 use crate::rng::{Rng, stream};
 
 pub enum SampleTransform {
@@ -89,6 +91,10 @@ impl Loader {
     }
 
     /// Batches per epoch, the same on every rank (the longest shard's).
+    pub fn batch_size(&self) -> usize {
+        self.config.batch_size
+    }
+
     pub fn num_batches(&self) -> usize {
         self.data
             .len()
@@ -163,19 +169,67 @@ impl Loader {
     }
 
     /// The batches of `epoch` from `start` on, prepared on a background thread.
-    pub fn epoch(&self, epoch: usize, start: usize) -> Receiver<HostBatch> {
+    pub fn epoch(&self, epoch: usize, start: usize) -> Batches {
         let (tx, rx) = sync_channel(self.config.prefetch.max(1));
         let me = self.clone();
-        std::thread::spawn(move || {
-            let order = me.order(epoch);
-            for b in start..me.num_batches() {
-                if tx.send(me.batch(epoch, b, &order)).is_err() {
-                    break; // the trainer stopped early
+        let worker = std::thread::Builder::new()
+            .name(LOADER_THREAD.into())
+            .spawn(move || {
+                let order = me.order(epoch);
+                for b in start..me.num_batches() {
+                    if tx.send(me.batch(epoch, b, &order)).is_err() {
+                        break; // the trainer stopped early
+                    }
                 }
-            }
-        });
-        rx
+            });
+        Batches {
+            rx,
+            worker: Some(worker),
+        }
     }
+}
+
+/// The name of the loader's background threads (`main` keeps their panics off stderr:
+/// [`Batches::finish`] reports them).
+pub const LOADER_THREAD: &str = "vitrs-loader";
+
+/// The batches of one epoch, made on a background thread. The loop ends early if that thread
+/// fails (a sample that cannot be transformed, say): [`Batches::finish`] after the loop
+/// turns that into an error, so a failed epoch never passes for a short one.
+pub struct Batches {
+    rx: Receiver<HostBatch>,
+    worker: Option<std::io::Result<JoinHandle<()>>>,
+}
+
+impl Iterator for Batches {
+    type Item = HostBatch;
+
+    fn next(&mut self) -> Option<HostBatch> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Batches {
+    /// Whether the thread made every batch it was asked for.
+    pub fn finish(self) -> Result<()> {
+        let Batches { rx, worker } = self;
+        drop(rx); // a thread still sending (the loop stopped early) ends now
+        let failed = |why: String| Error::Data(format!("the data loader failed: {why}"));
+        match worker {
+            Some(Ok(handle)) => handle.join().map_err(|p| failed(panic_text(&*p))),
+            Some(Err(e)) => Err(failed(format!("cannot start its thread ({e})"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The message of a panic payload.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 #[cfg(test)]
@@ -206,6 +260,25 @@ mod tests {
         };
         let tf = crate::data::recipe::eval_transform(&Config::default(), &[0.0], &[1.0], 1);
         Loader::new(Arc::new(data), SampleTransform::Eval(tf), cfg)
+    }
+
+    /// A batch that cannot be made (here: a data set whose bytes are fewer than its images
+    /// need) ends the epoch with an error naming the loader, not with a short epoch.
+    #[test]
+    fn a_failing_batch_is_an_error_after_the_loop() {
+        let mut l = loader(8);
+        let mut data = (*l.data).clone();
+        data.images.truncate(20);
+        l.data = Arc::new(data);
+        let mut batches = l.epoch(0, 0);
+        let made = (&mut batches).count();
+        assert!(made < l.num_batches(), "{made} batches");
+        let e = batches.finish().unwrap_err().to_string();
+        assert!(e.contains("the data loader failed"), "{e}");
+        // A complete epoch finishes cleanly.
+        let mut ok = loader(8).epoch(0, 0);
+        assert_eq!((&mut ok).count(), 5);
+        ok.finish().unwrap();
     }
 
     #[test]

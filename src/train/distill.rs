@@ -227,14 +227,16 @@ pub fn prediction(out: &VitOutput) -> Tensor<2> {
 }
 
 /// Top-1 predictions of `model` (eval mode) on every batch of `loader`.
-pub fn predictions(model: &Model, loader: &Loader, device: &Device) -> Vec<usize> {
+pub fn predictions(model: &Model, loader: &Loader, device: &Device) -> Result<Vec<usize>> {
     let mut out = Vec::with_capacity(loader.dataset().len());
-    for batch in loader.epoch(0, 0) {
+    let mut batches = loader.epoch(0, 0);
+    for batch in &mut batches {
         out.extend(argmax_rows(
             model.forward(batch.images_tensor(device), &Ctx::eval()),
         ));
     }
-    out
+    batches.finish()?;
+    Ok(out)
 }
 
 /// Share of equal top-1 predictions.

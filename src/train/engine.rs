@@ -551,12 +551,9 @@ impl Engine {
             let first_step = done.saturating_sub((e - 1) * steps_per_epoch);
             let first_micro = first_step * s.accum;
             let mut acc = Accumulator::default();
-            for (i, batch) in phase
-                .train
-                .epoch(data_epoch, first_micro)
-                .into_iter()
-                .enumerate()
-            {
+            let steps_before = self.state.global_step;
+            let mut batches = phase.train.epoch(data_epoch, first_micro);
+            for (i, batch) in (&mut batches).enumerate() {
                 let micro = first_micro + i;
                 if acc.micro == 0 {
                     step_start = Instant::now();
@@ -652,6 +649,15 @@ impl Engine {
                 }
             }
             pb.finish_and_clear();
+            batches.finish()?;
+            if self.state.global_step == steps_before && first_micro < micro_per_epoch.max(1) {
+                return Err(Error::Training(format!(
+                    "{}epoch {e} took no step: the training data gave no batch ({} images, batch size {}); check the data",
+                    phase.label,
+                    phase.train.dataset().len(),
+                    phase.train.batch_size()
+                )));
+            }
             self.state.epoch = epoch;
             self.state.elapsed_secs = self.elapsed();
             let img_s = epoch_win.images as f64 / epoch_start.elapsed().as_secs_f64();

@@ -41,7 +41,8 @@ pub fn evaluate_preds(
     let mut preds = Vec::with_capacity(loader.dataset().len());
     let mut labels = Vec::with_capacity(loader.dataset().len());
     let mut loss_sum = 0.0;
-    for batch in loader.epoch(0, 0) {
+    let mut batches = loader.epoch(0, 0);
+    for batch in &mut batches {
         if batch.is_empty() {
             continue; // the end of a shorter shard
         }
@@ -69,6 +70,7 @@ pub fn evaluate_preds(
         );
         labels.extend(batch.labels.iter().copied());
     }
+    batches.finish()?;
     if loader.shard_of().1 > 1 {
         (preds, labels, loss_sum) = gather_shards(loader, &preds, loss_sum);
     }
