@@ -47,13 +47,14 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 args.train.config_file.as_deref(),
                 None,
             )?;
-            let cfg = train_config(&args.train, sub)?;
+            let (cfg, note) = train_config(&args.train, sub)?;
             // One launched process spawns one child per method, as without a launcher (a child
             // of an MPI process could not join a job of its own).
             let dist = match crate::dist::launched_alone() {
                 true => crate::dist::world(),
                 false => crate::dist::init()?,
             };
+            say_note(note, dist);
             let out = cfg
                 .run
                 .out_dir
@@ -149,7 +150,9 @@ fn set_threads(threads: usize, dist: &dyn crate::dist::Comm) {
 }
 
 /// Resolve the full configuration of a `train` invocation.
-pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Config> {
+/// The configuration of a training command, and a note to print (on rank 0) when a default
+/// was fitted to the run.
+pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<(Config, Option<String>)> {
     // Resuming continues the run's own configuration; flags (e.g. --epochs) override it.
     let base = match &args.config.run.resume_from {
         Some(dir) => checkpoint::load(dir)?.train_config.unwrap_or_default(),
@@ -164,18 +167,25 @@ pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Config> {
     if let Some(f) = &args.config_file {
         given.extend(Config::table_from_file(f)?.keys().cloned());
     }
-    if !resuming && !given.contains("warmup-epochs") {
-        if let Some(note) = cfg.fit_default_warmup() {
-            crate::log_line!("note: {note}");
-        }
-    }
+    let note = match !resuming && !given.contains("warmup-epochs") {
+        true => cfg.fit_default_warmup(),
+        false => None,
+    };
     crate::data::recipe::check(&cfg)?;
-    Ok(cfg)
+    Ok((cfg, note))
+}
+
+/// A note of `train_config`, from rank 0 only.
+fn say_note(note: Option<String>, dist: &dyn crate::dist::Comm) {
+    if let (Some(n), true) = (note, dist.is_main()) {
+        crate::log_line!("note: {n}");
+    }
 }
 
 fn cmd_train(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
-    let cfg = train_config(&args, matches)?;
+    let (cfg, note) = train_config(&args, matches)?;
     let dist = crate::dist::init()?;
+    say_note(note, dist);
     set_threads(cfg.run.threads, dist);
     install_interrupt_handler();
     let run = train::prepare(cfg)?;
@@ -209,8 +219,9 @@ fn cmd_continual(args: ContinualArgs, matches: &ArgMatches) -> Result<()> {
         config_file: args.config_file.clone(),
         config: args.config.clone(),
     };
-    let cfg = train_config(&train_args, matches)?;
+    let (cfg, note) = train_config(&train_args, matches)?;
     let dist = crate::dist::init()?;
+    say_note(note, dist);
     // Resuming continues the run's own continual settings; only --stop-after-task may change.
     let cl = match &cfg.run.resume_from {
         Some(dir) => {

@@ -395,3 +395,58 @@ fn the_default_warmup_fits_a_short_run_and_a_given_one_is_named() {
         "--warmup-epochs 3 must be between 0 and --epochs 1 (e.g. --warmup-epochs 0.1)",
     );
 }
+
+/// A folder that holds a run is never written into by a fresh run (issue 23, case 1): the
+/// second run is refused with the ways on; `--overwrite` moves the old run aside, whole.
+#[test]
+fn a_finished_run_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let args = [
+        "train",
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "64",
+        "--img-size",
+        "16",
+        "--patch-size",
+        "8",
+        "--embed-dim",
+        "16",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "32",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--quiet",
+        "--out-dir",
+        out_s,
+    ];
+    let (code, _, err) = vitrs(&args);
+    assert_eq!(code, 0, "{err}");
+    let summary = std::fs::read(out.join("summary.json")).unwrap();
+    let (code, _, err) = vitrs(&args);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "already holds a run: continue it with --resume-from");
+    assert!(
+        err.contains("--overwrite") && err.contains("--out-dir"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), summary);
+    let mut again = args.to_vec();
+    again.push("--overwrite");
+    let (code, _, err) = vitrs(&again);
+    assert_eq!(code, 0, "{err}");
+    let aside = dir.path().join("run.replaced-1");
+    assert!(err.contains("is now in"), "{err}");
+    assert_eq!(std::fs::read(aside.join("summary.json")).unwrap(), summary);
+    assert!(aside.join("checkpoints/last").is_dir());
+    assert!(out.join("summary.json").is_file());
+}

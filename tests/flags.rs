@@ -105,6 +105,7 @@ fn values() -> BTreeMap<&'static str, Option<&'static str>> {
         ("loss-scale-window", Some("100")),
         ("grad-checkpointing", None),
         ("quiet", None),
+        ("overwrite", None),
     ])
 }
 

@@ -538,6 +538,10 @@ pub struct RunConfig {
     /// No progress bar, only epoch lines and the summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Start afresh in an --out-dir that holds a run, after moving that run aside to
+    /// <dir>.replaced-N (it is never deleted). Without it such a folder is refused.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 impl Default for RunConfig {

@@ -34,8 +34,59 @@ use crate::model::{Model, VitConfig};
 use crate::weights;
 pub use trainer::{Run, Summary, train};
 
-/// `runs/<UTC timestamp>`.
+/// `runs/<UTC timestamp>`, with `-2`, `-3`, ... when a run of the same second has it.
 pub fn default_run_dir() -> PathBuf {
+    let base = timestamp_dir();
+    (1..)
+        .map(|k| match k {
+            1 => base.clone(),
+            k => PathBuf::from(format!("{}-{k}", base.display())),
+        })
+        .find(|d| !d.exists())
+        .unwrap_or(base)
+}
+
+/// What says a folder holds a run worth keeping: a written checkpoint, or a finished run's
+/// summary (`train`, `continual`, `compare-finetune`). A run killed before its first
+/// checkpoint left nothing to resume, so starting it again is no loss.
+fn holds_run(dir: &Path) -> bool {
+    let checkpoint = std::fs::read_dir(dir.join("checkpoints")).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
+    });
+    checkpoint
+        || ["summary.json", "continual.json", "compare.json"]
+            .iter()
+            .any(|f| dir.join(f).exists())
+}
+
+/// A fresh run never writes into a folder that holds a run: it refuses, naming the ways on,
+/// or with `--overwrite` moves the old run aside (it is never deleted).
+fn claim_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
+    if !holds_run(dir) {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(Error::Config(format!(
+            "{d} already holds a run: continue it with --resume-from {d}/checkpoints/last, give another --out-dir, or add --overwrite to move it aside",
+            d = dir.display()
+        )));
+    }
+    let aside = (1..)
+        .map(|k| PathBuf::from(format!("{}.replaced-{k}", dir.display())))
+        .find(|d| !d.exists())
+        .unwrap_or_else(|| dir.with_extension("replaced"));
+    std::fs::rename(dir, &aside).map_err(|e| Error::io(dir, "moving the old run aside", e))?;
+    crate::log_line!(
+        "note: --overwrite: the run that was in {} is now in {}",
+        dir.display(),
+        aside.display()
+    );
+    Ok(())
+}
+
+fn timestamp_dir() -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -157,6 +208,14 @@ fn pretrained_start(
 pub fn prepare(mut cfg: Config) -> Result<Run> {
     cfg.validate()?;
     let dist = crate::dist::world();
+    let run_dir = match (&cfg.run.out_dir, &cfg.run.resume_from) {
+        (Some(d), _) => d.clone(),
+        (None, Some(r)) => checkpoint::run_dir_of(r).unwrap_or_else(default_run_dir),
+        (None, None) => default_run_dir(),
+    };
+    if dist.is_main() && cfg.run.resume_from.is_none() {
+        claim_run_dir(&run_dir, cfg.run.overwrite)?;
+    }
     let device = crate::device::resolve(
         crate::dist::device_spec(cfg.run.device.as_deref(), dist).as_deref(),
     )?;
@@ -204,11 +263,6 @@ pub fn prepare(mut cfg: Config) -> Result<Run> {
     };
     let class_names = train_data.class_names.clone();
     let train_tf = recipe::train_transform(&cfg, &mean, &std, out_size)?;
-    let run_dir = match (&cfg.run.out_dir, &cfg.run.resume_from) {
-        (Some(d), _) => d.clone(),
-        (None, Some(r)) => checkpoint::run_dir_of(r).unwrap_or_else(default_run_dir),
-        (None, None) => default_run_dir(),
-    };
     if dist.is_main() {
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| Error::io(&run_dir, "creating run directory", e))?;
