@@ -450,3 +450,74 @@ fn a_finished_run_is_never_overwritten() {
     assert!(aside.join("checkpoints/last").is_dir());
     assert!(out.join("summary.json").is_file());
 }
+
+/// Resume is what it says (issue 23, case 7): another batch size, a checkpoint without its
+/// optimizer state or without its run's configuration are refused, naming the way on.
+#[test]
+fn resume_refuses_what_would_not_continue_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, _, err) = vitrs(&[
+        "train",
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "128",
+        "--img-size",
+        "16",
+        "--patch-size",
+        "8",
+        "--embed-dim",
+        "16",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "32",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "0",
+        "--batch-size",
+        "32",
+        "--quiet",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let last = out.join("checkpoints/last");
+    let resume = |ck: &std::path::Path, extra: &[&str]| {
+        let mut a = vec![
+            "train",
+            "--resume-from",
+            ck.to_str().unwrap(),
+            "--epochs",
+            "3",
+        ];
+        a.extend_from_slice(extra);
+        vitrs(&a)
+    };
+    let (code, _, err) = resume(&last, &["--batch-size", "16"]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "the run trained with --batch-size 32 --accum-steps 1");
+    for (file, needle) in [
+        ("optimizer.safetensors", "has no optimizer.safetensors"),
+        ("train_config.toml", "has no train_config.toml"),
+    ] {
+        let copy = dir.path().join(format!("without-{file}"));
+        std::fs::create_dir_all(&copy).unwrap();
+        for e in std::fs::read_dir(&last).unwrap().flatten() {
+            if e.file_name() != file {
+                std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+            }
+        }
+        let (code, _, err) = resume(
+            &copy,
+            &["--out-dir", dir.path().join("r2").to_str().unwrap()],
+        );
+        assert_eq!(code, 1, "{file}: {err}");
+        assert_one_line_error(&err, needle);
+        assert!(err.contains("--pretrained"), "{err}");
+    }
+}

@@ -411,11 +411,16 @@ pub fn resume_into(
             dir.display()
         ))
     })?;
-    if let Some(opt) = &ck.optimizer {
-        // Steps skipped for f16 overflow took no optimizer step.
-        let skipped = st.loss_scaler.as_ref().map_or(0, |s| s.skipped);
-        optim.load_state_dict(opt, st.global_step - skipped, ad)?;
-    }
+    let opt = ck.optimizer.as_ref().ok_or_else(|| {
+        Error::Checkpoint(format!(
+            "{} has no optimizer.safetensors: resuming would restart AdamW's moments; start from its weights with --pretrained {} instead",
+            dir.display(),
+            dir.display()
+        ))
+    })?;
+    // Steps skipped for f16 overflow took no optimizer step.
+    let skipped = st.loss_scaler.as_ref().map_or(0, |s| s.skipped);
+    optim.load_state_dict(opt, st.global_step - skipped, ad)?;
     if let (Some(e), Some(w)) = (ema, &ck.ema) {
         e.model = crate::model::io::load_state_dict_keeping(e.model.clone(), w, device, keep)?;
         e.updates = st.global_step;
