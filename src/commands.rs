@@ -4,7 +4,6 @@ pub mod flags;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{ArgMatches, Args, FromArgMatches};
@@ -63,7 +62,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             if dist.size() > 1 {
                 // The methods run in this process, one after another (see compare_finetune).
                 set_threads(cfg.run.threads, dist);
-                install_interrupt_handler();
+                crate::signals::install();
             }
             let md = crate::compare_finetune::run(&cfg, &args.methods, &out)?;
             if !dist.is_main() {
@@ -124,20 +123,6 @@ pub fn compare(dirs: &[PathBuf], plot: Option<&Path>) -> Result<String> {
         return crate::continual::report::compare(dirs, plot);
     }
     crate::report::compare::compare(dirs, plot)
-}
-
-fn install_interrupt_handler() {
-    let _ = ctrlc::set_handler(|| {
-        let n = crate::train::engine::INTERRUPTS.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == 1 {
-            crate::log_line!(
-                "\ninterrupt: finishing the current step and writing a checkpoint (again to quit at once)"
-            );
-        } else {
-            crate::log_line!("\ninterrupt: quitting now");
-            std::process::exit(130);
-        }
-    });
 }
 
 /// `--threads`, where 0 divides this machine's cores among its MPI ranks.
@@ -202,9 +187,10 @@ fn cmd_train(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     let dist = crate::dist::init()?;
     say_note(note, dist);
     set_threads(cfg.run.threads, dist);
-    install_interrupt_handler();
+    crate::signals::install();
     let run = train::prepare(cfg)?;
     let summary = train::train(run)?;
+    crate::signals::record_stop(&summary.stopped_reason);
     if !dist.is_main() {
         return Ok(());
     }
@@ -272,8 +258,9 @@ fn cmd_continual(args: ContinualArgs, matches: &ArgMatches) -> Result<()> {
         Some(&cl),
     )?;
     set_threads(cfg.run.threads, dist);
-    install_interrupt_handler();
+    crate::signals::install();
     let out = crate::continual::runner::run(cfg, cl)?;
+    crate::signals::record_stop(&out.report.stop_reason);
     if !dist.is_main() {
         return Ok(());
     }

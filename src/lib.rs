@@ -35,6 +35,7 @@ pub mod error;
 pub mod model;
 pub mod report;
 pub mod rng;
+pub mod signals;
 mod simd;
 #[cfg(test)]
 mod testing;

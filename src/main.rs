@@ -23,4 +23,6 @@ fn main() {
         vitrs::dist::fail(&e);
     }
     vitrs::dist::finalize();
+    // A run stopped by a signal or its time limit is not a finished one (docs/reliability.md).
+    std::process::exit(vitrs::signals::exit_code());
 }

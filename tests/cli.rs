@@ -521,3 +521,53 @@ fn resume_refuses_what_would_not_continue_the_run() {
         assert!(err.contains("--pretrained"), "{err}");
     }
 }
+
+/// A run stopped by its time limit is not a finished one (issue 23, case 8): exit 75
+/// (sysexits' "try again"), with the resume command printed; resuming finishes it (exit 0).
+#[test]
+fn the_time_limit_exits_75_with_the_resume_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, _, err) = vitrs(&[
+        "train",
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "128",
+        "--img-size",
+        "16",
+        "--patch-size",
+        "8",
+        "--embed-dim",
+        "16",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "32",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "0",
+        "--quiet",
+        "--max-training-hours",
+        "1e-9",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 75, "{err}");
+    let last = out.join("checkpoints/last");
+    assert!(
+        err.contains(&format!("--resume-from {}", last.display())),
+        "{err}"
+    );
+    let (code, _, err) = vitrs(&[
+        "train",
+        "--resume-from",
+        last.to_str().unwrap(),
+        "--max-training-hours",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+}

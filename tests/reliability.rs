@@ -127,7 +127,7 @@ fn kill_9_at_random_moments_then_resume_ends_with_the_straight_runs_weights() {
 }
 
 #[test]
-fn sigterm_finishes_the_step_writes_a_checkpoint_and_exits_zero() {
+fn sigterm_finishes_the_step_writes_a_checkpoint_and_exits_143() {
     let dir = tempfile::tempdir().unwrap();
     let child = spawn(&train_args(dir.path(), 50));
     let metrics = dir.path().join("metrics.jsonl");
@@ -143,7 +143,8 @@ fn sigterm_finishes_the_step_writes_a_checkpoint_and_exits_zero() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}: {err}", out.status);
+    // 128 + SIGTERM: a scheduler tells a stopped run from a finished one (issue 23, case 8).
+    assert_eq!(out.status.code(), Some(143), "{err}");
     assert!(err.contains("--resume-from"), "{err}");
     let ck = checkpoint::load(&dir.path().join("checkpoints/last")).unwrap();
     let state = ck.state.unwrap();

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
@@ -38,9 +37,6 @@ use crate::model::precision::Precision;
 use crate::model::sparse::SparseLora;
 use crate::model::{Model, VitConfig};
 use crate::report::metrics::{EvalReport, MetricRecord};
-
-/// Ctrl-C / SIGTERM count, set by the handler `main` installs.
-pub static INTERRUPTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The loop's settings, taken from the run's configuration in one place.
 #[derive(Clone, Debug)]
@@ -510,6 +506,7 @@ impl Engine {
 
     /// Train `phase` from where `state` says (a resumed run skips what is done).
     pub fn fit(&mut self, phase: &Phase, hooks: &mut dyn Hooks) -> Result<PhaseEnd> {
+        crate::signals::training_started();
         let dist = crate::dist::world();
         let s = self.settings.clone();
         let plan = self.plan();
@@ -627,7 +624,7 @@ impl Engine {
                 // Rank 0 decides for everyone, so that all ranks stop after the same step.
                 let stop = decide(
                     dist,
-                    u32::from(INTERRUPTS.load(Ordering::SeqCst) > 0)
+                    u32::from(crate::signals::interrupted())
                         | u32::from(s.time_limit.is_some_and(|t| elapsed >= t)) << 1,
                 );
                 let (interrupted, out_of_time) = (stop & 1 != 0, stop & 2 != 0);
