@@ -150,16 +150,7 @@ pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<(Config, O
         None => Config::default(),
     };
     let resuming = args.config.run.resume_from.is_some();
-    let (batch, accum) = (base.optim.batch_size, base.optim.accum_steps);
     let mut cfg = Config::resolve(base, &args.config, matches, args.config_file.as_deref())?;
-    // The position in the epoch is counted in optimizer steps of the run's batch: another
-    // batch would resume at another sample.
-    if resuming && (cfg.optim.batch_size, cfg.optim.accum_steps) != (batch, accum) {
-        return Err(Error::Config(format!(
-            "the run trained with --batch-size {batch} --accum-steps {accum}: resuming it with --batch-size {} --accum-steps {} would skip the wrong samples; resume with the run's own (drop those flags)",
-            cfg.optim.batch_size, cfg.optim.accum_steps
-        )));
-    }
     cfg.run.resume_from = args.config.run.resume_from.clone();
     // A warmup nobody chose (the default's, not a flag's, a file's or a resumed run's)
     // shrinks to fit a short run, saying so.

@@ -344,120 +344,10 @@ fn non_finite_and_out_of_range_numbers_are_refused_naming_the_flag() {
     assert_one_line_error(&err, "--rotation NaN is not a finite number");
 }
 
-/// A newcomer's first short run (issue 23, case 9): the default warmup (5 epochs) shrinks
-/// to a tenth of a 1-epoch run, saying so in one line; a warmup the user gave is theirs.
-#[test]
-fn the_default_warmup_fits_a_short_run_and_a_given_one_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let small = [
-        "--dataset",
-        "synthetic",
-        "--synthetic-size",
-        "64",
-        "--img-size",
-        "16",
-        "--patch-size",
-        "8",
-        "--embed-dim",
-        "16",
-        "--depth",
-        "1",
-        "--num-heads",
-        "2",
-        "--mlp-dim",
-        "32",
-        "--epochs",
-        "1",
-        "--max-steps",
-        "1",
-        "--quiet",
-        "--out-dir",
-    ];
-    let mut args = vec!["train"];
-    args.extend(small);
-    args.push(out.to_str().unwrap());
-    let (code, _, err) = vitrs(&args);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains(
-            "the default warmup of 5 epochs does not fit --epochs 1: warming up for 0.1 epochs"
-        ),
-        "{err}"
-    );
-    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
-    assert!(saved.contains("warmup-epochs = 0.1"), "{saved}");
-    args.extend(["--warmup-epochs", "3"]);
-    let (code, _, err) = vitrs(&args);
-    assert_eq!(code, 1);
-    assert_one_line_error(
-        &err,
-        "--warmup-epochs 3 must be between 0 and --epochs 1 (e.g. --warmup-epochs 0.1)",
-    );
-}
-
-/// A folder that holds a run is never written into by a fresh run (issue 23, case 1): the
-/// second run is refused with the ways on; `--overwrite` moves the old run aside, whole.
-#[test]
-fn a_finished_run_is_never_overwritten() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let out_s = out.to_str().unwrap();
-    let args = [
-        "train",
-        "--dataset",
-        "synthetic",
-        "--synthetic-size",
-        "64",
-        "--img-size",
-        "16",
-        "--patch-size",
-        "8",
-        "--embed-dim",
-        "16",
-        "--depth",
-        "1",
-        "--num-heads",
-        "2",
-        "--mlp-dim",
-        "32",
-        "--epochs",
-        "1",
-        "--warmup-epochs",
-        "0",
-        "--quiet",
-        "--out-dir",
-        out_s,
-    ];
-    let (code, _, err) = vitrs(&args);
-    assert_eq!(code, 0, "{err}");
-    let summary = std::fs::read(out.join("summary.json")).unwrap();
-    let (code, _, err) = vitrs(&args);
-    assert_eq!(code, 1);
-    assert_one_line_error(&err, "already holds a run: continue it with --resume-from");
-    assert!(
-        err.contains("--overwrite") && err.contains("--out-dir"),
-        "{err}"
-    );
-    assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), summary);
-    let mut again = args.to_vec();
-    again.push("--overwrite");
-    let (code, _, err) = vitrs(&again);
-    assert_eq!(code, 0, "{err}");
-    let aside = dir.path().join("run.replaced-1");
-    assert!(err.contains("is now in"), "{err}");
-    assert_eq!(std::fs::read(aside.join("summary.json")).unwrap(), summary);
-    assert!(aside.join("checkpoints/last").is_dir());
-    assert!(out.join("summary.json").is_file());
-}
-
-/// Resume is what it says (issue 23, case 7): another batch size, a checkpoint without its
-/// optimizer state or without its run's configuration are refused, naming the way on.
-#[test]
-fn resume_refuses_what_would_not_continue_the_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let (code, _, err) = vitrs(&[
+/// `vitrs train` of a tiny ViT on 128 synthetic images for `epochs` epochs into `out`, quiet,
+/// with `extra` flags: (exit code, stdout, stderr).
+fn tiny_train(out: &std::path::Path, epochs: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
         "train",
         "--dataset",
         "synthetic",
@@ -475,16 +365,73 @@ fn resume_refuses_what_would_not_continue_the_run() {
         "2",
         "--mlp-dim",
         "32",
-        "--epochs",
-        "2",
-        "--warmup-epochs",
-        "0",
-        "--batch-size",
-        "32",
         "--quiet",
+        "--epochs",
+        epochs,
         "--out-dir",
-        out.to_str().unwrap(),
-    ]);
+    ];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(extra);
+    vitrs(&args)
+}
+
+/// A newcomer's first short run (issue 23, case 9): the default warmup (5 epochs) shrinks
+/// to a tenth of a 1-epoch run, saying so in one line; a warmup the user gave is theirs.
+#[test]
+fn the_default_warmup_fits_a_short_run_and_a_given_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, _, err) = tiny_train(&out, "1", &["--max-steps", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "the default warmup of 5 epochs does not fit --epochs 1: warming up for 0.1 epochs"
+        ),
+        "{err}"
+    );
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(saved.contains("warmup-epochs = 0.1"), "{saved}");
+    let (code, _, err) = tiny_train(&dir.path().join("other"), "1", &["--warmup-epochs", "3"]);
+    assert_eq!(code, 1);
+    assert_one_line_error(
+        &err,
+        "--warmup-epochs 3 must be between 0 and --epochs 1 (e.g. --warmup-epochs 0.1)",
+    );
+}
+
+/// A folder that holds a run is never written into by a fresh run (issue 23, case 1): the
+/// second run is refused with the ways on; `--overwrite` moves the old run aside, whole.
+#[test]
+fn a_finished_run_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, _, err) = tiny_train(&out, "1", &["--warmup-epochs", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let summary = std::fs::read(out.join("summary.json")).unwrap();
+    let (code, _, err) = tiny_train(&out, "1", &["--warmup-epochs", "0"]);
+    assert_eq!(code, 1);
+    assert_one_line_error(&err, "already holds a run: continue it with --resume-from");
+    assert!(
+        err.contains("--overwrite") && err.contains("--out-dir"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), summary);
+    let (code, _, err) = tiny_train(&out, "1", &["--warmup-epochs", "0", "--overwrite"]);
+    assert_eq!(code, 0, "{err}");
+    let aside = dir.path().join("run.replaced-1");
+    assert!(err.contains("is now in"), "{err}");
+    assert_eq!(std::fs::read(aside.join("summary.json")).unwrap(), summary);
+    assert!(aside.join("checkpoints/last").is_dir());
+    assert!(out.join("summary.json").is_file());
+}
+
+/// Resume is what it says (issue 23, case 7): another global batch, a checkpoint without its
+/// optimizer state or without its run's configuration are refused, naming the way on.
+#[test]
+fn resume_refuses_what_would_not_continue_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, _, err) = tiny_train(&out, "2", &["--warmup-epochs", "0", "--batch-size", "32"]);
     assert_eq!(code, 0, "{err}");
     let last = out.join("checkpoints/last");
     let resume = |ck: &std::path::Path, extra: &[&str]| {
@@ -500,7 +447,10 @@ fn resume_refuses_what_would_not_continue_the_run() {
     };
     let (code, _, err) = resume(&last, &["--batch-size", "16"]);
     assert_eq!(code, 1);
-    assert_one_line_error(&err, "the run trained with --batch-size 32 --accum-steps 1");
+    assert_one_line_error(
+        &err,
+        "trained with 32 images per step (--batch-size × --accum-steps × processes) but this run takes 16",
+    );
     for (file, needle) in [
         ("optimizer.safetensors", "has no optimizer.safetensors"),
         ("train_config.toml", "has no train_config.toml"),
@@ -512,10 +462,8 @@ fn resume_refuses_what_would_not_continue_the_run() {
                 std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
             }
         }
-        let (code, _, err) = resume(
-            &copy,
-            &["--out-dir", dir.path().join("r2").to_str().unwrap()],
-        );
+        let other = dir.path().join("r2");
+        let (code, _, err) = resume(&copy, &["--out-dir", other.to_str().unwrap()]);
         assert_eq!(code, 1, "{file}: {err}");
         assert_one_line_error(&err, needle);
         assert!(err.contains("--pretrained"), "{err}");
@@ -528,34 +476,11 @@ fn resume_refuses_what_would_not_continue_the_run() {
 fn the_time_limit_exits_75_with_the_resume_command() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let (code, _, err) = vitrs(&[
-        "train",
-        "--dataset",
-        "synthetic",
-        "--synthetic-size",
-        "128",
-        "--img-size",
-        "16",
-        "--patch-size",
-        "8",
-        "--embed-dim",
-        "16",
-        "--depth",
-        "1",
-        "--num-heads",
+    let (code, _, err) = tiny_train(
+        &out,
         "2",
-        "--mlp-dim",
-        "32",
-        "--epochs",
-        "2",
-        "--warmup-epochs",
-        "0",
-        "--quiet",
-        "--max-training-hours",
-        "1e-9",
-        "--out-dir",
-        out.to_str().unwrap(),
-    ]);
+        &["--warmup-epochs", "0", "--max-training-hours", "1e-9"],
+    );
     assert_eq!(code, 75, "{err}");
     let last = out.join("checkpoints/last");
     assert!(

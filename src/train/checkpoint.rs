@@ -49,6 +49,10 @@ pub struct TrainingState {
     /// Training seconds before this checkpoint (for time limits and throughput).
     pub elapsed_secs: f64,
     pub images_seen: u64,
+    /// Images per optimizer step over all processes (batch × accumulation × processes): a
+    /// resumed run must keep it, since its place in the epoch is counted in steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch: Option<usize>,
     /// f16 dynamic loss scaling (`None` in f32 and bf16 runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<super::scaler::LossScaler>,

@@ -409,6 +409,19 @@ impl Engine {
             },
         };
         checkpoint::fit_scaler(&mut state, cfg.optim.precision, cfg.optim.loss_scale);
+        let global_batch = cfg.optim.batch_size * cfg.optim.accum_steps * dist.size();
+        if let (Some((dir, _)), Some(was)) = (resume, state.global_batch)
+            && was != global_batch
+        {
+            return Err(Error::Config(format!(
+                "{} trained with {was} images per step (--batch-size × --accum-steps × processes) but this run takes {global_batch} (--batch-size {} × --accum-steps {} × {} processes): its place in the epoch would point at other samples; resume with the run's own",
+                dir.display(),
+                cfg.optim.batch_size,
+                cfg.optim.accum_steps,
+                dist.size()
+            )));
+        }
+        state.global_batch = Some(global_batch);
         // Every rank starts from rank 0's weights (fresh, pretrained or resumed).
         let model = crate::dist::broadcast_params(dist, model);
         if let Some(e) = &mut ema {
