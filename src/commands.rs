@@ -319,6 +319,12 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
         model = model.with_eval_head(h);
     }
     let val = load::load_split(&cfg, Split::Test)?;
+    checkpoint::same_classes(
+        &args.checkpoint,
+        ck.class_names.as_deref(),
+        ck.vit_config.num_classes,
+        &val.class_names,
+    )?;
     let loader = crate::train::val_loader(&cfg, &ck.vit_config, val);
     let (mut report, preds) =
         crate::train::evaluate::evaluate_preds(&model, &loader, &device, None)?;

@@ -496,3 +496,74 @@ fn the_time_limit_exits_75_with_the_resume_command() {
     ]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Evaluation scores the classes the model learnt (issue 23, case 6): an image folder that
+/// gained a class since training, or another dataset, is refused naming both class lists.
+#[test]
+fn eval_refuses_data_whose_classes_are_not_the_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("images");
+    let save = |split: &str, class: &str, i: u32| {
+        let d = root.join(split).join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        image::RgbImage::from_fn(8, 8, |x, y| {
+            image::Rgb([(x * 30) as u8, (y * 30) as u8, (i * 40) as u8])
+        })
+        .save(d.join(format!("{i}.png")))
+        .unwrap();
+    };
+    for class in ["cat", "dog"] {
+        for i in 0..4 {
+            save("train", class, i);
+            save("val", class, i);
+        }
+    }
+    let out = dir.path().join("run");
+    let (code, _, err) = vitrs(&[
+        "train",
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        root.to_str().unwrap(),
+        "--img-size",
+        "8",
+        "--patch-size",
+        "4",
+        "--embed-dim",
+        "16",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "32",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--batch-size",
+        "4",
+        "--quiet",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let ck = out.join("checkpoints/last");
+    let ck = ck.to_str().unwrap();
+    let (code, _, err) = vitrs(&["eval", "--checkpoint", ck]);
+    assert_eq!(code, 0, "{err}");
+    save("train", "bird", 0);
+    save("val", "bird", 0);
+    let (code, _, err) = vitrs(&["eval", "--checkpoint", ck]);
+    assert_eq!(code, 1);
+    assert_one_line_error(
+        &err,
+        "was trained on 2 [cat, dog] classes but the data has 3 [bird, cat, dog]",
+    );
+    let (code, _, err) = vitrs(&["eval", "--checkpoint", ck, "--dataset", "synthetic"]);
+    assert_eq!(code, 1);
+    assert_one_line_error(
+        &err,
+        "was trained on 2 [cat, dog] classes but the data has 10",
+    );
+}

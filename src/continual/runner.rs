@@ -385,6 +385,12 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         Some(dir) => {
             let ck = checkpoint::load(dir)?;
             checkpoint::same_model(dir, &ck.vit_config, &vit)?;
+            checkpoint::same_classes(
+                dir,
+                ck.class_names.as_deref(),
+                vit.num_classes,
+                &run.class_names,
+            )?;
             model = load_state_dict(model, &ck.model, &ad)?;
             Some((dir.as_path(), ck))
         }

@@ -387,6 +387,35 @@ pub fn same_model(dir: &Path, held: &VitConfig, run: &VitConfig) -> Result<()> {
     )))
 }
 
+/// The data's classes must be the checkpoint's, in the same order (labels are indices): an
+/// image folder that gained a class, or another dataset, would be scored against the wrong
+/// names. A checkpoint that does not record its classes is compared by count.
+pub fn same_classes(
+    dir: &Path,
+    held: Option<&[String]>,
+    model_classes: usize,
+    data: &[String],
+) -> Result<()> {
+    let fits = match held {
+        Some(h) => h == data,
+        None => data.len() <= model_classes,
+    };
+    if fits {
+        return Ok(());
+    }
+    let show = |names: &[String]| {
+        let head: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+        let more = if names.len() > 5 { ", …" } else { "" };
+        format!("{} [{}{more}]", names.len(), head.join(", "))
+    };
+    Err(Error::Data(format!(
+        "{} was trained on {} classes but the data has {}: give it the data it was trained on (--dataset, --data-dir)",
+        dir.display(),
+        held.map_or_else(|| model_classes.to_string(), show),
+        show(data)
+    )))
+}
+
 /// Remove the half-written checkpoints (`.tmp-*`) a killed process left: never used.
 pub fn clear_partial(ckpt_root: &Path) {
     if let Ok(entries) = std::fs::read_dir(ckpt_root) {
