@@ -80,6 +80,8 @@ pub fn offline() -> bool {
 pub struct Repo {
     pub id: String,
     pub revision: String,
+    /// The spec named the revision (`@...`): only that revision will do.
+    pub pinned: bool,
     pub cache: PathBuf,
     pub offline: bool,
 }
@@ -95,13 +97,14 @@ impl Repo {
     }
 
     pub fn new(spec: &str, cache: PathBuf, offline: bool) -> Repo {
-        let (id, revision) = match spec.split_once('@') {
-            Some((id, rev)) if !rev.is_empty() => (id, rev),
-            _ => (spec.trim_end_matches('@'), "main"),
+        let (id, revision, pinned) = match spec.split_once('@') {
+            Some((id, rev)) if !rev.is_empty() => (id, rev, true),
+            _ => (spec.trim_end_matches('@'), "main", false),
         };
         Repo {
             id: id.to_string(),
             revision: revision.to_string(),
+            pinned,
             cache,
             offline,
         }
@@ -115,7 +118,8 @@ impl Repo {
 
     /// The cached snapshot directory of the revision, if there is one: `refs/<revision>`
     /// names it; a revision that is a commit hash names itself; failing both, a lone snapshot
-    /// directory is taken (a cache filled by hand).
+    /// directory is taken (a cache filled by hand) — unless the spec named its revision, which
+    /// another snapshot is not (it would be silently wrong weights).
     pub fn snapshot(&self) -> Option<PathBuf> {
         let dir = self.dir();
         let snapshots = dir.join("snapshots");
@@ -127,6 +131,9 @@ impl Repo {
         }
         if is_commit_hash(&self.revision) && snapshots.join(&self.revision).is_dir() {
             return Some(snapshots.join(&self.revision));
+        }
+        if self.pinned {
+            return None;
         }
         let dirs: Vec<PathBuf> = fs::read_dir(&snapshots)
             .ok()?
@@ -404,6 +411,28 @@ mod tests {
             true,
         );
         assert_eq!(pinned.snapshot().unwrap(), snap);
+    }
+
+    /// A named revision the cache does not hold is not replaced by the snapshot it does
+    /// hold (issue 23, case 5): offline, it is an error naming where that revision goes.
+    #[test]
+    fn a_named_revision_is_that_revision_or_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snap = tmp
+            .path()
+            .join("models--org--m/snapshots")
+            .join("0123456789abcdef0123456789abcdef01234567");
+        fs::create_dir_all(&snap).unwrap();
+        fs::write(snap.join("config.json"), b"{}").unwrap();
+        // Unnamed: the lone snapshot of a cache filled by hand is taken.
+        let any = Repo::new("org/m", tmp.path().to_path_buf(), true);
+        assert_eq!(any.snapshot().unwrap(), snap);
+        for rev in ["v2.0-does-not-exist", &"a".repeat(40)] {
+            let named = Repo::new(&format!("org/m@{rev}"), tmp.path().to_path_buf(), true);
+            assert!(named.snapshot().is_none(), "{rev}");
+            let e = named.get("config.json", true).unwrap_err().to_string();
+            assert!(e.contains(&format!("snapshots/{rev}/config.json")), "{e}");
+        }
     }
 
     #[test]
