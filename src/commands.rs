@@ -150,14 +150,11 @@ pub fn train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<(Config, O
         None => Config::default(),
     };
     let resuming = args.config.run.resume_from.is_some();
-    let mut cfg = Config::resolve(base, &args.config, matches, args.config_file.as_deref())?;
+    let (mut cfg, given) =
+        Config::resolve_with_keys(base, &args.config, matches, args.config_file.as_deref())?;
     cfg.run.resume_from = args.config.run.resume_from.clone();
     // A warmup nobody chose (the default's, not a flag's, a file's or a resumed run's)
     // shrinks to fit a short run, saying so.
-    let mut given = flags::given_on_command_line(matches);
-    if let Some(f) = &args.config_file {
-        given.extend(Config::table_from_file(f)?.keys().cloned());
-    }
     let note = match !resuming && !given.contains("warmup-epochs") {
         true => cfg.fit_default_warmup(),
         false => None,

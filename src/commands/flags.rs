@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use clap::ArgMatches;
-use clap::parser::ValueSource;
 
 use crate::config::Config;
 use crate::continual::ContinualConfig;
@@ -59,15 +58,6 @@ pub fn refusal(
     }
 }
 
-/// The flag keys (kebab-case) given on the command line.
-pub fn given_on_command_line(matches: &ArgMatches) -> BTreeSet<String> {
-    matches
-        .ids()
-        .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
-        .map(|id| id.as_str().replace('_', "-"))
-        .collect()
-}
-
 /// Refuse a flag `command` does not act on (one line naming it); a key of the `--config`
 /// file it does not act on gets a note (a recipe file serves several commands).
 pub fn check(
@@ -80,7 +70,7 @@ pub fn check(
         .into_iter()
         .map(|(_, k)| k)
         .collect();
-    for key in given_on_command_line(matches) {
+    for key in crate::config::command_line_keys(matches) {
         if !train_keys.contains(&key) {
             continue; // the command's own flags
         }

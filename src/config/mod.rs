@@ -54,6 +54,15 @@ impl Default for Config {
     }
 }
 
+/// The flag keys (kebab-case) given on the command line.
+pub fn command_line_keys(matches: &ArgMatches) -> std::collections::BTreeSet<String> {
+    matches
+        .ids()
+        .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.as_str().replace('_', "-"))
+        .collect()
+}
+
 /// The sections of [`Config`], as a TOML file may name them.
 pub const SECTIONS: [&str; 7] = [
     "data", "augment", "model", "peft", "distill", "optim", "run",
@@ -180,6 +189,16 @@ impl Config {
         matches: &ArgMatches,
         file: Option<&Path>,
     ) -> Result<Config> {
+        Ok(Config::resolve_with_keys(base, cli, matches, file)?.0)
+    }
+
+    /// [`Config::resolve`], also returning the keys the file or the command line gave.
+    pub fn resolve_with_keys(
+        base: Config,
+        cli: &Config,
+        matches: &ArgMatches,
+        file: Option<&Path>,
+    ) -> Result<(Config, std::collections::BTreeSet<String>)> {
         let base_model = base.model.name.clone();
         let mut table = match toml::Value::try_from(base) {
             Ok(toml::Value::Table(t)) => t,
@@ -195,14 +214,11 @@ impl Config {
             Ok(toml::Value::Table(t)) => t,
             _ => toml::Table::new(),
         };
-        for id in matches.ids() {
-            if matches.value_source(id.as_str()) == Some(ValueSource::CommandLine) {
-                let key = id.as_str().replace('_', "-");
-                if let Some(v) = cli_table.get(&key) {
-                    table.insert(key.clone(), v.clone());
-                }
-                explicit.insert(key);
+        for key in command_line_keys(matches) {
+            if let Some(v) = cli_table.get(&key) {
+                table.insert(key.clone(), v.clone());
             }
+            explicit.insert(key);
         }
         // `--model vit-hf-pretrained` brings seed 000's recipe as defaults (a resumed run of
         // that model already has them, possibly changed, in its base).
@@ -214,9 +230,10 @@ impl Config {
                 }
             }
         }
-        toml::Value::Table(table)
+        let cfg = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(format!("config: {}", e.message())))
+            .map_err(|e: toml::de::Error| Error::Config(format!("config: {}", e.message())))?;
+        Ok((cfg, explicit))
     }
 
     pub fn to_toml(&self) -> String {

@@ -245,17 +245,14 @@ pub fn task_of_class(tasks: &[Vec<usize>], num_classes: usize) -> Vec<usize> {
     t
 }
 
-use crate::train::evaluate::MASKED;
+use crate::train::evaluate::class_mask;
 
 /// Task-IL: an additive `n × num_classes` logit mask keeping each row's task classes.
 pub fn task_masks(task_per_row: &[usize], tasks: &[Vec<usize>], num_classes: usize) -> Vec<f32> {
-    let mut m = vec![MASKED; task_per_row.len() * num_classes];
-    for (r, &t) in task_per_row.iter().enumerate() {
-        for &c in &tasks[t] {
-            m[r * num_classes + c] = 0.0;
-        }
-    }
-    m
+    task_per_row
+        .iter()
+        .flat_map(|&t| class_mask(1, num_classes, &tasks[t]))
+        .collect()
 }
 
 /// Task-IL targets: label smoothing spread over the row's task classes only (the others
@@ -282,6 +279,7 @@ pub fn task_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::evaluate::MASKED;
     use crate::train::loss::soft_cross_entropy;
     use crate::train::step::count_correct;
     use burn::tensor::{Device, Tensor, TensorData};

@@ -384,13 +384,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
     let ck = match &cfg.run.resume_from {
         Some(dir) => {
             let ck = checkpoint::load(dir)?;
-            checkpoint::same_model(dir, &ck.vit_config, &vit)?;
-            checkpoint::same_classes(
-                dir,
-                ck.class_names.as_deref(),
-                vit.num_classes,
-                &run.class_names,
-            )?;
+            checkpoint::check_resume(dir, &ck, &vit, &run.class_names)?;
             model = load_state_dict(model, &ck.model, &ad)?;
             Some((dir.as_path(), ck))
         }
@@ -455,7 +449,8 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         })
         .collect();
     let bs = cfg.optim.batch_size;
-    let mut stop = (StopReason::Completed, None);
+    // Why and where the run stopped before its end (`None`: every task trained).
+    let mut stopped: Option<(&'static str, PathBuf)> = None;
     let report_of = |mem: &Memory, stop_reason: &str| {
         let m = if joint {
             joint_metrics(mem.state.acc_matrix.last().map_or(&[][..], |r| &r[..]))
@@ -522,11 +517,8 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             true => run.val.clone(),
             false => test_loaders[t].clone(),
         };
-        let schedule = WarmupCosine::of(
-            &cfg.optim,
-            cl.epochs_per_task,
-            task_loader.num_batches().div_ceil(cfg.optim.accum_steps),
-        );
+        let steps_per_epoch = task_loader.num_batches().div_ceil(cfg.optim.accum_steps);
+        let schedule = WarmupCosine::of(&cfg.optim, cl.epochs_per_task, steps_per_epoch);
         say(format!(
             "task {}/{}: classes {:?}, {} train images{}, {} steps/epoch",
             t + 1,
@@ -542,7 +534,7 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
             } else {
                 String::new()
             },
-            task_loader.num_batches().div_ceil(cfg.optim.accum_steps)
+            steps_per_epoch
         ));
         let phase = Phase {
             train: &task_loader,
@@ -578,7 +570,14 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
         };
         let end = engine.fit(&phase, &mut hooks)?;
         if end.reason.is_pause() || end.reason == StopReason::MaxSteps {
-            stop = (end.reason, Some(ckpt_root.join("last")));
+            let last = ckpt_root.join("last");
+            say(format!(
+                "{} in task {} of {phases}: continue with --resume-from {}",
+                end.reason.name(),
+                t + 1,
+                last.display()
+            ));
+            stopped = Some((end.reason.name(), last));
             break;
         }
         if engine.restore_best(&ckpt_root.join("best_model"), &|_| false)? {
@@ -677,40 +676,21 @@ pub fn run(cfg: Config, cl: ContinualConfig) -> Result<Outcome> {
                 t + 1,
                 dest.display()
             ));
-            stop = (StopReason::Completed, Some(dest));
-            if dist.is_main() {
-                write_outputs(&run.run_dir, &report_of(&mem, "stop_after_task"))?;
-            }
+            stopped = Some(("stop_after_task", dest));
             break;
         }
         if dist.is_main() {
             write_outputs(&run.run_dir, &report)?;
         }
     }
-    let (reason, stopped_at) = stop;
-    if reason != StopReason::Completed {
-        let line = format!(
-            "{} in task {} of {}: continue with --resume-from {}",
-            reason.name(),
-            mem.state.tasks_done + 1,
-            phases,
-            ckpt_root.join("last").display()
-        );
-        say(line);
-        if dist.is_main() {
-            write_outputs(&run.run_dir, &report_of(&mem, reason.name()))?;
-        }
+    let reason = stopped.as_ref().map_or("completed", |(r, _)| *r);
+    if stopped.is_some() && dist.is_main() {
+        write_outputs(&run.run_dir, &report_of(&mem, reason))?;
     }
     // A finished run resumed trains nothing: its report is rebuilt from its state.
     Ok(Outcome {
-        report: report_of(
-            &mem,
-            match (reason, &stopped_at) {
-                (StopReason::Completed, Some(_)) => "stop_after_task",
-                _ => reason.name(),
-            },
-        ),
-        stopped_at,
+        report: report_of(&mem, reason),
+        stopped_at: stopped.map(|(_, at)| at),
     })
 }
 

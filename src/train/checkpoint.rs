@@ -370,8 +370,20 @@ pub fn run_dir_of(ckpt_dir: &Path) -> Option<PathBuf> {
         .flatten()
 }
 
-/// A checkpoint resumes only into the model it holds.
-pub fn same_model(dir: &Path, held: &VitConfig, run: &VitConfig) -> Result<()> {
+/// A checkpoint resumes only into the run it belongs to: the same model, and data with the
+/// same classes.
+pub fn check_resume(
+    dir: &Path,
+    ck: &Checkpoint,
+    run: &VitConfig,
+    classes: &[String],
+) -> Result<()> {
+    same_model(dir, &ck.vit_config, run)?;
+    same_classes(dir, ck.class_names.as_deref(), run.num_classes, classes)
+}
+
+/// A checkpoint holds `run`'s model.
+fn same_model(dir: &Path, held: &VitConfig, run: &VitConfig) -> Result<()> {
     if held == run {
         return Ok(());
     }

@@ -160,13 +160,7 @@ pub fn train(run: Run) -> Result<Summary> {
     let ckpt_root = run_dir.join("checkpoints");
     let resume = match (&cfg.run.resume_from, &resume_ck) {
         (Some(dir), Some(ck)) => {
-            checkpoint::same_model(dir, &ck.vit_config, &vit_config)?;
-            checkpoint::same_classes(
-                dir,
-                ck.class_names.as_deref(),
-                vit_config.num_classes,
-                &class_names,
-            )?;
+            checkpoint::check_resume(dir, ck, &vit_config, &class_names)?;
             model = load_state_dict_keeping(model, &ck.model, &ad, is_frozen_base)?;
             Some((dir.as_path(), ck))
         }
