@@ -5,7 +5,7 @@
 //! [`train::trainer`] → sinks ([`report`]).
 //!
 //! Modules depend one way, each only on those before it: the foundation ([`error`], [`rng`],
-//! [`util`], [`device`], `simd`; and [`report`], which needs nothing more) ← [`model`] ←
+//! [`util`], [`memory`], [`device`], `simd`; and [`report`], which needs nothing more) ← [`model`] ←
 //! [`config`] ← [`data`] ← [`weights`] ← [`train`] ← [`continual`] and the tools ([`bench`],
 //! [`compare_finetune`]) ← [`cli`] / [`commands`]; [`dist`] (parameters over MPI) sits
 //! between [`model`] and [`train`].
@@ -32,6 +32,7 @@ pub mod data;
 pub mod device;
 pub mod dist;
 pub mod error;
+pub mod memory;
 pub mod model;
 pub mod report;
 pub mod rng;

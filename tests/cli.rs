@@ -338,10 +338,34 @@ fn non_finite_and_out_of_range_numbers_are_refused_naming_the_flag() {
     }
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("r.toml");
-    std::fs::write(&f, "dataset = \"synthetic\"\nrotation = nan\n").unwrap();
-    let (code, _, err) = vitrs(&["train", "--config", f.to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert_one_line_error(&err, "--rotation NaN is not a finite number");
+    // A key from a file is named with the file; a type error names its key too.
+    for (text, needle) in [
+        (
+            "rotation = nan",
+            "r.toml: `rotation = NaN` is not a finite number",
+        ),
+        (
+            "[optim]\nweight_decay = nan",
+            "r.toml: `[optim] weight_decay = NaN` is not a finite",
+        ),
+        (
+            "lr = \"abc\"",
+            "r.toml: lr: invalid type: string \"abc\", expected f64",
+        ),
+        (
+            "[optim]\nepochs = -3",
+            "r.toml: epochs: invalid value: integer `-3`",
+        ),
+        (
+            "lr = 0.1\nlearning_rate = 0.2",
+            "r.toml: `learning_rate` and `lr` both set lr",
+        ),
+    ] {
+        std::fs::write(&f, format!("dataset = \"synthetic\"\n{text}\n")).unwrap();
+        let (code, _, err) = vitrs(&["train", "--config", f.to_str().unwrap()]);
+        assert_eq!(code, 1, "{text}: {err}");
+        assert_one_line_error(&err, needle);
+    }
 }
 
 /// `vitrs train` of a tiny ViT on 128 synthetic images for `epochs` epochs into `out`, quiet,
@@ -566,4 +590,112 @@ fn eval_refuses_data_whose_classes_are_not_the_checkpoints() {
         &err,
         "was trained on 2 [cat, dog] classes but the data has 10",
     );
+}
+
+/// Sizes that cannot fit (issue 23, case 4) are one line before anything is allocated or
+/// written, from flags, from a checkpoint's config.json, from a weights file's tensor shapes
+/// (zero-size tensors hold no bytes whatever their other dimensions say) and from the input
+/// of `logits`; the allocator used to abort with a backtrace (exit 134).
+#[test]
+fn sizes_that_cannot_fit_are_refused_before_allocating() {
+    use vitrs::model::io::{HostTensor, read_safetensors, write_safetensors};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    let train = [
+        "train",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--out-dir",
+        o,
+    ];
+    for (extra, needle) in [
+        (
+            &["--embedding_dim", "1000000000"][..],
+            "a ViT of embed-dim 1000000000",
+        ),
+        (&["--num_layers", "1000000000000"], "depth 1000000000000"),
+        (&["--mlp-dim", "100000000000000"], "mlp-dim 100000000000000"),
+        (
+            &["--synthetic-size", "1000000000000"],
+            "1000000000000 synthetic 32×32 images",
+        ),
+        (
+            &["--img-size", "1000000"],
+            "synthetic 1000000×1000000 images",
+        ),
+        (
+            &["--batch-size", "100000000", "--img-size", "256"],
+            "--batch-size 100000000",
+        ),
+    ] {
+        let (code, _, err) = vitrs(&[&train[..], extra].concat());
+        assert_eq!(code, 1, "{extra:?}: {err}");
+        assert_one_line_error(&err, needle);
+        assert!(
+            err.contains("would need at least") && err.contains("this machine has"),
+            "{err}"
+        );
+        assert!(!out.exists(), "{extra:?} left a run folder behind");
+    }
+
+    // A checkpoint whose config.json asks for an MLP of 10^14.
+    let (code, _, err) = tiny_train(&out, "1", &["--warmup-epochs", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let best = out.join("checkpoints/best_model");
+    let cfg_path = best.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["mlp_dim"] = 100_000_000_000_000u64.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let b = best.to_str().unwrap();
+    let (code, _, err) = vitrs(&["eval", "--checkpoint", b, "--dataset", "synthetic"]);
+    assert_eq!(code, 1, "{err}");
+    assert_one_line_error(&err, "mlp-dim 100000000000000");
+
+    // timm weights whose zero-byte head declares 10^15 classes.
+    let timm = common::fixture("timm-vit-tiny").join("model.safetensors");
+    let mut sd = read_safetensors(&timm).unwrap();
+    let empty = |shape: Vec<usize>| HostTensor {
+        shape,
+        data: vec![],
+    };
+    sd.insert("head.weight".into(), empty(vec![1_000_000_000_000_000, 0]));
+    sd.insert("head.bias".into(), empty(vec![0]));
+    let weights = dir.path().join("huge-head");
+    std::fs::create_dir(&weights).unwrap();
+    let config = common::fixture("timm-vit-tiny").join("config.json");
+    std::fs::copy(config, weights.join("config.json")).unwrap();
+    write_safetensors(&weights.join("model.safetensors"), &sd, None).unwrap();
+    let golden = read_safetensors(&common::fixture("timm-vit-tiny").join("golden.safetensors"));
+    let pixels = dir.path().join("pixels.safetensors");
+    let px = golden.unwrap().remove("pixel_values").unwrap();
+    write_safetensors(&pixels, &[("pixel_values".to_string(), px)].into(), None).unwrap();
+    let logits = dir.path().join("logits.safetensors");
+    let (w, p, l) = (
+        weights.to_str().unwrap(),
+        pixels.to_str().unwrap(),
+        logits.to_str().unwrap(),
+    );
+    let (code, _, err) = vitrs(&["logits", "--pretrained", w, "--input", p, "--output", l]);
+    assert_eq!(code, 1, "{err}");
+    assert_one_line_error(&err, "would need at least");
+
+    // No images of 400000×400000 pixels: the model for them would not fit.
+    let huge = [(
+        "pixel_values".to_string(),
+        empty(vec![0, 3, 400_000, 400_000]),
+    )]
+    .into();
+    write_safetensors(&pixels, &huge, None).unwrap();
+    let fixture = common::fixture("timm-vit-tiny");
+    let f = fixture.to_str().unwrap();
+    let (code, _, err) = vitrs(&["logits", "--pretrained", f, "--input", p, "--output", l]);
+    assert_eq!(code, 1, "{err}");
+    assert_one_line_error(&err, "on 10000000001 tokens");
+    assert!(!logits.exists());
 }

@@ -162,3 +162,61 @@ fn zero_size_tensors_with_huge_dimensions_are_errors_not_overflows() {
     let e = convert_err(w, None);
     assert!(e.contains("not a square grid"), "{e}");
 }
+
+#[test]
+fn twenty_thousand_stray_blocks_are_refused_in_one_pass() {
+    // Was: the depth was counted by scanning every name once per block (20,000 zero-size
+    // `blocks.N` tensors took 7 s), then a 20,002-block model was built before the
+    // mismatch showed. Now one pass, and each block must have block 0's tensors.
+    let mut w = sd(&TIMM_STEM);
+    w.insert("blocks.0.mlp.fc1.weight".into(), t(&[8, 4]));
+    w.insert("pos_embed".into(), t(&[1, 5, 4]));
+    for i in 1..20_000 {
+        w.insert(format!("blocks.{i}.norm1.weight"), t(&[0]));
+    }
+    let e = convert_err(w.clone(), None);
+    assert!(
+        e.contains("blocks.1 has no mlp.fc1.weight, which blocks.0 has"),
+        "{e}"
+    );
+    w.remove("blocks.7.norm1.weight");
+    for i in 1..20_000 {
+        w.remove(&format!("blocks.{i}.norm1.weight"));
+    }
+    w.insert("blocks.2.norm1.weight".into(), t(&[4]));
+    let e = convert_err(w, None);
+    assert!(
+        e.contains("blocks.1 is missing but blocks.2 is there"),
+        "{e}"
+    );
+}
+
+#[test]
+fn shapes_declared_by_empty_tensors_are_refused_before_the_model_is_built() {
+    // A zero-byte fc1 may declare 10^7 rows: the model of that shape (7.8 GB) used to be
+    // allocated before the weights were found not to fill it.
+    let timm = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/timm-vit-tiny"
+    ));
+    let mut w = vitrs::model::io::read_safetensors(&timm.join("model.safetensors")).unwrap();
+    w.insert(
+        "blocks.0.mlp.fc1.weight".into(),
+        HostTensor {
+            shape: vec![10_000_000, 0],
+            data: vec![],
+        },
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(timm.join("config.json")).unwrap()).unwrap();
+    let p = from_state_dict(w, Some(&config), None, Path::new("w.safetensors")).unwrap();
+    let e = one_line(
+        p.build(0, &burn::tensor::Device::flex())
+            .unwrap_err()
+            .to_string(),
+    );
+    assert!(
+        e.contains("the weights hold 53434 values, but a ViT of the shapes they declare (embed-dim 48, depth 2, mlp-dim 10000000, 65 tokens) has 1940024912 outside its head"),
+        "{e}"
+    );
+}

@@ -470,7 +470,7 @@ fn hub_ids_resolve_through_a_fake_cache() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixture("hf-vit-tiny").join(f), snap.join(f)).unwrap();
     }
-    let repo = Repo::new("acme/vit-tiny", cache.path().to_path_buf(), true);
+    let repo = Repo::new("acme/vit-tiny", cache.path().to_path_buf(), true).unwrap();
     let p = weights::load_hub(&repo).unwrap();
     assert_eq!(p.origin, Origin::Hf);
     let g = golden("hf-vit-tiny");

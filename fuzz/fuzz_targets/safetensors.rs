@@ -1,9 +1,11 @@
 //! safetensors weights (`--pretrained`, `--init-from`, checkpoints): the parser, then the
-//! conversion of a timm / HF / ResNet state dict into a model description that
-//! `--pretrained <file>.safetensors` runs.
+//! conversion of a timm / HF / ResNet state dict into a model description, then the model
+//! built from it, as `--pretrained <file>.safetensors` runs them (issue 23, case 4: sizes
+//! declared by zero-byte tensors used to reach the allocator).
 #![no_main]
 use std::path::Path;
 
+use burn::tensor::Device;
 use libfuzzer_sys::fuzz_target;
 use vitrs::model::io::parse_safetensors;
 use vitrs::weights::from_state_dict;
@@ -33,6 +35,10 @@ fuzz_target!(|data: &[u8]| {
                 for (name, t) in &p.weights {
                     let n = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
                     assert_eq!(n, Some(t.data.len()), "tensor {name}");
+                }
+                // The model those weights describe: built and filled, or one line.
+                if let Err(e) = p.build(0, &Device::flex()) {
+                    common::assert_one_line(&e);
                 }
             }
             Err(e) => common::assert_one_line(&e),

@@ -158,6 +158,19 @@ impl Config {
             let name = k.replace('_', "-");
             match spellings.iter().find(|(s, _)| *s == name) {
                 Some((_, key)) => {
+                    let floats = match &v {
+                        toml::Value::Float(f) => vec![*f],
+                        toml::Value::Array(a) => {
+                            a.iter().filter_map(toml::Value::as_float).collect()
+                        }
+                        _ => vec![],
+                    };
+                    if let Some(f) = floats.iter().find(|f| !f.is_finite()) {
+                        return Err(Error::Config(format!(
+                            "{}: `{shown} = {f}` is not a finite number: give {key} a number",
+                            path.display()
+                        )));
+                    }
                     if let Some(first) = given_as.insert(key.clone(), shown.clone()) {
                         return Err(Error::Config(format!(
                             "{}: `{first}` and `{shown}` both set {key}: keep one",
@@ -204,12 +217,16 @@ impl Config {
             Ok(toml::Value::Table(t)) => t,
             _ => toml::Table::new(),
         };
+        let base_table = table.clone();
         let mut explicit = std::collections::BTreeSet::new();
+        let mut file_keys = std::collections::BTreeSet::new();
         if let Some(f) = file {
             let from_file = Config::table_from_file(f)?;
-            explicit.extend(from_file.keys().cloned());
+            file_keys.extend(from_file.keys().cloned());
             table.extend(from_file);
         }
+        explicit.extend(file_keys.iter().cloned());
+        let mut cli_keys = std::collections::BTreeSet::new();
         let cli_table = match toml::Value::try_from(cli) {
             Ok(toml::Value::Table(t)) => t,
             _ => toml::Table::new(),
@@ -218,6 +235,7 @@ impl Config {
             if let Some(v) = cli_table.get(&key) {
                 table.insert(key.clone(), v.clone());
             }
+            cli_keys.insert(key.clone());
             explicit.insert(key);
         }
         // `--model vit-hf-pretrained` brings seed 000's recipe as defaults (a resumed run of
@@ -230,9 +248,24 @@ impl Config {
                 }
             }
         }
-        let cfg = toml::Value::Table(table)
+        let cfg = toml::Value::Table(table.clone())
             .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(format!("config: {}", e.message())))?;
+            .map_err(|e: toml::de::Error| {
+                // serde names the type, not the key: find the key (and where it came from).
+                let culprit = explicit.iter().find(|k| {
+                    let mut one = base_table.clone();
+                    one.extend(table.get(*k).map(|v| ((*k).clone(), v.clone())));
+                    toml::Value::Table(one).try_into::<Config>().is_err()
+                });
+                let from_file = |k: &String| file_keys.contains(k) && !cli_keys.contains(k);
+                Error::Config(match (culprit, file) {
+                    (Some(k), Some(f)) if from_file(k) => {
+                        format!("{}: {k}: {}", f.display(), e.message())
+                    }
+                    (Some(k), _) => format!("--{}: {}", k.replace('_', "-"), e.message()),
+                    (None, _) => format!("config: {}", e.message()),
+                })
+            })?;
         Ok((cfg, explicit))
     }
 

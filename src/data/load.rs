@@ -78,6 +78,12 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<Dataset> {
                     "synthetic data needs 1..=65536 classes and --img-size > 0".into(),
                 ));
             }
+            crate::memory::ensure_fits(
+                format_args!("{n} synthetic {size}×{size} images"),
+                // Pixels, then the shuffled order (8 bytes) and label (2) of each image.
+                (n as u128).saturating_mul(3 * (size as u128).pow(2) + 10),
+                "lower --synthetic-size or --img-size",
+            )?;
             synthetic::synthetic(n, classes, size, 3, cfg.run.seed, split as u64)
         }
     };

@@ -149,14 +149,53 @@ impl VitConfig {
                 return bad(format!("{name} {p} must be in [0, 1)"));
             }
         }
-        Ok(())
+        crate::memory::ensure_fits(
+            format_args!(
+                "a ViT of embed-dim {}, depth {}, mlp-dim {} on {} tokens ({} weights)",
+                self.embed_dim,
+                self.depth,
+                self.mlp_dim,
+                self.num_tokens(),
+                self.num_params()
+            ),
+            4 * self.num_params(),
+            "choose smaller sizes (--embed-dim, --depth, --mlp-dim, --img-size)",
+        )
+    }
+
+    /// Tokens per image: patches and prefix tokens (u128: sizes from files can be anything).
+    pub fn num_tokens(&self) -> u128 {
+        let side = (self.img_size / self.patch_size.max(1)) as u128;
+        (side * side).saturating_add(self.num_prefix_tokens() as u128)
+    }
+
+    /// The ViT's weights, counted from its shape without building it.
+    pub fn num_params(&self) -> u128 {
+        let [d, m, c] = [self.embed_dim, self.mlp_dim, self.num_classes].map(|v| v as u128);
+        let p = self.patch_size as u128;
+        let patch_embed = (self.in_chans as u128 * p * p + 1).saturating_mul(d);
+        // Position embeddings, and the class (and distillation) token itself.
+        let tokens = (self.num_tokens() + self.num_prefix_tokens() as u128).saturating_mul(d);
+        // Two norms, qkv and projection, the MLP's two layers (weights and biases).
+        let block = (4 * d)
+            .saturating_add((4 * d).saturating_mul(d + 1))
+            .saturating_add((2 * d + 1).saturating_mul(m))
+            .saturating_add(d);
+        let heads = (1 + self.dist_token as u128) * (d + 1).saturating_mul(c);
+        patch_embed
+            .saturating_add(tokens)
+            .saturating_add(block.saturating_mul(self.depth as u128))
+            .saturating_add(2 * d)
+            .saturating_add(heads)
     }
 }
 
+/// The head count nearest `heads` that divides `dim` (searching outwards: at most `heads`
+/// steps, whatever `dim` is).
 fn divisors_near(dim: usize, heads: usize) -> usize {
-    (1..=dim)
-        .filter(|h| dim.is_multiple_of(*h))
-        .min_by_key(|h| h.abs_diff(heads))
+    (0..=heads)
+        .flat_map(|d| [heads - d, heads.saturating_add(d)])
+        .find(|&h| h > 0 && dim.is_multiple_of(h))
         .unwrap_or(1)
 }
 
@@ -312,17 +351,9 @@ mod tests {
         VitConfig::with_shape(img, patch, 3, classes, dims)
     }
 
-    /// Closed-form parameter count of a timm ViT.
+    /// `VitConfig::num_params`, the closed form the size guard uses.
     fn closed_form(c: &VitConfig) -> usize {
-        let d = c.embed_dim;
-        let patch = c.in_chans * c.patch_size * c.patch_size * d + d;
-        let tokens = (c.num_patches() + 1) * d + d;
-        let block = 2 * 2 * d
-            + (3 * d * d + 3 * d)
-            + (d * d + d)
-            + (d * c.mlp_dim + c.mlp_dim)
-            + (c.mlp_dim * d + d);
-        patch + tokens + c.depth * block + 2 * d + d * c.num_classes + c.num_classes
+        c.num_params() as usize
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::data::dataset::Dataset;
 use crate::data::loader::{Loader, LoaderConfig, SampleTransform};
 use crate::data::{Split, load, recipe};
 use crate::error::{Error, Result};
+use crate::memory::product;
 use crate::model::io::HostTensor;
 use crate::model::layers::Ctx;
 use crate::model::{Model, VitConfig};
@@ -249,6 +250,7 @@ pub fn prepare(mut cfg: Config) -> Result<Run> {
             None,
         ),
     };
+    ensure_training_fits(&vit_config, cfg.optim.batch_size)?;
     let (mean, std) = load::mean_std(&cfg, train_data.channels);
     let out_size = vit_config.img_size;
     let loader_cfg = |shuffle: bool| LoaderConfig {
@@ -285,6 +287,29 @@ pub fn prepare(mut cfg: Config) -> Result<Run> {
         class_names,
         run_dir,
     })
+}
+
+/// The size guard of training (`crate::memory`): a ViT's weights, one batch of images and
+/// one saved activation per block (backward needs at least the input of each block).
+fn ensure_training_fits(vit: &VitConfig, batch: usize) -> Result<()> {
+    if vit.cnn.is_some() {
+        return Ok(());
+    }
+    let activations = product(&[batch, vit.embed_dim, vit.depth]).saturating_mul(vit.num_tokens());
+    let images = product(&[batch, vit.in_chans, vit.img_size, vit.img_size]);
+    let floats = vit
+        .num_params()
+        .saturating_add(activations)
+        .saturating_add(images);
+    crate::memory::ensure_fits(
+        format_args!(
+            "training a ViT of {} weights on {} tokens per image with --batch-size {batch}",
+            vit.num_params(),
+            vit.num_tokens()
+        ),
+        floats.saturating_mul(4),
+        "lower --batch-size (--accum-steps keeps the effective batch) or choose a smaller model",
+    )
 }
 
 /// The evaluation loader of a run: no augmentation, resized to the model's input size.

@@ -10,15 +10,23 @@
 //! A file already in the cached snapshot is used as it is, without asking the network. A
 //! missing one is downloaded with `ureq` (already vitrs' HTTP client; the `hf-hub` crate needs
 //! tokio/reqwest, or a second HTTP client in its 0.4 line) from
-//! `https://huggingface.co/<id>/resolve/<revision>/<file>`, with `$HF_TOKEN` as bearer token
-//! when set. With `HF_HUB_OFFLINE=1` (or no network) a missing file is an error naming the file
-//! and the path to put it at.
+//! `$HF_ENDPOINT/<id>/resolve/<revision>/<file>` (`HF_ENDPOINT` as `huggingface_hub` reads it:
+//! a mirror, default `https://huggingface.co`), with `$HF_TOKEN` as bearer token when set. With
+//! `HF_HUB_OFFLINE=1` (or no network) a missing file is an error naming the file and the path
+//! to put it at.
+//!
+//! Nothing from the spec or the server becomes a path unchecked: a revision is a git ref
+//! name (no `..`, no absolute path), the server's commit must be a commit hash and its etag a
+//! hash; a file the hub stores in LFS (its etag is the sha256 of the content) is checked
+//! against that sha256 before it enters the cache.
 
 use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
@@ -86,28 +94,62 @@ pub struct Repo {
     pub offline: bool,
 }
 
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 fn is_commit_hash(s: &str) -> bool {
-    s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit())
+    is_hex(s, 40)
+}
+
+/// A revision as the hub names them (`main`, `v2.0`, `refs/pr/1`, a commit hash): `/`-separated
+/// parts of letters, digits, `-`, `_` and `.`, none empty, `.` or `..`, so that joined to the
+/// cache's `refs/` and `snapshots/` it stays inside them.
+fn valid_revision(rev: &str) -> bool {
+    rev.len() <= 255
+        && rev.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+}
+
+/// The hub's base URL: `$HF_ENDPOINT` (a mirror), else huggingface.co.
+fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".into())
+        .trim_end_matches('/')
+        .to_string()
 }
 
 impl Repo {
     /// `org/name[@revision]` in the environment's cache, offline as the environment says.
-    pub fn from_env(spec: &str) -> Repo {
+    pub fn from_env(spec: &str) -> Result<Repo> {
         Repo::new(spec, cache_dir(), offline())
     }
 
-    pub fn new(spec: &str, cache: PathBuf, offline: bool) -> Repo {
+    pub fn new(spec: &str, cache: PathBuf, offline: bool) -> Result<Repo> {
         let (id, revision, pinned) = match spec.split_once('@') {
             Some((id, rev)) if !rev.is_empty() => (id, rev, true),
             _ => (spec.trim_end_matches('@'), "main", false),
         };
-        Repo {
+        if !valid_revision(revision) {
+            return Err(Error::Checkpoint(format!(
+                "{id}: revision {revision:?} is not a branch, tag or commit name (letters, digits, -, _, . and /-separated parts, no ..): e.g. {id}@main"
+            )));
+        }
+        Ok(Repo {
             id: id.to_string(),
             revision: revision.to_string(),
             pinned,
             cache,
             offline,
-        }
+        })
     }
 
     /// `<cache>/models--org--name`.
@@ -200,8 +242,10 @@ impl Repo {
 
     fn download(&self, file: &str) -> std::result::Result<PathBuf, Fetch> {
         let url = format!(
-            "https://huggingface.co/{}/resolve/{}/{file}",
-            self.id, self.revision
+            "{}/{}/resolve/{}/{file}",
+            endpoint(),
+            self.id,
+            self.revision
         );
         let config = ureq::Agent::config_builder()
             .timeout_connect(Some(Duration::from_secs(20)))
@@ -240,10 +284,29 @@ impl Repo {
                         .to_string()
                 })
         };
-        let commit = header("x-repo-commit").unwrap_or_else(|| self.revision.clone());
-        let etag = header("x-linked-etag")
+        // Both become path names: a commit hash and a hash-shaped etag, or an error.
+        let commit = match header("x-repo-commit") {
+            Some(c) if is_commit_hash(&c) => c,
+            Some(c) => {
+                return Err(Fetch::Network(format!(
+                    "the hub answered {:?} as the commit of {file}, which is not a commit hash",
+                    c.escape_debug().to_string()
+                )));
+            }
+            None if is_commit_hash(&self.revision) => self.revision.clone(),
+            None => {
+                return Err(Fetch::Network(format!(
+                    "the hub did not say which commit {} is (no x-repo-commit header)",
+                    self.revision
+                )));
+            }
+        };
+        let linked = header("x-linked-etag");
+        // An LFS file's etag is the sha256 of its content: checked after the download.
+        let sha256 = linked.clone().filter(|e| is_hex(e, 64));
+        let etag = linked
             .or_else(|| header("etag"))
-            .filter(|e| !e.is_empty() && !e.contains('/'))
+            .filter(|e| is_hex(e, 40) || is_hex(e, 64))
             .unwrap_or_else(|| format!("{commit}-{}", file.replace('/', "_")));
         let dir = self.dir();
         let blobs = dir.join("blobs");
@@ -263,6 +326,7 @@ impl Repo {
             let mut out = fs::File::create(&part).map_err(|e| local(e, &part, "creating"))?;
             let mut reader = response.body_mut().as_reader();
             let mut buf = vec![0u8; 1 << 16];
+            let mut hash = Sha256::new();
             crate::log_line!("downloading {}/{file}", self.id);
             loop {
                 let n = reader
@@ -271,10 +335,18 @@ impl Repo {
                 if n == 0 {
                     break;
                 }
+                hash.update(&buf[..n]);
                 out.write_all(&buf[..n])
                     .map_err(|e| local(e, &part, "writing"))?;
             }
             out.sync_all().map_err(|e| local(e, &part, "writing"))?;
+            let got: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            if let Some(want) = sha256.filter(|w| !w.eq_ignore_ascii_case(&got)) {
+                let _ = fs::remove_file(&part);
+                return Err(Fetch::Network(format!(
+                    "{file} arrived with sha256 {got}, not the hub's {want} (a broken download or proxy); try again"
+                )));
+            }
             fs::rename(&part, &blob).map_err(|e| local(e, &blob, "moving the download to"))?;
         }
         let target = snapshot.join(file);
@@ -284,10 +356,11 @@ impl Repo {
         let _ = fs::remove_file(&target);
         link_or_copy(&blob, &target).map_err(|e| local(e, &target, "linking"))?;
         if !is_commit_hash(&self.revision) || self.revision != commit {
-            let refs = dir.join("refs");
-            fs::create_dir_all(&refs).map_err(|e| local(e, &refs, "creating"))?;
-            fs::write(refs.join(&self.revision), &commit)
-                .map_err(|e| local(e, &refs, "writing"))?;
+            // `refs/pr/1` is a file in refs/pr/ (a checked revision: it stays in refs/).
+            let r#ref = dir.join("refs").join(&self.revision);
+            let refs = r#ref.parent().unwrap_or(&dir);
+            fs::create_dir_all(refs).map_err(|e| local(e, refs, "creating"))?;
+            fs::write(&r#ref, &commit).map_err(|e| local(e, &r#ref, "writing"))?;
         }
         Ok(target)
     }
@@ -382,7 +455,7 @@ mod tests {
         fs::write(repo_dir.join("refs/main"), format!("{commit}\n")).unwrap();
         fs::write(repo_dir.join("blobs/abc123"), b"{}").unwrap();
         link_or_copy(&repo_dir.join("blobs/abc123"), &snap.join("config.json")).unwrap();
-        let repo = Repo::new("org/tiny-vit", tmp.path().to_path_buf(), true);
+        let repo = Repo::new("org/tiny-vit", tmp.path().to_path_buf(), true).unwrap();
         assert_eq!(repo.snapshot().unwrap(), snap);
         let p = repo.get("config.json", true).unwrap().unwrap();
         assert_eq!(p, snap.join("config.json"));
@@ -409,7 +482,8 @@ mod tests {
             &format!("org/tiny-vit@{commit}"),
             tmp.path().to_path_buf(),
             true,
-        );
+        )
+        .unwrap();
         assert_eq!(pinned.snapshot().unwrap(), snap);
     }
 
@@ -425,20 +499,50 @@ mod tests {
         fs::create_dir_all(&snap).unwrap();
         fs::write(snap.join("config.json"), b"{}").unwrap();
         // Unnamed: the lone snapshot of a cache filled by hand is taken.
-        let any = Repo::new("org/m", tmp.path().to_path_buf(), true);
+        let any = Repo::new("org/m", tmp.path().to_path_buf(), true).unwrap();
         assert_eq!(any.snapshot().unwrap(), snap);
         for rev in ["v2.0-does-not-exist", &"a".repeat(40)] {
-            let named = Repo::new(&format!("org/m@{rev}"), tmp.path().to_path_buf(), true);
+            let named = Repo::new(&format!("org/m@{rev}"), tmp.path().to_path_buf(), true).unwrap();
             assert!(named.snapshot().is_none(), "{rev}");
             let e = named.get("config.json", true).unwrap_err().to_string();
             assert!(e.contains(&format!("snapshots/{rev}/config.json")), "{e}");
         }
     }
 
+    /// A revision that would lead out of the cache (issue 23, case 5) is refused.
+    #[test]
+    fn revisions_are_ref_names_not_paths() {
+        for ok in ["main", "v2.0", "refs/pr/1", &"a".repeat(40)] {
+            assert!(
+                Repo::new(&format!("org/m@{ok}"), "/c".into(), true).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "../../x",
+            "..",
+            "a//b",
+            "/abs",
+            "a/./b",
+            "v1\n",
+            "a b",
+            "x\u{1b}[2J",
+        ] {
+            let e = Repo::new(&format!("org/m@{bad}"), "/c".into(), true).err();
+            let e = e
+                .unwrap_or_else(|| panic!("{bad:?} was accepted"))
+                .to_string();
+            assert!(
+                e.contains("is not a branch, tag or commit name") && e.lines().count() == 1,
+                "{e}"
+            );
+        }
+    }
+
     #[test]
     fn empty_cache_offline_says_where_the_file_goes() {
         let tmp = tempfile::tempdir().unwrap();
-        let repo = Repo::new("google/vit-base-patch16-224-in21k", tmp.path().into(), true);
+        let repo = Repo::new("google/vit-base-patch16-224-in21k", tmp.path().into(), true).unwrap();
         let e = repo.get("model.safetensors", true).unwrap_err().to_string();
         let want = tmp
             .path()

@@ -4,7 +4,7 @@
 //! (`model_args.num_heads`, or a plain `num_heads`), else timm's own choice for its standard
 //! widths; a timm ResNet's from `resnet::infer_config`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde_json::Value;
@@ -79,16 +79,7 @@ fn infer_shapes(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<Shapes
         )));
     }
     get("cls_token")?;
-    let mut depth = 0;
-    while sd
-        .keys()
-        .any(|k| k.starts_with(&format!("blocks.{depth}.")))
-    {
-        depth += 1;
-    }
-    if depth == 0 {
-        return Err(err(format!("{}: no transformer blocks", path.display())));
-    }
+    let depth = count_blocks(sd, path)?;
     // Rank 0 would have no first dimension; a file can say anything.
     let rows = |k: &str| -> Result<usize> {
         let t = get(k)?;
@@ -133,6 +124,45 @@ fn infer_shapes(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<Shapes
             .transpose()?,
         img_size,
     })
+}
+
+/// The number of transformer blocks, in one pass over the names: `blocks.0` … `blocks.N-1`,
+/// numbered without gaps, each with the tensors of `blocks.0` (checked here, before a model
+/// of that depth is built).
+fn count_blocks(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<usize> {
+    let mut blocks: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
+    for k in sd.keys() {
+        let Some((n, rest)) = k.strip_prefix("blocks.").and_then(|r| r.split_once('.')) else {
+            continue;
+        };
+        if let Ok(n) = n.parse::<usize>() {
+            blocks.entry(n).or_default().insert(rest);
+        }
+    }
+    let Some(first) = blocks.get(&0) else {
+        return Err(err(format!("{}: no transformer blocks", path.display())));
+    };
+    for (expect, (n, names)) in blocks.iter().enumerate() {
+        if *n != expect {
+            return Err(err(format!(
+                "{}: blocks.{expect} is missing but blocks.{n} is there (blocks are numbered from 0 without gaps)",
+                path.display()
+            )));
+        }
+        if let Some(missing) = first.difference(names).next() {
+            return Err(err(format!(
+                "{}: blocks.{n} has no {missing}, which blocks.0 has",
+                path.display()
+            )));
+        }
+        if let Some(extra) = names.difference(first).next() {
+            return Err(err(format!(
+                "{}: blocks.{n} has {extra}, which blocks.0 has not",
+                path.display()
+            )));
+        }
+    }
+    Ok(blocks.len())
 }
 
 fn base_config(s: &Shapes, num_heads: usize, eps: f64) -> VitConfig {

@@ -101,7 +101,7 @@ pub fn load(spec: &str, checkpoint: CheckpointReader) -> Result<Pretrained> {
         return load_path(path, checkpoint);
     }
     if hub::looks_like_id(spec) {
-        return load_hub(&hub::Repo::from_env(spec));
+        return load_hub(&hub::Repo::from_env(spec)?);
     }
     Err(err(format!(
         "{spec}: no such file or directory (give a directory with config.json and model.safetensors, a .safetensors file, a vitrs checkpoint directory, or a hub id such as google/vit-base-patch16-224-in21k)"
@@ -243,6 +243,12 @@ impl Pretrained {
                 c.patch_size
             )));
         }
+        // The size guard before the resampled table is allocated.
+        VitConfig {
+            img_size,
+            ..c.clone()
+        }
+        .validate()?;
         let (old, new) = (c.img_size / c.patch_size, img_size / c.patch_size);
         let method = self.resample_method();
         let pe = self
@@ -282,8 +288,33 @@ impl Pretrained {
                 self.source.display()
             )));
         }
+        self.check_holds_the_body()?;
         let model = crate::model::Model::new(&self.config, seed, device)?;
         load_state_dict_keeping(model, &self.weights, device, is_head)
+    }
+
+    /// The weights hold at least the values of every ViT weight outside the head, checked
+    /// before the model is built: zero-size tensors can declare any shape, so a small file
+    /// could otherwise make vitrs allocate gigabytes for a model it then cannot fill.
+    fn check_holds_the_body(&self) -> Result<()> {
+        let c = &self.config;
+        if c.cnn.is_some() {
+            return Ok(());
+        }
+        let heads = (1 + c.dist_token as u128) * (c.embed_dim as u128 + 1) * c.num_classes as u128;
+        let body = c.num_params().saturating_sub(heads);
+        let held: u128 = self.weights.values().map(|t| t.data.len() as u128).sum();
+        if held < body {
+            return Err(err(format!(
+                "{}: the weights hold {held} values, but a ViT of the shapes they declare (embed-dim {}, depth {}, mlp-dim {}, {} tokens) has {body} outside its head: some tensors are empty or missing",
+                self.source.display(),
+                c.embed_dim,
+                c.depth,
+                c.mlp_dim,
+                c.num_tokens()
+            )));
+        }
+        Ok(())
     }
 
     /// Merge a PEFT LoRA adapter into these weights (PEFT's `merge_and_unload()`): the
