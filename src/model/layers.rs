@@ -6,7 +6,7 @@
 //! and DropPath act only in a training context, so evaluation can never be stochastic by accident.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::{gelu, sigmoid, silu, softmax};
 use burn::tensor::module::{attention, conv2d, layer_norm};
 use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use std::cell::RefCell;
@@ -272,37 +272,120 @@ pub fn attend_ops(qkv: Tensor<3>, heads: usize, attn_drop: f64, ctx: &Ctx) -> Te
     up(out, p).swap_dims(1, 2).reshape([b, n, c])
 }
 
-/// timm's `Mlp`: fc1 → GELU → dropout → fc2 → dropout.
+/// The MLP's activation (timm's `act_layer`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Act {
+    /// Exact (erf) GELU: timm's and HF's default.
+    #[default]
+    Gelu,
+    /// GELU's tanh approximation (`gelu_tanh`, HF `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// `x · σ(1.702 x)`: OpenAI CLIP's activation (timm `quick_gelu`).
+    QuickGelu,
+    Silu,
+}
+
+impl Act {
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Act::Gelu => gelu(x),
+            Act::GeluTanh => {
+                let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715)
+                    * (2.0 / std::f64::consts::PI).sqrt();
+                x * (inner.tanh() + 1.0) * 0.5
+            }
+            Act::QuickGelu => x.clone() * sigmoid(x * 1.702),
+            Act::Silu => silu(x),
+        }
+    }
+}
+
+/// How the MLP mixes its hidden units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpKind {
+    /// fc1 → act → fc2 (timm's `Mlp`).
+    #[default]
+    Mlp,
+    /// Gated: fc1 gives `[x1, x2]` (2 × hidden), then `act(x1) · x2` → fc2 (timm's
+    /// `SwiGLUPacked`, HF DINOv2's `use_swiglu_ffn`, with act = SiLU).
+    Glu,
+}
+
+/// timm's `Mlp` (fc1 → act → dropout → fc2 → dropout), or its gated form ([`MlpKind::Glu`]).
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc1: Linear,
     pub fc2: Linear,
     pub drop: f64,
+    #[module(skip)]
+    pub act: Act,
+    #[module(skip)]
+    pub kind: MlpKind,
 }
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>, ctx: &Ctx) -> Tensor<3> {
-        let x = dropout(gelu(self.fc1.forward_ctx(x, ctx)), self.drop, ctx);
+        let h = self.fc1.forward_ctx(x, ctx);
+        let h = match self.kind {
+            MlpKind::Mlp => self.act.apply(h),
+            MlpKind::Glu => {
+                let hidden = h.dims()[2] / 2;
+                let gate = h.clone().narrow(2, 0, hidden);
+                self.act.apply(gate) * h.narrow(2, hidden, hidden)
+            }
+        };
+        let x = dropout(h, self.drop, ctx);
         dropout(self.fc2.forward_ctx(x, ctx), self.drop, ctx)
     }
 }
 
-/// Pre-norm transformer block.
+/// LayerScale (CaiT, DeiT III, DINOv2): a learned per-channel gain on a residual branch,
+/// timm's `ls1`/`ls2` with parameter `gamma`.
+#[derive(Module, Debug)]
+pub struct LayerScale {
+    pub gamma: Param<Tensor<1>>,
+}
+
+impl LayerScale {
+    pub fn new(dim: usize, init: f64, device: &Device) -> Self {
+        LayerScale {
+            gamma: Param::from_tensor(Tensor::ones([dim], device) * init),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        x * self.gamma.val().unsqueeze::<3>()
+    }
+}
+
+/// `x` through `scale` when there is one.
+pub fn scaled(x: Tensor<3>, scale: &Option<LayerScale>) -> Tensor<3> {
+    match scale {
+        Some(s) => s.forward(x),
+        None => x,
+    }
+}
+
+/// Pre-norm transformer block, with optional LayerScale on both branches.
 #[derive(Module, Debug)]
 pub struct Block {
     pub norm1: LayerNorm,
     pub attn: Attention,
+    pub ls1: Option<LayerScale>,
     pub norm2: LayerNorm,
     pub mlp: Mlp,
+    pub ls2: Option<LayerScale>,
     pub drop_path: f64,
 }
 
 impl Block {
     pub fn forward(&self, x: Tensor<3>, ctx: &Ctx) -> Tensor<3> {
         let a = self.attn.forward(self.norm1.forward(x.clone()), ctx);
-        let x = x + drop_path(a, self.drop_path, ctx);
+        let x = x + drop_path(scaled(a, &self.ls1), self.drop_path, ctx);
         let m = self.mlp.forward(self.norm2.forward(x.clone()), ctx);
-        x + drop_path(m, self.drop_path, ctx)
+        x + drop_path(scaled(m, &self.ls2), self.drop_path, ctx)
     }
 }
 

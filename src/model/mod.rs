@@ -15,7 +15,7 @@ pub mod sparse;
 pub mod vit;
 
 pub use classifier::Model;
-pub use vit::{EvalHead, Pool, VisionTransformer, VitConfig};
+pub use vit::{Act, EvalHead, MlpKind, Pool, VisionTransformer, VitConfig};
 
 /// A named model size. `None` image size means "the dataset's own" (the CIFAR-sized presets
 /// train at 32×32 on CIFAR and 28×28 on Fashion-MNIST).

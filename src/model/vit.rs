@@ -1,12 +1,22 @@
-//! The Vision Transformer, on one screen (timm's `VisionTransformer`, pre-norm, class token,
-//! learned position embeddings; optional DeiT distillation token).
+//! The Vision Transformer, on one screen: timm's `VisionTransformer` (pre-norm, learned
+//! position embeddings) with the pieces today's families use: class token or none, DeiT's
+//! distillation token, register tokens, position embeddings that skip the prefix tokens,
+//! LayerScale, `norm_pre`, `fc_norm`, GELU / QuickGELU / SwiGLU MLPs, token / average /
+//! class+mean pooling.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::layers::{Attention, Block, Ctx, Init, LayerNorm, Linear, Mlp, PatchEmbed, dropout};
+pub use super::layers::{Act, MlpKind};
+use super::layers::{
+    Attention, Block, Ctx, Init, LayerNorm, LayerScale, Linear, Mlp, PatchEmbed, dropout,
+};
 use crate::error::{Error, Result};
+
+fn yes() -> bool {
+    true
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -15,6 +25,9 @@ pub enum Pool {
     Cls,
     /// Mean over the patch tokens (timm `global_pool='avg'`).
     Avg,
+    /// The class token and the mean of the patch tokens, concatenated (HF
+    /// `Dinov2ForImageClassification`): the head takes twice the width.
+    ClsMean,
 }
 
 /// What a distillation-token ViT predicts with: the mean of both heads (DeiT), or one of them.
@@ -52,6 +65,31 @@ pub struct VitConfig {
     /// With a distillation token: the head(s) evaluation and prediction use.
     #[serde(default)]
     pub eval_head: EvalHead,
+    /// A class token (timm `class_token`; off in GAP models, which pool by average).
+    #[serde(default = "yes")]
+    pub class_token: bool,
+    /// Register tokens after the class token (timm `reg_tokens`; DINOv2 with registers).
+    #[serde(default)]
+    pub reg_tokens: usize,
+    /// The position embedding covers the patches only; prefix tokens get none (timm
+    /// `no_embed_class`: DeiT III, register models).
+    #[serde(default)]
+    pub no_embed_class: bool,
+    /// LayerScale's initial gain on both residual branches (timm `init_values`), or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_scale: Option<f64>,
+    /// A LayerNorm before the blocks (`norm_pre`; CLIP, whose patch projection has no bias).
+    #[serde(default)]
+    pub pre_norm: bool,
+    #[serde(default = "yes")]
+    pub patch_bias: bool,
+    /// The final LayerNorm acts after pooling (`fc_norm`) instead of on every token (`norm`).
+    #[serde(default)]
+    pub fc_norm: bool,
+    #[serde(default)]
+    pub act: Act,
+    #[serde(default)]
+    pub mlp: MlpKind,
     /// A CNN instead of the ViT: `img_size`, `in_chans` and `num_classes` still apply, the
     /// transformer fields are unused. Absent in ViT checkpoints (which stay loadable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +124,15 @@ impl VitConfig {
             pool: Pool::Cls,
             dist_token: false,
             eval_head: EvalHead::Avg,
+            class_token: true,
+            reg_tokens: 0,
+            no_embed_class: false,
+            layer_scale: None,
+            pre_norm: false,
+            patch_bias: true,
+            fc_norm: false,
+            act: Act::Gelu,
+            mlp: MlpKind::Mlp,
             cnn: None,
         }
     }
@@ -107,8 +154,27 @@ impl VitConfig {
         (self.img_size / self.patch_size).pow(2)
     }
 
+    /// Class, distillation and register tokens before the patches.
     pub fn num_prefix_tokens(&self) -> usize {
-        1 + self.dist_token as usize
+        self.class_token as usize + self.dist_token as usize + self.reg_tokens
+    }
+
+    /// Rows of the position embedding: every token, or only the patches (`no_embed_class`).
+    pub fn num_pos_tokens(&self) -> usize {
+        self.num_patches()
+            + if self.no_embed_class {
+                0
+            } else {
+                self.num_prefix_tokens()
+            }
+    }
+
+    /// Width of what the head sees.
+    pub fn head_in(&self) -> usize {
+        match self.pool {
+            Pool::ClsMean => 2 * self.embed_dim,
+            _ => self.embed_dim,
+        }
     }
 
     /// Rejects shapes that cannot be built, before anything is allocated.
@@ -149,6 +215,12 @@ impl VitConfig {
                 return bad(format!("{name} {p} must be in [0, 1)"));
             }
         }
+        if !self.class_token && matches!(self.pool, Pool::Cls | Pool::ClsMean) {
+            return bad("a ViT without a class token pools by average (pool avg)".into());
+        }
+        if self.dist_token && (!self.class_token || self.reg_tokens > 0) {
+            return bad("a distillation token follows a class token, without registers".into());
+        }
         crate::memory::ensure_fits(
             format_args!(
                 "a ViT of embed-dim {}, depth {}, mlp-dim {} on {} tokens ({} weights)",
@@ -173,19 +245,31 @@ impl VitConfig {
     pub fn num_params(&self) -> u128 {
         let [d, m, c] = [self.embed_dim, self.mlp_dim, self.num_classes].map(|v| v as u128);
         let p = self.patch_size as u128;
-        let patch_embed = (self.in_chans as u128 * p * p + 1).saturating_mul(d);
+        let patch_embed =
+            (self.in_chans as u128 * p * p + self.patch_bias as u128).saturating_mul(d);
         // Position embeddings, and the class (and distillation) token itself.
-        let tokens = (self.num_tokens() + self.num_prefix_tokens() as u128).saturating_mul(d);
-        // Two norms, qkv and projection, the MLP's two layers (weights and biases).
+        let pos = self.num_tokens()
+            - if self.no_embed_class {
+                self.num_prefix_tokens() as u128
+            } else {
+                0
+            };
+        let tokens = (pos + self.num_prefix_tokens() as u128).saturating_mul(d);
+        // Two norms, qkv and projection, the MLP's two layers (weights and biases; a gated
+        // fc1 is twice as wide), LayerScale's two gains.
+        let fc1_out = if self.mlp == MlpKind::Glu { 2 * m } else { m };
         let block = (4 * d)
             .saturating_add((4 * d).saturating_mul(d + 1))
-            .saturating_add((2 * d + 1).saturating_mul(m))
-            .saturating_add(d);
-        let heads = (1 + self.dist_token as u128) * (d + 1).saturating_mul(c);
+            .saturating_add((d + 1).saturating_mul(fc1_out))
+            .saturating_add(m.saturating_mul(d) + d)
+            .saturating_add(if self.layer_scale.is_some() { 2 * d } else { 0 });
+        let head_in = self.head_in() as u128;
+        let heads = (1 + self.dist_token as u128) * (head_in + 1).saturating_mul(c);
+        let norms = 2 * d * (1 + self.pre_norm as u128);
         patch_embed
             .saturating_add(tokens)
             .saturating_add(block.saturating_mul(self.depth as u128))
-            .saturating_add(2 * d)
+            .saturating_add(norms)
             .saturating_add(heads)
     }
 }
@@ -202,11 +286,15 @@ fn divisors_near(dim: usize, heads: usize) -> usize {
 #[derive(Module, Debug)]
 pub struct VisionTransformer {
     pub patch_embed: PatchEmbed,
-    pub cls_token: Param<Tensor<3>>,
+    pub cls_token: Option<Param<Tensor<3>>>,
     pub dist_token: Option<Param<Tensor<3>>>,
+    pub reg_token: Option<Param<Tensor<3>>>,
     pub pos_embed: Param<Tensor<3>>,
+    pub norm_pre: Option<LayerNorm>,
     pub blocks: Vec<Block>,
-    pub norm: LayerNorm,
+    /// On every token (`norm`), or after pooling (`fc_norm`): one of the two.
+    pub norm: Option<LayerNorm>,
+    pub fc_norm: Option<LayerNorm>,
     pub head: Linear,
     pub head_dist: Option<Linear>,
     pub drop_rate: f64,
@@ -227,13 +315,21 @@ impl VisionTransformer {
         let c = config;
         let mut init = Init::new(seed);
         let dim = c.embed_dim;
-        let tokens = c.num_patches() + c.num_prefix_tokens();
-        let patch_embed = PatchEmbed::new(c.in_chans, dim, c.patch_size, &mut init, device);
-        let cls_token = Param::from_tensor(init.trunc_normal([1, 1, dim], 0.02, device));
-        let dist_token = c
-            .dist_token
-            .then(|| Param::from_tensor(init.trunc_normal([1, 1, dim], 0.02, device)));
-        let pos_embed = Param::from_tensor(init.trunc_normal([1, tokens, dim], 0.02, device));
+        let mut patch_embed = PatchEmbed::new(c.in_chans, dim, c.patch_size, &mut init, device);
+        if !c.patch_bias {
+            patch_embed.proj.bias = None;
+        }
+        let mut token = |n: usize| Param::from_tensor(init.trunc_normal([1, n, dim], 0.02, device));
+        let cls_token = c.class_token.then(|| token(1));
+        let dist_token = c.dist_token.then(|| token(1));
+        let reg_token = (c.reg_tokens > 0).then(|| token(c.reg_tokens));
+        let pos_embed = token(c.num_pos_tokens());
+        let norm = || LayerNorm::new(dim, c.layer_norm_eps, device);
+        let scale = || c.layer_scale.map(|g| LayerScale::new(dim, g, device));
+        let fc1_out = match c.mlp {
+            MlpKind::Mlp => c.mlp_dim,
+            MlpKind::Glu => 2 * c.mlp_dim,
+        };
         let blocks = (0..c.depth)
             .map(|i| {
                 let dpr = if c.depth > 1 {
@@ -242,7 +338,7 @@ impl VisionTransformer {
                     c.drop_path_rate
                 };
                 Block {
-                    norm1: LayerNorm::new(dim, c.layer_norm_eps, device),
+                    norm1: norm(),
                     attn: Attention {
                         qkv: Linear::new(dim, 3 * dim, c.qkv_bias, &mut init, device),
                         proj: Linear::new(dim, dim, true, &mut init, device),
@@ -250,68 +346,95 @@ impl VisionTransformer {
                         attn_drop: c.attn_drop_rate,
                         proj_drop: c.drop_rate,
                     },
-                    norm2: LayerNorm::new(dim, c.layer_norm_eps, device),
+                    ls1: scale(),
+                    norm2: norm(),
                     mlp: Mlp {
-                        fc1: Linear::new(dim, c.mlp_dim, true, &mut init, device),
+                        fc1: Linear::new(dim, fc1_out, true, &mut init, device),
                         fc2: Linear::new(c.mlp_dim, dim, true, &mut init, device),
                         drop: c.drop_rate,
+                        act: c.act,
+                        kind: c.mlp,
                     },
+                    ls2: scale(),
                     drop_path: dpr,
                 }
             })
             .collect();
+        let head_in = c.head_in();
         Ok(VisionTransformer {
             patch_embed,
             cls_token,
             dist_token,
+            reg_token,
             pos_embed,
+            norm_pre: c.pre_norm.then(norm),
             blocks,
-            norm: LayerNorm::new(dim, c.layer_norm_eps, device),
-            head: Linear::new(dim, c.num_classes, true, &mut init, device),
+            norm: (!c.fc_norm).then(norm),
+            fc_norm: c.fc_norm.then(norm),
+            head: Linear::new(head_in, c.num_classes, true, &mut init, device),
             head_dist: c
                 .dist_token
-                .then(|| Linear::new(dim, c.num_classes, true, &mut init, device)),
+                .then(|| Linear::new(head_in, c.num_classes, true, &mut init, device)),
             drop_rate: c.drop_rate,
             config: config.clone(),
         })
     }
 
-    /// Final-norm token states `[b, tokens, dim]`.
+    /// Token states `[b, tokens, dim]` after the last block (and `norm`, when the model
+    /// normalises tokens rather than the pooled feature).
     pub fn forward_features(&self, x: Tensor<4>, ctx: &Ctx) -> Tensor<3> {
         let x = self.patch_embed.forward(x, ctx);
         let [b, _, dim] = x.dims();
-        let mut prefix = vec![self.cls_token.val().expand([b, 1, dim])];
-        if let Some(t) = &self.dist_token {
-            prefix.push(t.val().expand([b, 1, dim]));
+        // timm's order: class, distillation, registers, then the patches.
+        let prefix = [&self.cls_token, &self.dist_token, &self.reg_token]
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                let n = t.dims()[1];
+                t.val().expand([b, n, dim])
+            });
+        let x = if self.config.no_embed_class {
+            let x = x + self.pos_embed.val();
+            Tensor::cat(prefix.chain([x]).collect(), 1)
+        } else {
+            Tensor::cat(prefix.chain([x]).collect(), 1) + self.pos_embed.val()
+        };
+        let mut x = dropout(x, self.drop_rate, ctx);
+        if let Some(n) = &self.norm_pre {
+            x = n.forward(x);
         }
-        prefix.push(x);
-        let mut x = dropout(
-            Tensor::cat(prefix, 1) + self.pos_embed.val(),
-            self.drop_rate,
-            ctx,
-        );
         for (i, block) in self.blocks.iter().enumerate() {
             x = match ctx.sparse_block(i) {
                 Some(sparse) => block.forward_sparse(x, ctx, sparse, i),
                 None => block.forward(x, ctx),
             };
         }
-        self.norm.forward(x)
+        match &self.norm {
+            Some(n) => n.forward(x),
+            None => x,
+        }
     }
 
     pub fn forward_heads(&self, x: Tensor<4>, ctx: &Ctx) -> VitOutput {
         let feats = self.forward_features(x, ctx);
         let [b, n, dim] = feats.dims();
+        let prefix = self.config.num_prefix_tokens();
+        let cls = || feats.clone().narrow(1, 0, 1).reshape([b, dim]);
+        let mean = || {
+            feats
+                .clone()
+                .narrow(1, prefix, n - prefix)
+                .mean_dim(1)
+                .reshape([b, dim])
+        };
         let pooled: Tensor<2> = match self.config.pool {
-            Pool::Cls => feats.clone().narrow(1, 0, 1).reshape([b, dim]),
-            Pool::Avg => {
-                let prefix = self.config.num_prefix_tokens();
-                feats
-                    .clone()
-                    .narrow(1, prefix, n - prefix)
-                    .mean_dim(1)
-                    .reshape([b, dim])
-            }
+            Pool::Cls => cls(),
+            Pool::Avg => mean(),
+            Pool::ClsMean => Tensor::cat(vec![cls(), mean()], 1),
+        };
+        let pooled = match &self.fc_norm {
+            Some(n) => n.forward(pooled),
+            None => pooled,
         };
         // DeiT's distilled model (and timm's) feeds both heads without dropout; only the
         // plain ViT drops its head input (timm's `head_drop`).

@@ -42,7 +42,7 @@ pub fn timm_config_json(p: &Pretrained) -> Value {
     }
     let pool = match c.pool {
         Pool::Cls => "token",
-        Pool::Avg => "avg",
+        Pool::Avg | Pool::ClsMean => "avg",
     };
     let mut args = json!({
         "img_size": c.img_size,
@@ -178,7 +178,7 @@ pub fn export(p: &Pretrained, format: ExportFormat, out: &Path) -> Result<()> {
             }
             write_safetensors(
                 &out.join("model.safetensors"),
-                &timm_to_hf(&p.weights)?,
+                &timm_to_hf(&p.weights, super::names::HfKind::Vit, false)?,
                 meta,
             )?;
             write_json(&out.join("config.json"), &hf_config_json(p))?;

@@ -14,6 +14,8 @@ pub mod hub;
 pub mod infer;
 pub mod names;
 pub mod resample;
+pub mod sharded;
+pub mod timm_registry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -111,9 +113,22 @@ pub fn load(spec: &str, checkpoint: CheckpointReader) -> Result<Pretrained> {
 /// A hub repository, through the Hugging Face cache (downloading what is missing when online).
 pub fn load_hub(repo: &hub::Repo) -> Result<Pretrained> {
     let config = repo.get("config.json", true)?;
-    let weights = repo
-        .get("model.safetensors", true)?
-        .ok_or_else(|| err(format!("{}: no model.safetensors", repo.id)))?;
+    // One file, or a sharded checkpoint: its index, then every shard it names.
+    let weights = match repo.get("model.safetensors", false)? {
+        Some(w) => w,
+        None => {
+            let Some(index) = repo.get(sharded::INDEX, false)? else {
+                // Neither: the error of the file most repositories have.
+                return repo
+                    .get("model.safetensors", true)
+                    .and_then(|_| Err(err(format!("{}: no model.safetensors", repo.id))));
+            };
+            for shard in sharded::shard_names(&sharded::weight_map(&index)?) {
+                repo.get(&shard, true)?;
+            }
+            index
+        }
+    };
     let pre = repo.get("preprocessor_config.json", false)?;
     from_files(&weights, config.as_deref(), pre.as_deref())
 }
@@ -124,8 +139,11 @@ pub fn load_path(path: &Path, checkpoint: CheckpointReader) -> Result<Pretrained
     }
     if path.is_dir() {
         let weights = path.join("model.safetensors");
+        let index = path.join(sharded::INDEX);
         let weights = if weights.is_file() {
             weights
+        } else if index.is_file() {
+            index
         } else {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(|e| Error::io(path, "listing", e))?
@@ -191,7 +209,11 @@ pub fn from_files(
     if is_pickle(weights) {
         return Err(pickle_refusal(weights));
     }
-    let raw = read_safetensors(weights)?;
+    let raw = if sharded::is_index(weights) {
+        sharded::read(weights, &sharded::beside(weights))?
+    } else {
+        read_safetensors(weights)?
+    };
     let config = config.map(read_json).transpose()?;
     let pre = preprocessor.map(read_json).transpose()?;
     from_state_dict(raw, config.as_ref(), pre.as_ref(), weights)

@@ -13,16 +13,16 @@ use crate::model::io::HostTensor;
 /// HF or timm, from the tensor names.
 pub fn detect(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<Origin> {
     let any = |f: &dyn Fn(&str) -> bool| sd.keys().any(|k| f(k));
-    if any(&|k| k.starts_with("deit.") || k.starts_with("distillation_classifier")) {
-        return Err(err(format!(
-            "{}: HF transformers DeiT weights are not supported; use timm's deit_*_distilled weights (same model, timm names)",
-            path.display()
-        )));
-    }
     if any(&|k| {
-        k.starts_with("vit.")
-            || k.starts_with("embeddings.patch_embeddings")
-            || k.starts_with("encoder.layer.")
+        [
+            "vit.",
+            "deit.",
+            "dinov2.",
+            "embeddings.patch_embeddings",
+            "encoder.layer.",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
     }) {
         return Ok(Origin::Hf);
     }
@@ -31,9 +31,87 @@ pub fn detect(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<Origin> 
     }
     let first: Vec<&str> = sd.keys().take(4).map(String::as_str).collect();
     Err(err(format!(
-        "{}: neither HF transformers ViT names (vit.encoder.layer.N...) nor timm ViT names (blocks.N...), found {first:?}...",
+        "{}: neither HF transformers ViT / DeiT / DINOv2 names (vit.encoder.layer.N...) nor timm ViT names (blocks.N...), found {first:?}...",
         path.display()
     )))
+}
+
+/// The HF transformers model classes vitrs reads and writes, by their tensor-name stem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HfKind {
+    /// `ViTForImageClassification`: `vit.`, `layernorm_before`, `intermediate.dense`, ...
+    Vit,
+    /// `DeiTForImageClassificationWithTeacher`: `deit.`, ViT's layer names, a distillation
+    /// token and two classifiers.
+    Deit,
+    /// `Dinov2ForImageClassification`: `dinov2.`, `norm1`, `mlp.fc1` (or SwiGLU's
+    /// `gate_proj`/`up_proj`/`down_proj`), `layer_scale1.lambda1`.
+    Dinov2,
+}
+
+impl HfKind {
+    fn stem(self) -> &'static str {
+        match self {
+            HfKind::Vit => "vit",
+            HfKind::Deit => "deit",
+            HfKind::Dinov2 => "dinov2",
+        }
+    }
+
+    /// (HF name inside a layer, timm name inside a block), for everything but q/k/v.
+    fn layer_names(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            HfKind::Vit | HfKind::Deit => &[
+                ("layernorm_before", "norm1"),
+                ("layernorm_after", "norm2"),
+                ("attention.output.dense", "attn.proj"),
+                ("intermediate.dense", "mlp.fc1"),
+                ("output.dense", "mlp.fc2"),
+            ],
+            HfKind::Dinov2 => &[
+                ("norm1", "norm1"),
+                ("norm2", "norm2"),
+                ("attention.output.dense", "attn.proj"),
+                ("mlp.fc1", "mlp.fc1"),
+                ("mlp.fc2", "mlp.fc2"),
+                // SwiGLU: older transformers packed, newer split (fused below).
+                ("mlp.weights_in", "mlp.fc1"),
+                ("mlp.weights_out", "mlp.fc2"),
+                ("mlp.down_proj", "mlp.fc2"),
+                ("layer_scale1", "ls1"),
+                ("layer_scale2", "ls2"),
+            ],
+        }
+    }
+
+    /// (HF name outside the layers, timm name), prefixes included.
+    fn top_names(self) -> Vec<(String, &'static str)> {
+        let stem = self.stem();
+        let mut v = vec![
+            (format!("{stem}.embeddings.cls_token"), "cls_token"),
+            (
+                format!("{stem}.embeddings.position_embeddings"),
+                "pos_embed",
+            ),
+            (
+                format!("{stem}.embeddings.patch_embeddings.projection."),
+                "patch_embed.proj.",
+            ),
+            (format!("{stem}.layernorm."), "norm."),
+        ];
+        match self {
+            HfKind::Deit => v.extend([
+                (
+                    "deit.embeddings.distillation_token".to_string(),
+                    "dist_token",
+                ),
+                ("cls_classifier.".to_string(), "head."),
+                ("distillation_classifier.".to_string(), "head_dist."),
+            ]),
+            _ => v.push(("classifier.".to_string(), "head.")),
+        }
+        v
+    }
 }
 
 /// Concatenate rank-2 `[out, in]` (or rank-1) tensors along dimension 0.
@@ -67,152 +145,169 @@ fn split0(t: &HostTensor, n: usize) -> Vec<HostTensor> {
         .collect()
 }
 
-/// HF transformers ViT names → timm names, q/k/v fused into qkv. Returns the names that were
-/// dropped on purpose (pooler, mask token). Unknown names are an error.
+/// HF's separate projections that timm stacks into one (rows in this order).
+const FUSED: [(&str, &[&str]); 2] = [
+    (
+        "attn.qkv",
+        &[
+            "attention.attention.query",
+            "attention.attention.key",
+            "attention.attention.value",
+        ],
+    ),
+    // DINOv2's SwiGLU: `act(gate) · up`, timm's packed fc1 is [gate; up].
+    ("mlp.fc1", &["mlp.gate_proj", "mlp.up_proj"]),
+];
+
+/// HF transformers names (ViT, DeiT with teacher, DINOv2) → timm names, q/k/v fused into
+/// qkv. Returns the names that were dropped on purpose (pooler, mask token). Unknown names are
+/// an error.
 pub fn hf_to_timm(
     sd: BTreeMap<String, HostTensor>,
+    kind: HfKind,
 ) -> Result<(BTreeMap<String, HostTensor>, Vec<String>)> {
+    let stem = format!("{}.", kind.stem());
+    let tops = kind.top_names();
     let mut out = BTreeMap::new();
     let mut ignored = Vec::new();
     let mut unknown = Vec::new();
-    let mut qkv: BTreeMap<(usize, String), [Option<HostTensor>; 3]> = BTreeMap::new();
+    // Tensors HF keeps apart and timm fuses by stacking rows: (block, timm part, param).
+    let mut fused: BTreeMap<(usize, &str, String), Vec<Option<HostTensor>>> = BTreeMap::new();
     for (name, t) in sd {
-        let k = name.strip_prefix("vit.").unwrap_or(&name);
-        let simple = match k {
-            "embeddings.cls_token" => Some("cls_token".to_string()),
-            "embeddings.position_embeddings" => Some("pos_embed".to_string()),
-            _ => [
-                (
-                    "embeddings.patch_embeddings.projection.",
-                    "patch_embed.proj.",
-                ),
-                ("layernorm.", "norm."),
-                ("classifier.", "head."),
-            ]
+        // Bare encoders (`Dinov2Model`, `ViTModel`) have no stem.
+        let bare = ["embeddings.", "encoder.", "layernorm."]
             .iter()
-            .find_map(|(hf, timm)| k.strip_prefix(hf).map(|s| format!("{timm}{s}"))),
+            .any(|p| name.starts_with(p));
+        let full = if bare {
+            format!("{stem}{name}")
+        } else {
+            name.clone()
         };
-        if let Some(n) = simple {
+        let top = tops
+            .iter()
+            .find_map(|(hf, timm)| full.strip_prefix(hf.as_str()).map(|s| format!("{timm}{s}")));
+        if let Some(n) = top {
             out.insert(n, t);
             continue;
         }
+        let k = full.strip_prefix(&stem).unwrap_or(&full);
         if k == "embeddings.mask_token" || k.starts_with("pooler.") {
             ignored.push(name.clone());
             continue;
         }
-        let Some(rest) = k.strip_prefix("encoder.layer.") else {
+        let Some((i, tail)) = k
+            .strip_prefix("encoder.layer.")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(i, tail)| Some((i.parse::<usize>().ok()?, tail)))
+        else {
             unknown.push(name.clone());
             continue;
         };
-        let Some((idx, tail)) = rest.split_once('.') else {
+        let Some((part, param)) = tail.rsplit_once('.') else {
             unknown.push(name.clone());
             continue;
         };
-        let Ok(i) = idx.parse::<usize>() else {
-            unknown.push(name.clone());
-            continue;
-        };
-        let (part, param) = match tail.rsplit_once('.') {
-            Some(x) => x,
-            None => {
-                unknown.push(name.clone());
-                continue;
-            }
-        };
-        let slot = match part {
-            "attention.attention.query" => Some(0),
-            "attention.attention.key" => Some(1),
-            "attention.attention.value" => Some(2),
-            _ => None,
-        };
-        if let Some(s) = slot {
-            qkv.entry((i, param.to_string())).or_default()[s] = Some(t);
+        let slot = FUSED.iter().find_map(|(ours, theirs)| {
+            let s = theirs.iter().position(|p| *p == part)?;
+            Some((*ours, s, theirs.len()))
+        });
+        if let Some((ours, s, n)) = slot {
+            fused
+                .entry((i, ours, param.to_string()))
+                .or_insert_with(|| vec![None; n])[s] = Some(t);
             continue;
         }
-        let ours = match part {
-            "layernorm_before" => "norm1",
-            "layernorm_after" => "norm2",
-            "attention.output.dense" => "attn.proj",
-            "intermediate.dense" => "mlp.fc1",
-            "output.dense" => "mlp.fc2",
-            _ => {
-                unknown.push(name.clone());
-                continue;
-            }
+        let Some((_, ours)) = kind.layer_names().iter().find(|(hf, _)| *hf == part) else {
+            unknown.push(name.clone());
+            continue;
         };
+        // HF's LayerScale parameter is `lambda1`, timm's `gamma`.
+        let param = if param == "lambda1" { "gamma" } else { param };
         out.insert(format!("blocks.{i}.{ours}.{param}"), t);
     }
     if !unknown.is_empty() {
         return Err(err(format!(
-            "HF weights hold tensors a ViT does not have: {} (is this a ViT checkpoint?)",
-            unknown.join(", ")
+            "HF weights hold tensors a {} model does not have: {} (is this a {} checkpoint?)",
+            kind.stem(),
+            unknown.join(", "),
+            kind.stem()
         )));
     }
-    for ((i, param), parts) in qkv {
-        match parts {
-            [Some(q), Some(k), Some(v)] => {
-                let qkv = cat0(&[&q, &k, &v]).ok_or_else(|| {
-                    err(format!(
-                        "HF weights of layer {i}: query/key/value .{param} have shapes {:?}, {:?}, {:?}, which cannot be stacked",
-                        q.shape, k.shape, v.shape
-                    ))
-                })?;
-                out.insert(format!("blocks.{i}.attn.qkv.{param}"), qkv);
-            }
-            _ => {
-                return Err(err(format!(
-                    "HF weights of layer {i} lack one of query/key/value .{param}"
-                )));
-            }
+    for ((i, ours, param), parts) in fused {
+        let theirs = FUSED
+            .iter()
+            .find(|(o, _)| *o == ours)
+            .map_or(&[][..], |f| f.1);
+        let names = theirs.join("/");
+        let parts: Vec<&HostTensor> = parts.iter().flatten().collect();
+        if parts.len() < theirs.len() {
+            return Err(err(format!(
+                "HF weights of layer {i} lack one of {names} .{param}"
+            )));
         }
+        let stacked = cat0(&parts).ok_or_else(|| {
+            let shapes: Vec<_> = parts.iter().map(|t| &t.shape).collect();
+            err(format!(
+                "HF weights of layer {i}: {names} .{param} have shapes {shapes:?}, which cannot be stacked"
+            ))
+        })?;
+        out.insert(format!("blocks.{i}.{ours}.{param}"), stacked);
     }
     Ok((out, ignored))
 }
 
-/// timm names → HF transformers `ViTForImageClassification` names (qkv split into q, k, v).
-pub fn timm_to_hf(sd: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>> {
+/// timm names → HF transformers names of `kind` (qkv split into q, k, v). `glu`: the MLP is
+/// DINOv2's SwiGLU (`weights_in`/`weights_out`).
+pub fn timm_to_hf(
+    sd: &BTreeMap<String, HostTensor>,
+    kind: HfKind,
+    glu: bool,
+) -> Result<BTreeMap<String, HostTensor>> {
+    let refuse = |k: &str| {
+        err(format!(
+            "cannot export {k} as HF {} (the HF class has no such tensor; use --format timm)",
+            kind.stem()
+        ))
+    };
     let mut out = BTreeMap::new();
     for (k, t) in sd {
-        let name = match k.as_str() {
-            "cls_token" => "vit.embeddings.cls_token".to_string(),
-            "pos_embed" => "vit.embeddings.position_embeddings".to_string(),
-            _ => {
-                if let Some(s) = k.strip_prefix("patch_embed.proj.") {
-                    format!("vit.embeddings.patch_embeddings.projection.{s}")
-                } else if let Some(s) = k.strip_prefix("norm.") {
-                    format!("vit.layernorm.{s}")
-                } else if let Some(s) = k.strip_prefix("head.") {
-                    format!("classifier.{s}")
-                } else if let Some(rest) = k.strip_prefix("blocks.") {
-                    let (i, tail) = rest
-                        .split_once('.')
-                        .ok_or_else(|| err(format!("cannot export {k} as HF")))?;
-                    let (part, param) = tail
-                        .rsplit_once('.')
-                        .ok_or_else(|| err(format!("cannot export {k} as HF")))?;
-                    let base = format!("vit.encoder.layer.{i}");
-                    if part == "attn.qkv" {
-                        for (n, piece) in ["query", "key", "value"].iter().zip(split0(t, 3)) {
-                            out.insert(format!("{base}.attention.attention.{n}.{param}"), piece);
-                        }
-                        continue;
-                    }
-                    let theirs = match part {
-                        "norm1" => "layernorm_before",
-                        "norm2" => "layernorm_after",
-                        "attn.proj" => "attention.output.dense",
-                        "mlp.fc1" => "intermediate.dense",
-                        "mlp.fc2" => "output.dense",
-                        _ => return Err(err(format!("cannot export {k} as HF ViT"))),
-                    };
-                    format!("{base}.{theirs}.{param}")
-                } else {
-                    return Err(err(format!(
-                        "cannot export {k} as HF ViT (HF's ViTForImageClassification has no such tensor; use --format timm)"
-                    )));
+        if let Some(rest) = k.strip_prefix("blocks.") {
+            let (i, tail) = rest.split_once('.').ok_or_else(|| refuse(k))?;
+            let (part, param) = tail.rsplit_once('.').ok_or_else(|| refuse(k))?;
+            let base = format!("{}.encoder.layer.{i}", kind.stem());
+            let split = FUSED
+                .iter()
+                .find(|(ours, _)| *ours == part && (part != "mlp.fc1" || glu));
+            if let Some((_, theirs)) = split {
+                for (n, piece) in theirs.iter().zip(split0(t, theirs.len())) {
+                    out.insert(format!("{base}.{n}.{param}"), piece);
                 }
+                continue;
             }
-        };
+            let theirs = match (glu, part) {
+                (true, "mlp.fc2") => "mlp.down_proj",
+                _ => kind
+                    .layer_names()
+                    .iter()
+                    .find(|(_, timm)| *timm == part)
+                    .map(|(hf, _)| *hf)
+                    .ok_or_else(|| refuse(k))?,
+            };
+            let param = if param == "gamma" { "lambda1" } else { param };
+            out.insert(format!("{base}.{theirs}.{param}"), t.clone());
+            continue;
+        }
+        let name = kind
+            .top_names()
+            .iter()
+            .find_map(|(hf, timm)| {
+                if timm.ends_with('.') {
+                    k.strip_prefix(timm).map(|s| format!("{hf}{s}"))
+                } else {
+                    (k == timm).then(|| hf.clone())
+                }
+            })
+            .ok_or_else(|| refuse(k))?;
         out.insert(name, t.clone());
     }
     Ok(out)
@@ -226,7 +321,7 @@ mod tests {
     #[test]
     fn hf_names_map_to_timm_and_back_exactly() {
         let p = pretrained_of(&tiny(false), Origin::Timm);
-        let hf = timm_to_hf(&p.weights).unwrap();
+        let hf = timm_to_hf(&p.weights, HfKind::Vit, false).unwrap();
         assert_eq!(
             hf["vit.encoder.layer.1.attention.attention.key.weight"].shape,
             vec![8, 8]
@@ -239,7 +334,7 @@ mod tests {
             hf["vit.encoder.layer.0.attention.attention.query.weight"].data,
             qkv.data[..64]
         );
-        let (back, ignored) = hf_to_timm(hf).unwrap();
+        let (back, ignored) = hf_to_timm(hf, HfKind::Vit).unwrap();
         assert!(ignored.is_empty());
         assert_eq!(back, p.weights);
     }
@@ -256,7 +351,7 @@ mod tests {
             t.clone(),
         );
         sd.insert("vit.pooler.dense.bias".into(), t);
-        let e = hf_to_timm(sd).unwrap_err().to_string();
+        let e = hf_to_timm(sd, HfKind::Vit).unwrap_err().to_string();
         assert!(e.contains("crossattention"), "{e}");
     }
 }

@@ -9,7 +9,7 @@ use burn::tensor::{IndexingUpdateOp, Tensor};
 
 use super::{AttnPlan, Keep, SparseLora};
 use super::{sliced_linear, sliced_mlp};
-use crate::model::layers::{Attention, Block, Ctx, Linear, Mlp, drop_path, dropout};
+use crate::model::layers::{Attention, Block, Ctx, Linear, Mlp, drop_path, dropout, scaled};
 
 /// `rows` (`[b, n, d]`) with its first `prefix` token rows replaced by `dense` (`[b, prefix, d]`).
 /// The sparse paths run over every row, prefix included (1 row in ~200 of extra work), and
@@ -204,11 +204,11 @@ impl Block {
         let h = self.norm1.forward(x.clone());
         let plan = sp.attn_plan(i, &h);
         let a = self.attn.forward_sparse(h, ctx, plan.as_ref(), sp.prefix);
-        let x = x + drop_path(a, self.drop_path, ctx);
+        let x = x + drop_path(scaled(a, &self.ls1), self.drop_path, ctx);
         let h = self.norm2.forward(x.clone());
         let keep = sp.mlp_plan(i, &h);
         let m = self.mlp.forward_sparse(h, ctx, keep.as_ref(), sp.prefix);
-        x + drop_path(m, self.drop_path, ctx)
+        x + drop_path(scaled(m, &self.ls2), self.drop_path, ctx)
     }
 }
 
