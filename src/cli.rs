@@ -170,10 +170,10 @@ pub struct ExportArgs {
     /// Merge LoRA adapters into plain weights (what PEFT's merge_and_unload() gives); an adapter checkpoint of a vitrs run is merged too.
     #[arg(long)]
     pub merge: bool,
-    /// timm: plain state dict + timm's config.json (timm.create_model("local-dir:OUT")); hf: ViTForImageClassification (from_pretrained(OUT)).
+    /// timm: plain state dict + timm's config.json (timm.create_model("local-dir:OUT")); hf: ViTForImageClassification (from_pretrained(OUT)); onnx: OUT/model.onnx (opset 17, dynamic batch, input pixel_values, output logits).
     #[arg(long, value_enum)]
     pub format: ExportFormat,
-    /// Output directory (model.safetensors, config.json).
+    /// Output directory (model.safetensors and config.json, or model.onnx).
     #[arg(long)]
     pub out: PathBuf,
 }

@@ -520,9 +520,15 @@ fn cmd_export(args: ExportArgs) -> Result<()> {
         p.merge_adapter(&crate::model::lora::read_peft(dir)?)?;
     }
     crate::weights::export::export(&p, args.format, &args.out)?;
+    let what = match args.format {
+        crate::weights::export::ExportFormat::Onnx => crate::weights::onnx::FILE.to_string(),
+        f => format!(
+            "{} weights and config.json",
+            format!("{f:?}").to_lowercase()
+        ),
+    };
     println!(
-        "wrote {} weights and config.json of {} to {}",
-        format!("{:?}", args.format).to_lowercase(),
+        "wrote {what} of {} to {}",
         p.source.display(),
         args.out.display()
     );

@@ -660,6 +660,7 @@ fn sizes_that_cannot_fit_are_refused_before_allocating() {
     // timm weights whose zero-byte head declares 10^15 classes.
     let timm = common::fixture("timm-vit-tiny").join("model.safetensors");
     let mut sd = read_safetensors(&timm).unwrap();
+    let (golden_head, golden_bias) = (sd["head.weight"].clone(), sd["head.bias"].clone());
     let empty = |shape: Vec<usize>| HostTensor {
         shape,
         data: vec![],
@@ -683,7 +684,24 @@ fn sizes_that_cannot_fit_are_refused_before_allocating() {
     );
     let (code, _, err) = vitrs(&["logits", "--pretrained", w, "--input", p, "--output", l]);
     assert_eq!(code, 1, "{err}");
-    assert_one_line_error(&err, "would need at least");
+    assert_one_line_error(&err, "head.weight takes 0 features");
+    // Zero-byte MLP weights declaring 10^15 hidden units: refused before the model is built.
+    sd.remove("head.weight");
+    sd.insert("head.weight".into(), golden_head.clone());
+    sd.insert("head.bias".into(), golden_bias.clone());
+    sd.insert(
+        "blocks.0.mlp.fc1.weight".into(),
+        empty(vec![1_000_000_000_000_000, 0]),
+    );
+    sd.insert("blocks.0.mlp.fc1.bias".into(), empty(vec![0]));
+    sd.insert(
+        "blocks.0.mlp.fc2.weight".into(),
+        empty(vec![0, 1_000_000_000_000_000]),
+    );
+    write_safetensors(&weights.join("model.safetensors"), &sd, None).unwrap();
+    let (code, _, err) = vitrs(&["logits", "--pretrained", w, "--input", p, "--output", l]);
+    assert_eq!(code, 1, "{err}");
+    assert_one_line_error(&err, "mlp-dim 1000000000000000");
 
     // No images of 400000×400000 pixels: the model for them would not fit.
     let huge = [(

@@ -59,6 +59,7 @@ fn scalars_where_a_vit_has_matrices_are_errors_not_index_panics() {
         "{e}"
     );
     w.insert("blocks.0.mlp.fc1.weight".into(), t(&[8, 4]));
+    w.insert("blocks.0.mlp.fc2.weight".into(), t(&[4, 8]));
     w.insert("pos_embed".into(), t(&[1, 5, 4]));
     w.insert("head.weight".into(), t(&[]));
     let e = convert_err(w, None);
@@ -151,6 +152,7 @@ fn zero_size_tensors_with_huge_dimensions_are_errors_not_overflows() {
         t(&[0, 3, 1 << 62, 1 << 62]),
     );
     w.insert("blocks.0.mlp.fc1.weight".into(), t(&[8, 4]));
+    w.insert("blocks.0.mlp.fc2.weight".into(), t(&[4, 8]));
     w.insert("pos_embed".into(), t(&[1, 17, 0]));
     let e = convert_err(w.clone(), None);
     assert!(
@@ -193,20 +195,26 @@ fn twenty_thousand_stray_blocks_are_refused_in_one_pass() {
 
 #[test]
 fn shapes_declared_by_empty_tensors_are_refused_before_the_model_is_built() {
-    // A zero-byte fc1 may declare 10^7 rows: the model of that shape (7.8 GB) used to be
+    // Zero-byte MLP weights may declare 10^7 hidden units: the model of that shape (7.8 GB) was
     // allocated before the weights were found not to fill it.
     let timm = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/fixtures/timm-vit-tiny"
     ));
     let mut w = vitrs::model::io::read_safetensors(&timm.join("model.safetensors")).unwrap();
-    w.insert(
-        "blocks.0.mlp.fc1.weight".into(),
-        HostTensor {
-            shape: vec![10_000_000, 0],
-            data: vec![],
-        },
-    );
+    // fc1 [10^7, 0] and fc2 [0, 10^7]: a consistent MLP of 10^7 hidden units, and no bytes.
+    for (name, shape) in [
+        ("blocks.0.mlp.fc1.weight", vec![10_000_000, 0]),
+        ("blocks.0.mlp.fc2.weight", vec![0, 10_000_000]),
+    ] {
+        w.insert(
+            name.into(),
+            HostTensor {
+                shape,
+                data: vec![],
+            },
+        );
+    }
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(timm.join("config.json")).unwrap()).unwrap();
     let p = from_state_dict(w, Some(&config), None, Path::new("w.safetensors")).unwrap();
@@ -216,7 +224,7 @@ fn shapes_declared_by_empty_tensors_are_refused_before_the_model_is_built() {
             .to_string(),
     );
     assert!(
-        e.contains("the weights hold 53434 values, but a ViT of the shapes they declare (embed-dim 48, depth 2, mlp-dim 10000000, 65 tokens) has 1940024912 outside its head"),
+        e.contains("the weights hold 44218 values, but a ViT of the shapes they declare (embed-dim 48, depth 2, mlp-dim 10000000, 65 tokens) has 1940024912 outside its head"),
         "{e}"
     );
 }

@@ -304,3 +304,79 @@ fn a_lora_run_writes_peft_checkpoints_that_eval_and_resume_use() {
         "{err}"
     );
 }
+
+/// Issue 24: a LoRA fine-tune from each wave-3 family (DINOv2 with LayerScale, registers with
+/// average pooling and fc_norm, CLIP with norm_pre and QuickGELU, HF DINOv2 and DeiT with
+/// teacher, a sharded HF ViT) runs end to end from the command line, writes PEFT adapters and
+/// evaluates; SparseLoRA runs where its GELU estimator applies and is refused, naming the way
+/// on, where it does not.
+#[test]
+fn a_lora_fine_tune_runs_from_every_new_family() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in [
+        "timm-dinov2-small",
+        "timm-reg4-gap",
+        "timm-clip-quickgelu",
+        "hf-dinov2",
+        "hf-deit-distilled",
+        "hf-vit-sharded",
+    ] {
+        let base = common::fixture(name);
+        let out = tmp.path().join(name);
+        let args = [
+            "train",
+            "--pretrained",
+            base.to_str().unwrap(),
+            "--dataset",
+            "synthetic",
+            "--synthetic-size",
+            "64",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--adapter",
+            "lora",
+            "--quiet",
+            "--out-dir",
+            out.to_str().unwrap(),
+        ];
+        let (code, _, err) = vitrs(&args);
+        assert_eq!(code, 0, "{name}: {err}");
+        let best = out.join("checkpoints/best_model");
+        for f in ["adapter_model.safetensors", "adapter_config.json"] {
+            assert!(best.join(f).is_file(), "{name}: no {f}");
+        }
+        let (code, stdout, err) = vitrs(&[
+            "eval",
+            "--checkpoint",
+            best.to_str().unwrap(),
+            "--dataset",
+            "synthetic",
+        ]);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(stdout.contains("overall"), "{name}: {stdout}");
+        let sparse_out = tmp.path().join(format!("{name}-sparse"));
+        let sparse: Vec<&str> = args
+            .iter()
+            .map(|&a| match a {
+                "lora" => "sparselora",
+                a if a == out.to_str().unwrap() => sparse_out.to_str().unwrap(),
+                a => a,
+            })
+            .collect();
+        let (code, _, err) = vitrs(&sparse);
+        if name == "timm-clip-quickgelu" {
+            assert_eq!(code, 1);
+            assert!(
+                err.contains("SparseLoRA's MLP estimator is built for GELU MLPs"),
+                "{err}"
+            );
+            assert!(err.contains("--sparsity 0"), "{err}");
+        } else {
+            assert_eq!(code, 0, "{name} sparselora: {err}");
+        }
+    }
+}

@@ -115,8 +115,29 @@ fn wave_3_fixtures_reproduce_their_librarys_logits() {
     }
 }
 
+/// A model whose position embedding skips the prefix tokens (registers, no class token)
+/// resamples all its rows as patches: timm's `num_prefix_tokens=0` for `no_embed_class`
+/// (tests/export_check.py compares the logits with timm's at 48×48: 9e-8).
+#[test]
+fn register_models_resample_only_patch_rows() {
+    let mut p = load(&fixture("timm-reg4-gap"));
+    assert_eq!(p.weights["pos_embed"].shape, vec![1, 4, 40]);
+    p.set_img_size(48).unwrap();
+    assert_eq!(p.weights["pos_embed"].shape, vec![1, 9, 40]);
+    let x = HostTensor {
+        shape: vec![1, 3, 48, 48],
+        data: vec![0.1; 3 * 48 * 48],
+    };
+    assert!(
+        logits_of(p, &x)["logits"]
+            .data
+            .iter()
+            .all(|v| v.is_finite())
+    );
+}
+
 /// The DINOv2 fixture at 42×42 gives what timm 1.0.31 gives (checked by
-/// tests/timm_check.py where timm is installed: 3e-8); the fixture's `logits_resampled` is
+/// tests/export_check.py where timm is installed: 4e-8); the fixture's `logits_resampled` is
 /// not that (timm's own `checkpoint_filter_fn`, `set_input_size` and `dynamic_img_size` all
 /// differ from it by 0.43, whatever the interpolation), so it is not the reference here. What
 /// is checked: the resampled model runs, keeps the prefix token and differs from 28×28.
@@ -193,10 +214,21 @@ fn deit_distilled_fixture_reproduces_both_heads_and_their_mean() {
 #[test]
 fn export_then_load_gives_identical_logits() {
     let tmp = tempfile::tempdir().unwrap();
-    for src in ["timm-vit-tiny", "hf-vit-tiny"] {
+    // Each family in the formats that hold it (tests/export_check.py loads the same exports
+    // in timm and transformers themselves).
+    let both = &[ExportFormat::Timm, ExportFormat::Hf][..];
+    for (src, formats) in [
+        ("timm-vit-tiny", both),
+        ("hf-vit-tiny", both),
+        ("hf-deit-distilled", both),
+        ("timm-dinov2-small", &[ExportFormat::Timm][..]),
+        ("timm-reg4-gap", &[ExportFormat::Timm]),
+        ("timm-clip-quickgelu", &[ExportFormat::Timm]),
+        ("hf-dinov2", &[ExportFormat::Hf]),
+    ] {
         let x = &golden(src)["pixel_values"];
         let original = logits_of(load(&fixture(src)), x);
-        for format in [ExportFormat::Timm, ExportFormat::Hf] {
+        for &format in formats {
             let out = tmp.path().join(format!("{src}-{format:?}"));
             export(&load(&fixture(src)), format, &out).unwrap();
             let back = load(&out);
@@ -204,7 +236,7 @@ fn export_then_load_gives_identical_logits() {
                 back.origin,
                 match format {
                     ExportFormat::Timm => Origin::Timm,
-                    ExportFormat::Hf => Origin::Hf,
+                    _ => Origin::Hf,
                 }
             );
             let again = logits_of(back, x);
@@ -603,12 +635,12 @@ fn the_logits_and_export_commands_work_from_the_command_line() {
         serde_json::from_slice(&std::fs::read(exported.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["model_args"]["num_heads"], 3);
     assert_eq!(cfg["architecture"], "deit_base_distilled_patch16_224");
-    // A distillation-token model has no HF ViTForImageClassification form.
+    // A register model has no HF form (DeiT-distilled does: DeiTForImageClassificationWithTeacher).
     let (code, _, err) = vitrs(
         &[
             "export",
             "--checkpoint",
-            fixture("deit-tiny-distilled").to_str().unwrap(),
+            fixture("timm-reg4-gap").to_str().unwrap(),
             "--format",
             "hf",
             "--out",
@@ -617,7 +649,7 @@ fn the_logits_and_export_commands_work_from_the_command_line() {
         &[],
     );
     assert_eq!(code, 1);
-    assert!(one_line_error(&err).contains("distillation token"), "{err}");
+    assert!(one_line_error(&err).contains("no registers"), "{err}");
 }
 
 #[test]

@@ -253,7 +253,7 @@ pub struct ModelConfig {
         alias = "drop_path_rate"
     )]
     pub drop_path: f64,
-    /// Pooling for the head: the class token or the mean of the patch tokens.
+    /// Pooling for the head: the class token, the mean of the patch tokens, or both side by side (cls-mean, HF DINOv2's classifier).
     #[arg(long, value_enum, default_value = "cls")]
     pub pool: Pool,
     /// DeiT's distillation token: a second learned token after the class token, with its own head (head_dist) trained by the distillation loss.

@@ -103,13 +103,16 @@ fn infer_shapes(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<Shapes
     // Rank 0 would have no first dimension; a file can say anything.
     let dim = |k: &str, i: usize| -> Result<usize> {
         let t = get(k)?;
-        t.shape.get(i).copied().ok_or_else(|| {
-            err(format!(
-                "{}: {k} has shape {:?}, expected at least {} dimensions",
+        t.shape.get(i).copied().ok_or_else(|| match t.shape.len() {
+            0 => err(format!(
+                "{}: {k} is a scalar, expected a matrix",
+                path.display()
+            )),
+            n => err(format!(
+                "{}: {k} has {n} dimension(s), expected at least {}",
                 path.display(),
-                t.shape,
                 i + 1
-            ))
+            )),
         })
     };
     let has = |k: &str| sd.contains_key(k);
@@ -384,7 +387,7 @@ pub(super) fn from_hf(
     let intermediate = usize_of(cfg.get("intermediate_size")).or_else(|| {
         let ratio = cfg.get("mlp_ratio").and_then(Value::as_f64)?;
         let h = (s.embed_dim as f64 * ratio) as usize;
-        Some(if glu { (h * 2 / 3 + 7) / 8 * 8 } else { h })
+        Some(if glu { (h * 2 / 3).div_ceil(8) * 8 } else { h })
     });
     for (key, said, found) in [
         ("hidden_size", usize_of(cfg.get("hidden_size")), s.embed_dim),
@@ -518,7 +521,8 @@ pub(super) fn from_timm(
         ));
     }
     for (key, fine, what) in UNSUPPORTED {
-        if let Some(v) = args.get(*key).filter(|v| v.to_string() != *fine) {
+        let fine: Value = serde_json::from_str(fine).unwrap_or(Value::Null);
+        if let Some(v) = args.get(*key).filter(|v| **v != fine) {
             return Err(err(format!(
                 "{}: {name} has {key}={v} ({what}), which vitrs' ViT does not support",
                 path.display()
@@ -620,7 +624,14 @@ pub(super) fn from_timm(
     let no_embed_class = match explicit("no_embed_class").and_then(|v| v.as_bool()) {
         Some(v) => v,
         // Without a config: the position embedding's length tells.
-        None if config.is_none() => s.prefix() > 0 && grid_img_size(&s, false, path).is_err(),
+        None if config.is_none() => {
+            let square = |n: usize| {
+                let g = (n as f64).sqrt().round() as usize;
+                g.checked_mul(g) == Some(n)
+            };
+            let patches = s.pos_tokens.saturating_sub(s.prefix());
+            s.prefix() > 0 && !square(patches) && square(s.pos_tokens)
+        }
         None => false,
     };
     let eps = top

@@ -13,6 +13,8 @@ pub mod export;
 pub mod hub;
 pub mod infer;
 pub mod names;
+pub mod onnx;
+pub mod onnx_proto;
 pub mod resample;
 pub mod sharded;
 pub mod timm_registry;
@@ -277,7 +279,13 @@ impl Pretrained {
             .weights
             .get("pos_embed")
             .ok_or_else(|| err("no pos_embed to resample"))?;
-        let pe = resample_pos_embed(pe, c.num_prefix_tokens(), (new, new), method)?;
+        // The prefix rows the table holds (none when only the patches are embedded) stay.
+        let prefix = if c.no_embed_class {
+            0
+        } else {
+            c.num_prefix_tokens()
+        };
+        let pe = resample_pos_embed(pe, prefix, (new, new), method)?;
         self.weights.insert("pos_embed".into(), pe);
         self.config.img_size = img_size;
         Ok(Some(format!(

@@ -238,7 +238,11 @@ pub fn hf_to_timm(
             .iter()
             .find(|(o, _)| *o == ours)
             .map_or(&[][..], |f| f.1);
-        let names = theirs.join("/");
+        let names: Vec<&str> = theirs
+            .iter()
+            .map(|p| p.rsplit('.').next().unwrap_or(p))
+            .collect();
+        let names = names.join("/");
         let parts: Vec<&HostTensor> = parts.iter().flatten().collect();
         if parts.len() < theirs.len() {
             return Err(err(format!(
@@ -246,9 +250,10 @@ pub fn hf_to_timm(
             )));
         }
         let stacked = cat0(&parts).ok_or_else(|| {
-            let shapes: Vec<_> = parts.iter().map(|t| &t.shape).collect();
+            let shapes: Vec<String> = parts.iter().map(|t| format!("{:?}", t.shape)).collect();
             err(format!(
-                "HF weights of layer {i}: {names} .{param} have shapes {shapes:?}, which cannot be stacked"
+                "HF weights of layer {i}: {names} .{param} have shapes {}, which cannot be stacked",
+                shapes.join(", ")
             ))
         })?;
         out.insert(format!("blocks.{i}.{ours}.{param}"), stacked);

@@ -44,6 +44,10 @@ pub fn resolve(
     }
     for o in overrides {
         args.extend((*o).clone());
+        // A config's `act_layer` is timm's own argument; the table holds it as `act`.
+        if let Some(a) = o.get("act_layer").filter(|a| a.is_string()) {
+            args.insert("act".into(), a.clone());
+        }
     }
     (args, reg.is_some())
 }

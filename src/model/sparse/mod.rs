@@ -240,6 +240,14 @@ pub fn setup(
     config: SparseConfig,
     device: &Device,
 ) -> Result<Arc<SparseLora>> {
+    let c = &model.config;
+    if config.mlp > 0.0 && (c.act != crate::model::Act::Gelu || c.mlp != crate::model::MlpKind::Mlp)
+    {
+        return Err(crate::error::Error::Config(format!(
+            "SparseLoRA's MLP estimator is built for GELU MLPs; this model's MLP is {:?} with {:?}: use --sparsity 0 (attention stays sparse) or --adapter lora",
+            c.mlp, c.act
+        )));
+    }
     let depth = model.blocks.len();
     if config.dense_first + config.dense_last >= depth && (config.mlp > 0.0 || config.attn > 0.0) {
         crate::log_line!(
