@@ -6,9 +6,9 @@
 //!
 //! Modules depend one way, each only on those before it: the foundation ([`error`], [`rng`],
 //! [`util`], [`memory`], [`device`], `simd`; and [`report`], which needs nothing more) ← [`model`] ←
-//! [`config`] ← [`data`] ← [`weights`] ← [`train`] ← [`continual`] and the tools ([`bench`],
-//! [`compare_finetune`]) ← [`cli`] / [`commands`]; [`dist`] (parameters over MPI) sits
-//! between [`model`] and [`train`].
+//! [`config`] ← [`data`] ← [`weights`] ← [`train`] ← [`continual`] and the [`tools`] (`bench`,
+//! `compare-finetune`) ← [`cli`] (clap's structs, what each subcommand does); [`dist`]
+//! (parameters over MPI) sits between [`model`] and [`train`].
 
 /// `crate::log_line!` as one `write`: stderr is unbuffered, so `crate::log_line!` writes each formatted piece
 /// on its own, and the lines of MPI ranks sharing one stderr pipe interleave mid-line.
@@ -22,10 +22,7 @@ macro_rules! log_line {
     }};
 }
 
-pub mod bench;
 pub mod cli;
-pub mod commands;
-pub mod compare_finetune;
 pub mod config;
 pub mod continual;
 pub mod data;
@@ -40,6 +37,7 @@ pub mod signals;
 mod simd;
 #[cfg(test)]
 mod testing;
+pub mod tools;
 pub mod train;
 pub mod util;
 pub mod weights;

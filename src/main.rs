@@ -21,7 +21,7 @@ fn main() {
     // Every command ends at once on a signal with the shell's code for it (a download, a long
     // evaluation); training commands install it again after MPI starts and then stop at a step.
     vitrs::signals::install();
-    if let Err(e) = vitrs::commands::run(cli, &matches) {
+    if let Err(e) = vitrs::cli::run::run(cli, &matches) {
         // Names the rank and ends the whole job when this is one process of several.
         vitrs::dist::fail(&e);
     }

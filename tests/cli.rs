@@ -717,3 +717,16 @@ fn sizes_that_cannot_fit_are_refused_before_allocating() {
     assert_one_line_error(&err, "on 10000000001 tokens");
     assert!(!logits.exists());
 }
+
+#[test]
+fn devices_lists_what_this_build_has() {
+    let (code, stdout, err) = vitrs(&["devices"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("flex") && l.contains("burn-flex on the CPU")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("compiled in: flex"), "{stdout}");
+}

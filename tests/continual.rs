@@ -147,7 +147,7 @@ fn naive_run_writes_every_output_and_consistent_metrics() {
         "no task_3/acc scalar"
     );
     // `vitrs compare` on continual runs.
-    let t = vitrs::commands::compare(&[dir.path().to_path_buf()], None).unwrap();
+    let t = vitrs::cli::run::compare(&[dir.path().to_path_buf()], None).unwrap();
     assert!(t.contains("| naive | class-il | 5/5 |"), "{t}");
 }
 
@@ -190,7 +190,7 @@ fn cli_error(args: &[&str]) -> String {
         Err(e) => e.to_string(),
         Ok(cli) => {
             let m = <Cli as clap::CommandFactory>::command().get_matches_from(args);
-            vitrs::commands::run(cli, &m).unwrap_err().to_string()
+            vitrs::cli::run::run(cli, &m).unwrap_err().to_string()
         }
     }
 }

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::{CommandFactory, FromArgMatches};
+use vitrs::cli::flags::{self, TrainingCommand};
 use vitrs::cli::{Cli, Command, TrainArgs};
-use vitrs::commands::flags::{self, TrainingCommand};
 use vitrs::config::Config;
 
 /// A valid value other than the default for every flag (`None`: a switch).

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use vitrs::commands::logits;
+use vitrs::cli::run::logits;
 use vitrs::model::io::{HostTensor, read_safetensors};
 use vitrs::model::lora;
 use vitrs::train::checkpoint::load_pretrained;

@@ -28,7 +28,7 @@ fn load(p: &Path) -> Pretrained {
 }
 
 fn logits_of(p: Pretrained, x: &HostTensor) -> BTreeMap<String, HostTensor> {
-    vitrs::commands::logits(p, x, None, &Device::flex()).unwrap()
+    vitrs::cli::run::logits(p, x, None, &Device::flex()).unwrap()
 }
 
 fn check_golden(name: &str, keys: &[&str]) {

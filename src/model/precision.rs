@@ -6,7 +6,7 @@
 //! GELU, the residual stream and the loss stay f32, where half precision loses accuracy for
 //! little speed. The casts are differentiable, so gradients reach the f32 weights in f32.
 
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -36,6 +36,25 @@ impl Precision {
     /// Whether gradients need loss scaling (only f16's exponent range is too narrow).
     pub fn scales_loss(self) -> bool {
         self == Precision::F16
+    }
+
+    /// Refuses a half precision `device` cannot compute in (lavapipe has no bf16 matmul), in one
+    /// line before anything runs; the backend would otherwise panic at the first product.
+    pub fn check_device(self, device: &Device) -> crate::error::Result<()> {
+        match self.half() {
+            Some(dtype) if !device.supports_dtype(dtype) => {
+                Err(crate::error::Error::Config(format!(
+                    "--precision {}: this device cannot compute in it ({device:?}); use --precision {} (or f32)",
+                    self.name(),
+                    if self == Precision::Bf16 {
+                        "f16"
+                    } else {
+                        "bf16"
+                    }
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn name(self) -> &'static str {

@@ -220,6 +220,7 @@ pub fn prepare(mut cfg: Config) -> Result<Run> {
     let device = crate::device::resolve(
         crate::dist::device_spec(cfg.run.device.as_deref(), dist).as_deref(),
     )?;
+    cfg.optim.precision.check_device(&device)?;
     // Pretrained weights first: a missing file should not wait for the data.
     let loaded = match (&cfg.model.pretrained, &cfg.run.resume_from) {
         (Some(spec), None) => Some(checkpoint::load_pretrained(spec)?),

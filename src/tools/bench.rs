@@ -189,6 +189,7 @@ fn data_rate(t: &TrainTransform, mix: Option<&MixConfig>) -> f64 {
 pub fn run(a: &BenchArgs) -> Result<BenchResult> {
     crate::device::set_threads(a.threads);
     let device = crate::device::resolve(a.device.as_deref())?;
+    a.precision.check_device(&device)?;
     let cfg = VitConfig::with_shape(
         a.img,
         a.patch,

@@ -1,13 +1,12 @@
 //! What each subcommand does, given parsed arguments.
 
-pub mod flags;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{ArgMatches, Args, FromArgMatches};
 
+use super::flags;
 use crate::cli::{
     Cli, Command, ContinualArgs, DataArgs, DataCommand, EvalArgs, ExportArgs, LogitsArgs,
     PredictArgs, TrainArgs,
@@ -64,7 +63,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 set_threads(cfg.run.threads, dist);
                 crate::signals::install();
             }
-            let md = crate::compare_finetune::run(&cfg, &args.methods, &out)?;
+            let md = crate::tools::compare_finetune::run(&cfg, &args.methods, &out)?;
             if !dist.is_main() {
                 return Ok(());
             }
@@ -97,7 +96,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
-            let r = crate::bench::run(&args)?;
+            let r = crate::tools::bench::run(&args)?;
             println!(
                 "{}",
                 serde_json::to_string(&r).map_err(|e| Error::Io(e.to_string()))?
@@ -105,6 +104,19 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Command::Logits(args) => cmd_logits(args),
+        Command::Devices => {
+            for a in crate::device::list() {
+                println!("{:10} {:10} {}  {}", a.spec, a.kind, a.name, a.driver);
+            }
+            let compiled = crate::device::compiled();
+            if compiled.contains(&"vulkan") {
+                println!(
+                    "--device vulkan takes the best (discrete, integrated, virtual, then cpu); vulkan:N the N-th"
+                );
+            }
+            println!("compiled in: {}", compiled.join(", "));
+            Ok(())
+        }
         Command::Export(args) => cmd_export(args),
         Command::Data { command } => match command {
             DataCommand::Download(a) => cmd_download(a),

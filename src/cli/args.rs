@@ -44,11 +44,13 @@ pub enum Command {
     /// Fine-tune the same model as full, LoRA, SparseLoRA and head-only, each in its own process, and compare memory, speed and parameters (compare.json, compare.md, plots).
     CompareFinetune(Box<CompareFinetuneArgs>),
     /// Time the train step, inference and the data pipeline (JSON, fields as the PyTorch yardstick's).
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::tools::bench::BenchArgs),
     /// Logits of pretrained weights (HF, timm, vitrs) for `pixel_values` in a safetensors file: did the weights load right?
     Logits(LogitsArgs),
     /// Write a checkpoint (or any weights vitrs loads) as timm or HF transformers weights + config.json.
     Export(ExportArgs),
+    /// The devices each compiled-in backend sees (`--device` takes the first column).
+    Devices,
     /// Download or describe data sets.
     Data {
         #[command(subcommand)]
