@@ -134,105 +134,59 @@ fn a_vulkan_checkpoint_resumes_on_flex() {
 #[test]
 fn lora_sparselora_distillation_and_continual_on_vulkan() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = fixture("timm-vit-tiny");
-    let common_args = |out: &Path| -> Vec<String> {
-        [
-            "--dataset",
-            "synthetic",
-            "--synthetic-size",
-            "64",
-            "--batch-size",
-            "16",
-            "--warmup-epochs",
-            "0",
-            "--device",
-            "vulkan",
-            "--quiet",
-            "--out-dir",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([out.display().to_string()])
-        .collect()
-    };
-    for adapter in ["lora", "sparselora"] {
-        let out = tmp.path().join(adapter);
-        let mut args: Vec<String> = [
-            "train",
-            "--pretrained",
-            base.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--adapter",
-            adapter,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(common_args(&out));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // `command` with its own flags, on 64 synthetic images on the device, into `tmp/name`.
+    let run_ok = |name: &str, command: &[&str]| {
+        let out = tmp.path().join(name);
+        let on_vulkan = "--dataset synthetic --synthetic-size 64 --batch-size 16 --warmup-epochs 0 --device vulkan --quiet";
+        let mut args: Vec<&str> = command.to_vec();
+        args.extend(on_vulkan.split(' '));
+        args.extend(["--out-dir", out.to_str().unwrap()]);
         let (code, _, err) = vitrs(&args);
-        assert_eq!(code, 0, "{adapter}: {err}");
+        assert_eq!(code, 0, "{name}: {err}");
+        out
+    };
+    let base = fixture("timm-vit-tiny");
+    let base = base.to_str().unwrap();
+    for adapter in ["lora", "sparselora"] {
+        run_ok(
+            adapter,
+            &[
+                "train",
+                "--pretrained",
+                base,
+                "--epochs",
+                "1",
+                "--adapter",
+                adapter,
+            ],
+        );
     }
+    let small = "--patch-size 4 --embed-dim 16 --depth 1 --num-heads 2 --mlp-dim 32";
     let teacher = fixture("timm-resnet-tiny");
-    let out = tmp.path().join("distill");
-    let mut args: Vec<String> = [
+    let mut distill = vec![
         "train",
         "--img-size",
-        "32",
-        "--patch-size",
-        "8",
-        "--embed-dim",
-        "16",
-        "--depth",
-        "1",
-        "--num-heads",
-        "2",
-        "--mlp-dim",
         "32",
         "--epochs",
         "1",
         "--distillation",
         "soft",
-        "--teacher",
-        teacher.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(common_args(&out));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, _, err) = vitrs(&args);
-    assert_eq!(code, 0, "distillation: {err}");
-    let out = tmp.path().join("continual");
-    let mut args: Vec<String> = [
+    ];
+    distill.extend(["--teacher", teacher.to_str().unwrap()]);
+    distill.extend(small.split(' '));
+    run_ok("distill", &distill);
+    let mut continual = vec![
         "continual",
         "--img-size",
         "16",
-        "--patch-size",
-        "4",
-        "--embed-dim",
-        "16",
-        "--depth",
-        "1",
-        "--num-heads",
-        "2",
-        "--mlp-dim",
-        "32",
         "--tasks",
         "2",
         "--epochs-per-task",
         "1",
-        "--strategy",
-        "replay",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(common_args(&out));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, _, err) = vitrs(&args);
-    assert_eq!(code, 0, "continual: {err}");
+    ];
+    continual.extend(["--strategy", "replay"]);
+    continual.extend(small.split(' '));
+    let out = run_ok("continual", &continual);
     assert!(out.join("continual.json").is_file());
 }
 
