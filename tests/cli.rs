@@ -730,3 +730,71 @@ fn devices_lists_what_this_build_has() {
     );
     assert!(stdout.contains("compiled in: flex"), "{stdout}");
 }
+
+/// A finished `compare-finetune` is never written into (issue 23, case 1): a second one into
+/// its folder is refused before any method's .toml is rewritten; `--overwrite` moves it aside.
+#[test]
+fn a_finished_comparison_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let o = out.to_str().unwrap();
+    let args = [
+        "compare-finetune",
+        "--methods",
+        "full,lora",
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "64",
+        "--img-size",
+        "16",
+        "--patch-size",
+        "8",
+        "--embed-dim",
+        "16",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--mlp-dim",
+        "32",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--quiet",
+        "--out-dir",
+        o,
+    ];
+    let (code, _, err) = vitrs(&args);
+    assert_eq!(code, 0, "{err}");
+    let toml = out.join("full.toml");
+    let before = std::fs::read(&toml).unwrap();
+    std::fs::write(&toml, b"# the first comparison's record\n").unwrap();
+    let mut again = args.to_vec();
+    again.extend(["--lr", "0.5"]);
+    let (code, _, err) = vitrs(&again);
+    assert_eq!(code, 1, "{err}");
+    assert_one_line_error(
+        &err,
+        "already holds a run: give another --out-dir, or add --overwrite",
+    );
+    assert_eq!(
+        std::fs::read(&toml).unwrap(),
+        b"# the first comparison's record\n"
+    );
+    again.push("--overwrite");
+    let (code, _, err) = vitrs(&again);
+    assert_eq!(code, 0, "{err}");
+    let aside = dir.path().join("cmp.replaced-1");
+    assert_eq!(
+        std::fs::read(aside.join("full.toml")).unwrap(),
+        b"# the first comparison's record\n"
+    );
+    assert!(aside.join("compare.json").is_file() && out.join("compare.json").is_file());
+    assert_ne!(
+        std::fs::read(&toml).unwrap(),
+        before,
+        "the new comparison has its own lr"
+    );
+}

@@ -223,6 +223,8 @@ pub fn run(base: &Config, methods: &[String], out: &Path) -> Result<String> {
     let dist = crate::dist::world();
     let in_process = dist.size() > 1;
     if dist.is_main() {
+        // A finished comparison is never written into: not even its method .toml files.
+        crate::train::claim_run_dir(out, base.run.overwrite)?;
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, "creating", e))?;
     }
     let configs: Vec<Config> = methods

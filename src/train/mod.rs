@@ -63,15 +63,24 @@ fn holds_run(dir: &Path) -> bool {
 }
 
 /// A fresh run never writes into a folder that holds a run: it refuses, naming the ways on,
-/// or with `--overwrite` moves the old run aside (it is never deleted).
-fn claim_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
+/// or with `--overwrite` moves the old run aside (it is never deleted). A comparison
+/// (`compare-finetune`, which cannot be resumed) is told so.
+pub(crate) fn claim_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
     if !holds_run(dir) {
         return Ok(());
     }
     if !overwrite {
+        let resume = if dir.join("compare.json").exists() {
+            String::new()
+        } else {
+            format!(
+                "continue it with --resume-from {}/checkpoints/last, ",
+                dir.display()
+            )
+        };
         return Err(Error::Config(format!(
-            "{d} already holds a run: continue it with --resume-from {d}/checkpoints/last, give another --out-dir, or add --overwrite to move it aside",
-            d = dir.display()
+            "{} already holds a run: {resume}give another --out-dir, or add --overwrite to move it aside",
+            dir.display()
         )));
     }
     let aside = (1..)
