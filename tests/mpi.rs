@@ -147,6 +147,24 @@ fn two_processes_of_16_train_exactly_like_one_of_32() {
     assert_same_training(&one, &two, log);
 }
 
+/// The same on a Vulkan device (built with `--features mpi,vulkan`, a third build of burn, so
+/// not in CI; run by hand with lavapipe): both ranks on the one adapter, `vulkan:0`. The
+/// all-reduce goes through host memory either way; the device kernels must not make the two
+/// layouts differ beyond the tolerance of `assert_same_training`.
+#[cfg(feature = "vulkan")]
+#[test]
+fn two_processes_on_vulkan_train_like_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    let on_vulkan = |mut a: Vec<String>| {
+        a.extend(["--device".into(), "vulkan:0".into()]);
+        a
+    };
+    run_ok(alone(&on_vulkan(train_args(&one, 32, 2, 193))));
+    let log = run_ok(mpirun(2, &on_vulkan(train_args(&two, 16, 2, 193))));
+    assert_same_training(&one, &two, log);
+}
+
 /// Two runs (`one`: 1 process × 32, `two`: 2 × 16, `log` its stderr) ended with the same
 /// weights (≤ 1e-4), validation accuracy and loss, and only rank 0 of `two` wrote.
 fn assert_same_training(one: &Path, two: &Path, log: String) {
