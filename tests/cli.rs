@@ -368,33 +368,15 @@ fn non_finite_and_out_of_range_numbers_are_refused_naming_the_flag() {
     }
 }
 
+/// A tiny ViT on synthetic images, quiet: the data and model flags of the runs below.
+const TINY: &str = "--dataset synthetic --img-size 16 --patch-size 8 --embed-dim 16 --depth 1 --num-heads 2 --mlp-dim 32 --quiet";
+
 /// `vitrs train` of a tiny ViT on 128 synthetic images for `epochs` epochs into `out`, quiet,
 /// with `extra` flags: (exit code, stdout, stderr).
 fn tiny_train(out: &std::path::Path, epochs: &str, extra: &[&str]) -> (i32, String, String) {
-    let mut args = vec![
-        "train",
-        "--dataset",
-        "synthetic",
-        "--synthetic-size",
-        "128",
-        "--img-size",
-        "16",
-        "--patch-size",
-        "8",
-        "--embed-dim",
-        "16",
-        "--depth",
-        "1",
-        "--num-heads",
-        "2",
-        "--mlp-dim",
-        "32",
-        "--quiet",
-        "--epochs",
-        epochs,
-        "--out-dir",
-    ];
-    args.push(out.to_str().unwrap());
+    let mut args = vec!["train", "--synthetic-size", "128", "--epochs", epochs];
+    args.extend(TINY.split(' '));
+    args.extend(["--out-dir", out.to_str().unwrap()]);
     args.extend_from_slice(extra);
     vitrs(&args)
 }
@@ -738,40 +720,21 @@ fn a_finished_comparison_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cmp");
     let o = out.to_str().unwrap();
-    let args = [
+    let mut args = vec![
         "compare-finetune",
         "--methods",
         "full,lora",
-        "--dataset",
-        "synthetic",
         "--synthetic-size",
         "64",
-        "--img-size",
-        "16",
-        "--patch-size",
-        "8",
-        "--embed-dim",
-        "16",
-        "--depth",
-        "1",
-        "--num-heads",
-        "2",
-        "--mlp-dim",
-        "32",
-        "--epochs",
-        "1",
-        "--warmup-epochs",
-        "0",
-        "--quiet",
-        "--out-dir",
-        o,
     ];
+    args.extend(TINY.split(' '));
+    args.extend(["--epochs", "1", "--warmup-epochs", "0", "--out-dir", o]);
     let (code, _, err) = vitrs(&args);
     assert_eq!(code, 0, "{err}");
     let toml = out.join("full.toml");
     let before = std::fs::read(&toml).unwrap();
     std::fs::write(&toml, b"# the first comparison's record\n").unwrap();
-    let mut again = args.to_vec();
+    let mut again = args.clone();
     again.extend(["--lr", "0.5"]);
     let (code, _, err) = vitrs(&again);
     assert_eq!(code, 1, "{err}");
