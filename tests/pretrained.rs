@@ -115,6 +115,28 @@ fn wave_3_fixtures_reproduce_their_librarys_logits() {
     }
 }
 
+/// A DINOv2 (class + mean pooling: the head takes twice the width) with its head replaced
+/// builds: the check that the weights fill the model counts the wider head as the head.
+#[test]
+fn a_class_and_mean_model_with_a_fresh_head_builds() {
+    let mut p = load(&fixture("hf-dinov2"));
+    p.replace_head(7);
+    let model = p.build(0, &Device::flex()).unwrap();
+    let x = HostTensor {
+        shape: vec![1, 3, 28, 28],
+        data: vec![0.1; 3 * 28 * 28],
+    };
+    assert_eq!(
+        model
+            .forward(
+                Tensor::from_data(TensorData::new(x.data, [1, 3, 28, 28]), &Device::flex()),
+                &Ctx::eval()
+            )
+            .dims(),
+        [1, 7]
+    );
+}
+
 /// A model whose position embedding skips the prefix tokens (registers, no class token)
 /// resamples all its rows as patches: timm's `num_prefix_tokens=0` for `no_embed_class`
 /// (tests/export_check.py compares the logits with timm's at 48×48: 9e-8).

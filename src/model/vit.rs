@@ -241,9 +241,16 @@ impl VitConfig {
         (side * side).saturating_add(self.num_prefix_tokens() as u128)
     }
 
+    /// The weights of the classification head(s): a class head, and a distillation head when
+    /// there is a distillation token.
+    pub fn head_params(&self) -> u128 {
+        let (head_in, classes) = (self.head_in() as u128, self.num_classes as u128);
+        (1 + self.dist_token as u128) * (head_in + 1).saturating_mul(classes)
+    }
+
     /// The ViT's weights, counted from its shape without building it.
     pub fn num_params(&self) -> u128 {
-        let [d, m, c] = [self.embed_dim, self.mlp_dim, self.num_classes].map(|v| v as u128);
+        let [d, m] = [self.embed_dim, self.mlp_dim].map(|v| v as u128);
         let p = self.patch_size as u128;
         let patch_embed =
             (self.in_chans as u128 * p * p + self.patch_bias as u128).saturating_mul(d);
@@ -263,14 +270,12 @@ impl VitConfig {
             .saturating_add((d + 1).saturating_mul(fc1_out))
             .saturating_add(m.saturating_mul(d) + d)
             .saturating_add(if self.layer_scale.is_some() { 2 * d } else { 0 });
-        let head_in = self.head_in() as u128;
-        let heads = (1 + self.dist_token as u128) * (head_in + 1).saturating_mul(c);
         let norms = 2 * d * (1 + self.pre_norm as u128);
         patch_embed
             .saturating_add(tokens)
             .saturating_add(block.saturating_mul(self.depth as u128))
             .saturating_add(norms)
-            .saturating_add(heads)
+            .saturating_add(self.head_params())
     }
 }
 

@@ -331,8 +331,8 @@ impl Pretrained {
         if c.cnn.is_some() {
             return Ok(());
         }
-        let heads = (1 + c.dist_token as u128) * (c.embed_dim as u128 + 1) * c.num_classes as u128;
-        let body = c.num_params().saturating_sub(heads);
+        // The head may be absent (a fresh one is initialised): it is not counted.
+        let body = c.num_params().saturating_sub(c.head_params());
         let held: u128 = self.weights.values().map(|t| t.data.len() as u128).sum();
         if held < body {
             return Err(err(format!(
