@@ -56,6 +56,16 @@ fn timm_architecture(c: &VitConfig) -> std::result::Result<&'static str, String>
     })
 }
 
+/// The `mlp_ratio` timm and HF DINOv2 turn back into this MLP width: both compute
+/// `int(dim · mlp_ratio)`, so the plain quotient is nudged up until that gives `mlp_dim`.
+fn mlp_ratio(c: &VitConfig) -> f64 {
+    let mut ratio = c.mlp_dim as f64 / c.embed_dim as f64;
+    while ((c.embed_dim as f64 * ratio) as usize) < c.mlp_dim {
+        ratio = ratio.next_up();
+    }
+    ratio
+}
+
 fn act_name(act: Act, hf: bool) -> &'static str {
     match act {
         Act::Gelu => "gelu",
@@ -106,11 +116,7 @@ pub fn timm_config_json(p: &Pretrained) -> Result<Value> {
             c.patch_bias, c.pre_norm
         )));
     }
-    let mut ratio = c.mlp_dim as f64 / c.embed_dim as f64;
-    // timm computes int(dim * mlp_ratio): make sure that gives mlp_dim back.
-    while ((c.embed_dim as f64 * ratio) as usize) < c.mlp_dim {
-        ratio = ratio.next_up();
-    }
+    let ratio = mlp_ratio(c);
     let args = json!({
         "img_size": c.img_size,
         "patch_size": c.patch_size,
@@ -235,11 +241,7 @@ pub fn hf_config_json(p: &Pretrained, kind: HfKind) -> Value {
         "label2id": label2id,
     });
     if kind == HfKind::Dinov2 {
-        // DINOv2 sizes its MLP as int(hidden_size · mlp_ratio).
-        let mut ratio = c.mlp_dim as f64 / c.embed_dim as f64;
-        while ((c.embed_dim as f64 * ratio) as usize) < c.mlp_dim {
-            ratio = ratio.next_up();
-        }
+        let ratio = mlp_ratio(c);
         // transformers 5 types Dinov2Config.mlp_ratio as an int.
         v["mlp_ratio"] = if ratio.fract() == 0.0 {
             json!(ratio as u64)

@@ -154,6 +154,12 @@ fn infer_shapes(sd: &BTreeMap<String, HostTensor>, path: &Path) -> Result<Shapes
     })
 }
 
+/// `g` when `n = g²` (no overflow: `n` may come from a file's declared shape).
+fn square_side(n: usize) -> Option<usize> {
+    let g = (n as f64).sqrt().round() as usize;
+    (g.checked_mul(g) == Some(n)).then_some(g)
+}
+
 /// The image size the position embedding is for: its patch rows form a square grid.
 fn grid_img_size(s: &Shapes, no_embed_class: bool, path: &Path) -> Result<usize> {
     let patches = if no_embed_class {
@@ -161,13 +167,12 @@ fn grid_img_size(s: &Shapes, no_embed_class: bool, path: &Path) -> Result<usize>
     } else {
         s.pos_tokens.saturating_sub(s.prefix())
     };
-    let g = (patches as f64).sqrt().round() as usize;
-    if g.checked_mul(g) != Some(patches) || g == 0 {
+    let Some(g) = square_side(patches).filter(|g| *g > 0) else {
         return Err(err(format!(
             "{}: pos_embed holds {patches} patch positions, not a square grid",
             path.display()
         )));
-    }
+    };
     // Tensors with a zero dimension hold no data whatever their other dimensions say.
     g.checked_mul(s.patch).ok_or_else(|| {
         err(format!(
@@ -625,12 +630,8 @@ pub(super) fn from_timm(
         Some(v) => v,
         // Without a config: the position embedding's length tells.
         None if config.is_none() => {
-            let square = |n: usize| {
-                let g = (n as f64).sqrt().round() as usize;
-                g.checked_mul(g) == Some(n)
-            };
             let patches = s.pos_tokens.saturating_sub(s.prefix());
-            s.prefix() > 0 && !square(patches) && square(s.pos_tokens)
+            s.prefix() > 0 && square_side(patches).is_none() && square_side(s.pos_tokens).is_some()
         }
         None => false,
     };
