@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::Device;
-use vitrs::config::{Config, DatasetKind};
+use vitrs::config::Config;
 use vitrs::model::io::{HostTensor, read_safetensors};
 use vitrs::train::{self, Summary};
 
@@ -46,26 +46,11 @@ fn golden_fixtures_on_vulkan() {
     }
 }
 
+/// `common::tiny_config` on 256 images, on `device`.
 fn tiny(out: &Path, device: &str) -> Config {
-    let mut c = Config::default();
-    c.data.dataset = DatasetKind::Synthetic;
+    let mut c = common::tiny_config(out);
     c.data.synthetic_size = 256;
-    c.model.img_size = Some(16);
-    c.model.patch_size = Some(4);
-    c.model.embed_dim = Some(32);
-    c.model.depth = Some(2);
-    c.model.num_heads = Some(2);
-    c.model.mlp_dim = Some(64);
-    c.model.dropout = Some(0.0);
-    c.model.attn_dropout = Some(0.0);
-    c.optim.epochs = 2;
-    c.optim.batch_size = 32;
-    c.optim.lr = 2e-3;
-    c.optim.warmup_epochs = 0.2;
-    c.run.save_every = 0;
-    c.run.quiet = true;
     c.run.device = Some(device.into());
-    c.run.out_dir = Some(out.to_path_buf());
     c
 }
 

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -121,6 +121,16 @@ fn logits_cmd(endpoint: &str, cache: &Path, out: &Path) -> Command {
     cmd
 }
 
+/// `vitrs logits` from `endpoint` with its cache in `tmp`, which must fail with exit 1:
+/// its stderr, the cache and the output it must not have written.
+fn logits_refused(endpoint: &str, tmp: &Path) -> (String, PathBuf, PathBuf) {
+    let (cache, out) = (tmp.join("cache"), tmp.join("logits.safetensors"));
+    let run = logits_cmd(endpoint, &cache, &out).output().unwrap();
+    let err = String::from_utf8_lossy(&run.stderr).to_string();
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    (err, cache, out)
+}
+
 /// Every file under `dir` (the cache), relative to it.
 fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -179,13 +189,7 @@ fn a_download_whose_sha256_is_not_the_hubs_never_enters_the_cache() {
     let n = weights.body.len();
     weights.body[n - 1] ^= 1; // one flipped bit on the way
     let endpoint = serve(files);
-    let (cache, out) = (
-        tmp.path().join("cache"),
-        tmp.path().join("logits.safetensors"),
-    );
-    let run = logits_cmd(&endpoint, &cache, &out).output().unwrap();
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{err}");
+    let (err, cache, out) = logits_refused(&endpoint, tmp.path());
     assert!(
         err.contains("model.safetensors arrived with sha256"),
         "{err}"
@@ -209,13 +213,7 @@ fn a_download_whose_sha256_is_not_the_hubs_never_enters_the_cache() {
 fn a_commit_that_is_not_a_hash_is_not_made_a_path() {
     let tmp = tempfile::tempdir().unwrap();
     let endpoint = serve(fixture_files("../../../../escaped"));
-    let (cache, out) = (
-        tmp.path().join("cache"),
-        tmp.path().join("logits.safetensors"),
-    );
-    let run = logits_cmd(&endpoint, &cache, &out).output().unwrap();
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{err}");
+    let (err, _cache, out) = logits_refused(&endpoint, tmp.path());
     assert!(err.contains("which is not a commit hash"), "{err}");
     assert!(!tmp.path().join("escaped").exists() && !out.exists());
     assert!(

@@ -2,36 +2,13 @@
 
 use std::path::Path;
 
-use vitrs::config::{Config, DatasetKind};
+use vitrs::config::Config;
 use vitrs::model::io::read_safetensors;
 use vitrs::model::precision::Precision;
 use vitrs::train::{self, Summary};
 
-fn tiny(out: &Path) -> Config {
-    {
-        let mut c = Config::default();
-        c.data.dataset = DatasetKind::Synthetic;
-        c.data.synthetic_size = 1280;
-        c.model.img_size = Some(16);
-        c.model.patch_size = Some(4);
-        c.model.embed_dim = Some(32);
-        c.model.depth = Some(2);
-        c.model.num_heads = Some(2);
-        c.model.mlp_dim = Some(64);
-        c.model.dropout = Some(0.0);
-        c.model.attn_dropout = Some(0.0);
-        c.optim.epochs = 2;
-        c.optim.batch_size = 32;
-        c.optim.lr = 2e-3;
-        c.optim.warmup_epochs = 0.2;
-        c.run.log_every = 5;
-        c.run.save_every = 0;
-        c.run.patience = 0;
-        c.run.quiet = true;
-        c.run.out_dir = Some(out.to_path_buf());
-        c
-    }
-}
+mod common;
+use common::tiny_config as tiny;
 
 fn run(cfg: Config) -> Summary {
     train::train(train::prepare(cfg).expect("prepare")).expect("train")

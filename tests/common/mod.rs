@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use vitrs::config::{Config, DatasetKind};
 use vitrs::model::io::HostTensor;
 
 /// The fixtures live in `shared/` beside the repository; a missing one is a failure.
@@ -45,4 +46,31 @@ pub fn vitrs_env(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) 
 
 pub fn vitrs(args: &[&str]) -> (i32, String, String) {
     vitrs_env(args, &[])
+}
+
+/// A tiny ViT (16 px, patch 4, width 32, 2 blocks) on 1,280 synthetic images, 2 quiet epochs
+/// without dropout, checkpoints or early stopping, into `out`: the run the training tests
+/// (and the GPU tests, on a smaller set) start from.
+pub fn tiny_config(out: &Path) -> Config {
+    let mut c = Config::default();
+    c.data.dataset = DatasetKind::Synthetic;
+    c.data.synthetic_size = 1280;
+    c.model.img_size = Some(16);
+    c.model.patch_size = Some(4);
+    c.model.embed_dim = Some(32);
+    c.model.depth = Some(2);
+    c.model.num_heads = Some(2);
+    c.model.mlp_dim = Some(64);
+    c.model.dropout = Some(0.0);
+    c.model.attn_dropout = Some(0.0);
+    c.optim.epochs = 2;
+    c.optim.batch_size = 32;
+    c.optim.lr = 2e-3;
+    c.optim.warmup_epochs = 0.2;
+    c.run.log_every = 5;
+    c.run.save_every = 0;
+    c.run.patience = 0;
+    c.run.quiet = true;
+    c.run.out_dir = Some(out.to_path_buf());
+    c
 }
