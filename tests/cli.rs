@@ -761,3 +761,34 @@ fn a_finished_comparison_is_never_overwritten() {
         "the new comparison has its own lr"
     );
 }
+
+/// `vitrs export` never writes timm's or HF's model.safetensors and config.json over a
+/// vitrs checkpoint (an --out that is the checkpoint itself): one line, nothing touched.
+#[test]
+fn export_never_overwrites_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, _, err) = tiny_train(&out, "1", &["--warmup-epochs", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let best = out.join("checkpoints/best_model");
+    let before: Vec<Vec<u8>> = ["model.safetensors", "config.json"]
+        .iter()
+        .map(|f| std::fs::read(best.join(f)).unwrap())
+        .collect();
+    let b = best.to_str().unwrap();
+    for format in ["timm", "hf"] {
+        let (code, _, err) = vitrs(&["export", "--checkpoint", b, "--format", format, "--out", b]);
+        assert_eq!(code, 1, "{format}: {err}");
+        assert_one_line_error(
+            &err,
+            "holds a vitrs checkpoint, which the export would overwrite",
+        );
+    }
+    for (f, was) in ["model.safetensors", "config.json"].iter().zip(&before) {
+        assert_eq!(&std::fs::read(best.join(f)).unwrap(), was, "{f} changed");
+    }
+    let elsewhere = dir.path().join("timm");
+    let e = elsewhere.to_str().unwrap();
+    let (code, _, err) = vitrs(&["export", "--checkpoint", b, "--format", "timm", "--out", e]);
+    assert_eq!(code, 0, "{err}");
+}

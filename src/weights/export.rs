@@ -271,6 +271,14 @@ pub fn export(p: &Pretrained, format: ExportFormat, out: &Path) -> Result<()> {
             p.source.display()
         )));
     }
+    // timm and HF write model.safetensors and config.json: never over a vitrs checkpoint's
+    // (an --out that is the checkpoint itself, or best_model of a run). ONNX adds model.onnx.
+    if format != ExportFormat::Onnx && super::is_vitrs_checkpoint(&out.join("config.json")) {
+        return Err(err(format!(
+            "{} holds a vitrs checkpoint, which the export would overwrite: give another --out",
+            out.display()
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, "creating", e))?;
     let meta = Some(std::collections::HashMap::from([(
         "format".to_string(),
